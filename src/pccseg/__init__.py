@@ -1,0 +1,30 @@
+"""pccseg: labelled semantic-segmentation datasets from Stable Diffusion by Principal Component Clustering.
+
+Data flows one way: prompts -> capture -> label -> dataset -> train -> evaluate. The public API is
+re-exported here lazily (importing ``pccseg`` does not import diffusers).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Capture": "pccseg.capture_format",
+    "load_capture": "pccseg.capture_format",
+    "save_capture": "pccseg.capture_format",
+    "InputError": "pccseg.errors",
+    "VOC_CLASSES": "pccseg.vocab",
+    "VOC_PALETTE": "pccseg.vocab",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pccseg' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS) + ["__version__"]

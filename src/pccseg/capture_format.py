@@ -1,0 +1,207 @@
+"""The capture format: the contract between generation and labelling (SPEC.md, "Capture format").
+
+One directory per sample::
+
+    image.png             the generated RGB image, (H, W, 3)
+    capture.safetensors   self_attn.<layer name>: (heads, h, w, head_dim), one per captured layer
+                          token_maps:             (tokens, h, w), class-text token maps at latent size
+    capture.json          tokens (SoT first, EoT last), token_classes (label value per token: 0 for SoT,
+                          null for EoT and for tokens that stand for no class), class_names (index =
+                          label value; VOC when absent), and free metadata (prompt, seed, model, steps)
+
+:func:`load_capture` checks everything the labeller relies on and raises :class:`InputError` naming the
+file and the field; :func:`save_capture` writes a directory atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from .errors import InputError
+from .io import atomic_path, load_image, save_image
+from .vocab import VOC_CLASSES
+
+IMAGE_FILE = "image.png"
+TENSOR_FILE = "capture.safetensors"
+META_FILE = "capture.json"
+SELF_ATTN_PREFIX = "self_attn."
+TOKEN_MAPS_KEY = "token_maps"
+
+
+@dataclass
+class Capture:
+    """Everything the labeller needs for one image.
+
+    Attributes:
+        image: (H, W, 3) uint8 RGB.
+        self_attn: layer name -> (heads, h, w, head_dim) per-head self-attention outputs.
+        token_maps: (T, h_l, w_l) class-text token maps at latent resolution (T = len(tokens)).
+        tokens: T token strings, start-of-text first, end-of-text last.
+        token_classes: T entries: label value (index into ``class_names``) or None (EoT, no class).
+        class_names: label value -> class name; index 0 is the background.
+        meta: free metadata (prompt, seed, model, steps, ...), kept in capture.json.
+        source: where it was read from, for messages.
+    """
+
+    image: torch.Tensor
+    self_attn: dict[str, torch.Tensor]
+    token_maps: torch.Tensor
+    tokens: list[str]
+    token_classes: list[int | None]
+    class_names: tuple[str, ...] = VOC_CLASSES
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image, torch.Tensor):
+            self.image = torch.from_numpy(np.ascontiguousarray(self.image))
+        self.class_names = tuple(self.class_names)
+        validate(self)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the image."""
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(h, w) of the token maps (the latent resolution)."""
+        return int(self.token_maps.shape[-2]), int(self.token_maps.shape[-1])
+
+
+def _err(cap_source: str | None, file: str, field_: str | None, msg: str) -> InputError:
+    path = Path(cap_source) / file if cap_source else file
+    return InputError(msg, path=path, field=field_)
+
+
+def _reshape_flat(t: torch.Tensor, aspect: float, src: str | None, name: str) -> torch.Tensor:
+    """(heads, n, d) -> (heads, h, w, d) with h / w = aspect; error when n does not factor so."""
+    n = t.shape[1]
+    h = int(round(math.sqrt(n * aspect)))
+    w = n // h if h else 0
+    if h * w != n or h == 0:
+        raise _err(src, TENSOR_FILE, name,
+                   f"{n} tokens is not a grid of the image's aspect ratio {aspect:.3g} (h*w={n})")
+    return t.reshape(t.shape[0], h, w, t.shape[2])
+
+
+def validate(cap: Capture) -> None:
+    """Check shapes, values and token alignment; raise :class:`InputError` naming file and field."""
+    src = cap.source
+    img = cap.image
+    if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != torch.uint8:
+        raise _err(src, IMAGE_FILE, None, f"expected an (H, W, 3) uint8 RGB image, got {tuple(img.shape)} "
+                   f"{img.dtype}")
+    H, W = int(img.shape[0]), int(img.shape[1])
+    aspect = H / W
+    if len(cap.tokens) == 0:
+        raise _err(src, META_FILE, "tokens", "empty token list")
+    if len(cap.token_classes) != len(cap.tokens):
+        raise _err(src, META_FILE, "token_classes",
+                   f"{len(cap.token_classes)} entries for {len(cap.tokens)} tokens")
+    n_cls = len(cap.class_names)
+    for i, c in enumerate(cap.token_classes):
+        if c is None:
+            continue
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= int(c) < n_cls:
+            raise _err(src, META_FILE, f"token_classes[{i}]",
+                       f"{c!r} is not a class index of the vocabulary (0..{n_cls - 1})")
+    if not any(c is not None for c in cap.token_classes):
+        raise _err(src, META_FILE, "token_classes", "no token stands for a class")
+
+    tm = cap.token_maps
+    if tm.ndim != 3:
+        raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY, f"expected rank 3 (tokens, h, w), got shape {tuple(tm.shape)}")
+    if tm.shape[0] != len(cap.tokens):
+        raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY,
+                   f"{tm.shape[0]} maps for {len(cap.tokens)} tokens in {META_FILE}")
+    if not torch.isfinite(tm).all():
+        raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY, "contains NaN or Inf")
+    if abs(tm.shape[1] / tm.shape[2] - aspect) > 0.05 * aspect:
+        raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY,
+                   f"spatial size {tuple(tm.shape[1:])} does not match the image's {H}x{W} aspect ratio")
+
+    if not cap.self_attn:
+        raise _err(src, TENSOR_FILE, SELF_ATTN_PREFIX + "*", "no self-attention layer captured")
+    for name, t in list(cap.self_attn.items()):
+        key = SELF_ATTN_PREFIX + name
+        if t.ndim == 3:
+            t = _reshape_flat(t, aspect, src, key)
+            cap.self_attn[name] = t
+        if t.ndim != 4:
+            raise _err(src, TENSOR_FILE, key, f"expected rank 4 (heads, h, w, head_dim), got shape {tuple(t.shape)}")
+        heads, h, w, d = t.shape
+        if heads < 1 or d < 1 or h < 1 or w < 1:
+            raise _err(src, TENSOR_FILE, key, f"empty dimension in shape {tuple(t.shape)}")
+        if abs(h / w - aspect) > 0.05 * aspect:
+            raise _err(src, TENSOR_FILE, key, f"spatial size {h}x{w} does not match the image's {H}x{W} "
+                       "aspect ratio")
+        if not t.is_floating_point():
+            raise _err(src, TENSOR_FILE, key, f"expected a float tensor, got {t.dtype}")
+        if not torch.isfinite(t).all():
+            raise _err(src, TENSOR_FILE, key, "contains NaN or Inf")
+
+
+def save_capture(directory: str | Path, cap: Capture, *, dtype: torch.dtype = torch.float16) -> Path:
+    """Write ``cap`` as a capture directory (atomically: a temporary directory renamed at the end)."""
+    directory = Path(directory)
+    tensors = {SELF_ATTN_PREFIX + k: v.detach().to("cpu", dtype).contiguous() for k, v in cap.self_attn.items()}
+    tensors[TOKEN_MAPS_KEY] = cap.token_maps.detach().to("cpu", torch.float32).contiguous()
+    meta = dict(cap.meta)
+    meta.update(tokens=list(cap.tokens),
+                token_classes=[None if c is None else int(c) for c in cap.token_classes],
+                class_names=list(cap.class_names))
+    with atomic_path(directory, directory=True) as tmp:
+        save_image(tmp / IMAGE_FILE, cap.image.cpu().numpy())
+        save_file(tensors, str(tmp / TENSOR_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_capture(directory: str | Path, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> Capture:
+    """Read and validate a capture directory; self-attention tensors come back in ``dtype``."""
+    directory = Path(directory)
+    src = str(directory)
+    if not directory.is_dir():
+        raise InputError("not a capture directory", path=directory)
+    for f in (IMAGE_FILE, TENSOR_FILE, META_FILE):
+        if not (directory / f).is_file():
+            raise _err(src, f, None, "missing file")
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise _err(src, META_FILE, None, f"not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise _err(src, META_FILE, None, "expected a JSON object")
+    for key in ("tokens", "token_classes"):
+        if key not in meta:
+            raise _err(src, META_FILE, key, "missing field")
+        if not isinstance(meta[key], list):
+            raise _err(src, META_FILE, key, "expected a list")
+    try:
+        tensors = load_file(str(directory / TENSOR_FILE), device=str(device))
+    except (SafetensorsError, OSError) as e:
+        raise _err(src, TENSOR_FILE, None, f"unreadable safetensors file ({e})") from None
+    if TOKEN_MAPS_KEY not in tensors:
+        raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY, "missing tensor")
+    try:
+        image = torch.from_numpy(load_image(directory / IMAGE_FILE)).to(device)
+    except OSError as e:
+        raise _err(src, IMAGE_FILE, None, f"unreadable image ({e})") from None
+    self_attn = {k[len(SELF_ATTN_PREFIX):]: v.to(dtype) for k, v in tensors.items() if k.startswith(SELF_ATTN_PREFIX)}
+    tokens = meta.pop("tokens")
+    token_classes = meta.pop("token_classes")
+    class_names = meta.pop("class_names", None) or VOC_CLASSES
+    return Capture(image=image, self_attn=self_attn, token_maps=tensors[TOKEN_MAPS_KEY].float(),
+                   tokens=[str(t) for t in tokens], token_classes=token_classes,
+                   class_names=tuple(class_names), meta=meta, source=src)

@@ -1,0 +1,49 @@
+"""``pccseg`` command line: a thin layer over the Python API.
+
+Each sub-command lives in ``pccseg/commands/<name>.py`` with ``register(subparsers)``, which adds its
+parser and sets ``func(args) -> int``. Bad input (:class:`~pccseg.errors.InputError`) becomes one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import InputError
+
+COMMAND_MODULES = ("generate", "label", "train", "pictures")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pccseg",
+        description="Labelled segmentation datasets from Stable Diffusion by Principal Component Clustering.")
+    parser.add_argument("--version", action="version", version=f"pccseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"pccseg.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"pccseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pccseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``pccseg`` CLI, one module each (see :mod:`pccseg.cli`)."""

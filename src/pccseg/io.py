@@ -1,0 +1,102 @@
+"""Files: atomic writes (temporary name, then rename), palette PNG masks, RGB images."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .vocab import VOC_PALETTE
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error remove it.
+
+    A crash or a kill never leaves a half-written file under the final name. With ``directory=True``
+    the temporary path is an (empty, created) directory and an existing ``path`` directory is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory:
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _as_uint8_2d(mask: Any) -> np.ndarray:
+    if hasattr(mask, "detach"):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    return mask.astype(np.uint8)
+
+
+def mask_to_image(mask: Any) -> Image.Image:
+    """(H, W) label values -> single-channel PIL image in mode ``P`` with the VOC palette."""
+    img = Image.fromarray(_as_uint8_2d(mask), mode="P")
+    img.putpalette(VOC_PALETTE.reshape(-1).tolist())
+    return img
+
+
+def save_mask(path: str | Path, mask: Any) -> None:
+    """Save a (H, W) mask (values 0..N and 255) as a VOC palette PNG, atomically."""
+    img = mask_to_image(mask)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Read a palette (or grey) PNG mask as (H, W) uint8 label values (the palette is not applied)."""
+    with Image.open(path) as img:
+        if img.mode not in ("P", "L"):
+            raise ValueError(f"{path}: mask must be a palette or greyscale PNG, got mode {img.mode}")
+        return np.array(img, dtype=np.uint8)
+
+
+def save_image(path: str | Path, image: Any, *, format: str | None = None, **kwargs: Any) -> None:
+    """Save an (H, W, 3) uint8 array / tensor or a PIL image, atomically (format from the suffix)."""
+    if not isinstance(image, Image.Image):
+        if hasattr(image, "detach"):
+            image = image.detach().cpu().numpy()
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    path = Path(path)
+    fmt = format or {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(path.suffix.lower(), "PNG")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **kwargs)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB."""
+    with Image.open(path) as img:
+        return np.array(img.convert("RGB"), dtype=np.uint8)

@@ -1,0 +1,107 @@
+"""PCC labelling of one capture, end to end: SPEC.md sections 2-4.
+
+The stages live one per module (``features``, ``clusters``, ``classes``, ``refine``); this module holds
+their parameters, runs them in order and keeps every intermediate for pictures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+
+from .capture_format import Capture
+
+Preset = Literal["report", "authors"]
+
+
+@dataclass(frozen=True)
+class LabelParams:
+    """Every labeller parameter, with the report's values as defaults.
+
+    ``LabelParams.preset("authors")`` switches to the authors' code where it differs from the report:
+    8-connected cluster segments, uncertain below a 0.56 vote share (6 of 9), a refine segment takes the
+    dominant value when it has more than twice the runner-up.
+    """
+
+    # section 2: class-agnostic clusters
+    n_components: int = 3                      # PCA components per head
+    ks: tuple[int, ...] = (4, 7, 10)           # k-means cluster counts
+    seed: int = 0                              # k-means seed (k-means++ init)
+    kmeans_iters: int = 300                    # Lloyd iterations at most
+    cluster_connectivity: Literal[4, 8] = 4    # report 4; authors' code 8
+    # section 3: classify the segments
+    thresholds: tuple[float, ...] = (0.3, 0.5, 0.8)
+    background_factor: float = 1.2             # background (SoT) binary map: map > factor * t
+    vote_rule: Preset = "report"               # report: uncertain if mode share <= 0.5; authors: < 0.56
+    # section 4: refinement on the RGB image
+    refine: bool = True
+    refine_k: int = 20
+    refine_connectivity: Literal[4, 8] = 8     # authors' code
+    refine_min_segment: int = 10               # smaller fragments pool into one leftover segment
+    dominance_rule: Preset = "report"          # report: > dominance_share; authors: > 2x runner-up
+    dominance_share: float = 0.66
+    artefact_ring: bool = True                 # authors' code: morphology + 2-px uncertain ring
+    ring_width: int = 2
+
+    @classmethod
+    def preset(cls, name: Preset = "report", **overrides) -> "LabelParams":
+        """The report's defaults, or the authors' code (``"authors"``), with ``overrides`` on top."""
+        if name == "report":
+            base = cls()
+        elif name == "authors":
+            base = cls(cluster_connectivity=8, vote_rule="authors", dominance_rule="authors")
+        else:
+            raise ValueError(f"unknown preset {name!r} (report, authors)")
+        return replace(base, **overrides)
+
+
+@dataclass
+class LabelResult:
+    """The final mask and every stage's intermediate (h, w: latent size; H, W: image size).
+
+    Attributes:
+        mask: (H, W) uint8 final mask, label values and 255 for uncertain.
+        blocky: (h, w) uint8 mask of section 3 (before refinement).
+        class_ids: label values of the class maps, background (0) first.
+        class_maps: (C, h, w) float, each min-max normalised to [0, 1]; row i is class ``class_ids[i]``.
+        pca: layer name -> (heads, h_l, w_l, n_components) principal-component maps of each head.
+        features: (h*w, F) clustering features (normalised PCA columns, then x and y).
+        clusters: k -> (h, w) int64 k-means cluster index.
+        segments: k -> (h, w) int64 connected-component segment id.
+        votes: (len(ks) * len(thresholds), h, w) uint8 label map per (k, threshold), k-major.
+        vote_share: (h, w) float share of the votes that the mode got.
+        refine_segments: (H, W) int64 segments of the RGB refinement (None if refinement is off).
+        refined: (H, W) uint8 mask after the dominance rule, before the artefact ring (None if off).
+        timings: seconds per stage.
+        params: the parameters used.
+    """
+
+    mask: torch.Tensor
+    blocky: torch.Tensor
+    class_ids: list[int]
+    class_maps: torch.Tensor
+    pca: dict[str, torch.Tensor]
+    features: torch.Tensor
+    clusters: dict[int, torch.Tensor]
+    segments: dict[int, torch.Tensor]
+    votes: torch.Tensor
+    vote_share: torch.Tensor
+    refine_segments: torch.Tensor | None
+    refined: torch.Tensor | None
+    timings: dict[str, float] = field(default_factory=dict)
+    params: LabelParams = field(default_factory=LabelParams)
+
+    @property
+    def uncertain_share(self) -> float:
+        """Share of the final mask's pixels that are 255."""
+        return float((self.mask == 255).float().mean())
+
+
+def label(capture: Capture, params: LabelParams | None = None, **overrides) -> LabelResult:
+    """Label one capture: PCA -> k-means -> segments -> classes -> 9-way vote -> refinement.
+
+    Runs on the device of ``capture``'s tensors. ``overrides`` replace fields of ``params``.
+    """
+    raise NotImplementedError("lands with issue 2")
