@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError as SafetensorsError
 from safetensors.torch import load_file, save_file
 
 from .errors import InputError

@@ -40,6 +40,7 @@ class LabelParams:
     refine_k: int = 20
     refine_connectivity: Literal[4, 8] = 8     # authors' code
     refine_min_segment: int = 10               # smaller fragments pool into one leftover segment
+    refine_subsample: int = 16384              # fit the refine k-means on <= this many pixels (0: all)
     dominance_rule: Preset = "report"          # report: > dominance_share; authors: > 2x runner-up
     dominance_share: float = 0.66
     artefact_ring: bool = True                 # authors' code: morphology + 2-px uncertain ring
