@@ -1,0 +1,114 @@
+"""Section 3 of SPEC.md: token maps -> class maps, segment classification by IoU, 9-way vote."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+UNCERTAIN = 255
+
+
+def class_maps(token_maps: torch.Tensor, token_classes: Sequence[int | None]) -> tuple[list[int], torch.Tensor]:
+    """Merge token maps into one min-max normalised map per class.
+
+    The start-of-text token carries class 0 (background); tokens whose class is None (end-of-text, words
+    that stand for no class) are dropped; several tokens of one class ("pot plant", a class named twice)
+    take the element-wise max of their maps.
+
+    Args:
+        token_maps: (T, h, w) float token maps.
+        token_classes: T label values or None.
+
+    Returns:
+        (class_ids, maps): the label values present, sorted ascending (background 0 first when present),
+        and (C, h, w) float32 maps, each min-max normalised to [0, 1] over the image (a constant map -> 0).
+    """
+    if token_maps.shape[0] != len(token_classes):
+        raise ValueError(f"{token_maps.shape[0]} token maps for {len(token_classes)} token classes")
+    ids = sorted({int(c) for c in token_classes if c is not None})
+    tm = token_maps.float()
+    maps = []
+    for cid in ids:
+        rows = [i for i, c in enumerate(token_classes) if c is not None and int(c) == cid]
+        maps.append(tm[rows].amax(0))
+    if not maps:
+        return [], tm.new_zeros((0,) + tuple(tm.shape[1:]))
+    m = torch.stack(maps)
+    lo = m.amin((1, 2), keepdim=True)
+    rng = m.amax((1, 2), keepdim=True) - lo
+    m = torch.where(rng > 0, (m - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(m))
+    return ids, m
+
+
+def binary_maps(maps: torch.Tensor, class_ids: Sequence[int], threshold: float,
+                background_factor: float = 1.2) -> torch.Tensor:
+    """(C, h, w) normalised maps -> (C, h, w) bool: map > t, and map > background_factor * t for class 0."""
+    t = torch.full((len(class_ids), 1, 1), float(threshold), device=maps.device)
+    t[[i for i, c in enumerate(class_ids) if c == 0]] *= background_factor
+    return maps > t
+
+
+def segment_iou(segments: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
+    """IoU of every segment with every class binary map, with one bincount.
+
+    Args:
+        segments: (h, w) int64 segment ids 0..S-1.
+        binary: (C, h, w) bool class maps.
+
+    Returns:
+        (C, S) float32 IoU (0 where a segment does not touch the class map).
+    """
+    seg = segments.reshape(-1)
+    s = int(seg.max()) + 1 if seg.numel() else 0
+    c = binary.shape[0]
+    b = binary.reshape(c, -1)
+    seg_size = torch.bincount(seg, minlength=s).float()                       # (S,)
+    cls_size = b.sum(1).float()                                               # (C,)
+    key = (torch.arange(c, device=seg.device).unsqueeze(1) * s + seg.unsqueeze(0))[b]
+    inter = torch.bincount(key, minlength=c * s).reshape(c, s).float()        # (C, S)
+    union = seg_size.unsqueeze(0) + cls_size.unsqueeze(1) - inter
+    return torch.where(inter > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+def assign_segments(segments: torch.Tensor, binary: torch.Tensor, class_ids: Sequence[int]) -> torch.Tensor:
+    """Each pixel takes the class whose binary map has the largest IoU with the pixel's segment.
+
+    Ties go to the smaller label value (``class_ids`` ascending); a segment that touches no class map is 0.
+
+    Args:
+        segments: (h, w) int64 segment ids; binary: (C, h, w) bool; class_ids: C label values (ascending).
+
+    Returns:
+        (h, w) uint8 label values.
+    """
+    if binary.shape[0] == 0:
+        return torch.zeros(segments.shape, dtype=torch.uint8, device=segments.device)
+    iou = segment_iou(segments, binary)                                       # (C, S)
+    best_iou, best = iou.max(0)
+    ids = torch.tensor(list(class_ids), dtype=torch.uint8, device=segments.device)
+    seg_label = torch.where(best_iou > 0, ids[best], torch.zeros_like(ids[best]))
+    return seg_label[segments]
+
+
+def vote(votes: torch.Tensor, rule: str = "report") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel mode of a stack of label maps, uncertain where too few agree.
+
+    Args:
+        votes: (V, h, w) uint8 label maps.
+        rule: ``"report"``: uncertain when the mode's share <= 0.5; ``"authors"``: when share < 0.56.
+
+    Returns:
+        ((h, w) uint8 mode with 255 for uncertain pixels — ties go to the smaller value, as
+        ``scipy.stats.mode`` — and (h, w) float32 share of the votes the mode got).
+    """
+    if rule not in ("report", "authors"):
+        raise ValueError(f"unknown vote rule {rule!r} (report, authors)")
+    v = votes.long()
+    counts = torch.zeros((256,) + tuple(v.shape[1:]), dtype=torch.int32, device=v.device)
+    counts.scatter_add_(0, v, torch.ones_like(v, dtype=torch.int32))
+    top, mode = counts.max(0)         # first maximum -> smallest value on ties
+    share = top.float() / v.shape[0]
+    uncertain = share <= 0.5 if rule == "report" else share < 0.56
+    mode = torch.where(uncertain, torch.full_like(mode, UNCERTAIN), mode).to(torch.uint8)
+    return mode, share

@@ -1,0 +1,149 @@
+"""K-means in torch and connected components of label maps (SPEC.md sections 2.3-2.4 and 4.1-4.2).
+
+:func:`kmeans` follows scikit-learn's ``KMeans(init="k-means++", n_init=1, algorithm="lloyd")``: greedy
+k-means++ seeding (``2 + log(k)`` candidates per centre), Lloyd iterations with matmul distances on
+centred data, empty clusters moved to the points farthest from their centres, and a stop when the labels
+no longer change or the centres move less than ``tol`` times the mean feature variance. The random stream
+is torch's, not NumPy's, so clusterings equal scikit-learn's up to label permutation only when both find
+the same local optimum.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+
+def _sqdist(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(N, F), (N,), (k, F) -> (N, k) squared Euclidean distances (clamped at 0)."""
+    d = torch.addmm((c * c).sum(1).unsqueeze(0), x, c.t(), alpha=-2.0)
+    return d.add_(x_sq.unsqueeze(1)).clamp_(min=0)
+
+
+def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
+                    x_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's variant).
+
+    Args:
+        x: (N, F) float points.
+        k: number of centres (<= N).
+        generator: a CPU ``torch.Generator``; every random number is drawn from it up front (one transfer
+            to ``x``'s device), so a seed gives the same draws on every device.
+        x_sq: (N,) squared norms of ``x`` (computed when None).
+
+    Returns:
+        (k, F) initial centres (rows of ``x``).
+    """
+    n = x.shape[0]
+    if x_sq is None:
+        x_sq = (x * x).sum(1)
+    trials = 2 + int(math.log(k))
+    first = int(torch.randint(n, (1,), generator=generator))
+    u = torch.rand(max(k - 1, 1), trials, generator=generator, dtype=torch.float64).to(x.device)
+    idx = torch.empty(k, dtype=torch.long, device=x.device)
+    idx[0] = first
+    closest = _sqdist(x, x_sq, x[first:first + 1]).squeeze(1).double()   # (N,)
+    for c in range(1, k):
+        cum = torch.cumsum(closest, 0)
+        cand = torch.searchsorted(cum, u[c - 1] * cum[-1]).clamp_(max=n - 1)  # (trials,)
+        d = _sqdist(x, x_sq, x[cand]).double()                            # (N, trials)
+        new = torch.minimum(closest.unsqueeze(1), d)
+        best = new.sum(0).argmin()
+        idx[c] = cand[best]
+        closest = new[:, best]
+    return x[idx].clone()
+
+
+def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300, tol: float = 1e-4,
+           fit_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """K-means (k-means++ init from ``seed``, Lloyd iterations until convergence).
+
+    Args:
+        x: (N, F) points (float32 is used for the distances, float64 for the sums).
+        k: clusters (clamped to N).
+        seed: seed of the CPU ``torch.Generator`` that drives the k-means++ seeding.
+        max_iter: Lloyd iterations at most.
+        tol: stop when the centres' total squared shift is <= ``tol`` * mean per-feature variance
+            (scikit-learn's rule); also stops as soon as the labels do not change.
+        fit_rows: optional (M,) row indices: fit the centres on ``x[fit_rows]`` only, then assign every
+            row of ``x`` to its nearest centre (a subsampled fit).
+
+    Returns:
+        ((N,) int64 labels, (k, F) centres in ``x``'s units).
+    """
+    x = x.float()
+    n = x.shape[0]
+    k = max(1, min(k, n))
+    mean = x.mean(0, keepdim=True)
+    xc = x - mean                       # centring keeps the matmul distances accurate
+    fit = xc if fit_rows is None else xc[fit_rows]
+    fit_sq = (fit * fit).sum(1)
+    tol_abs = tol * float(fit.var(0, unbiased=False).mean()) if tol > 0 else 0.0
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    centres = kmeans_plusplus(fit, k, gen, fit_sq)
+    labels = None
+    for _ in range(max_iter):
+        d = _sqdist(fit, fit_sq, centres)
+        new_labels = d.argmin(1)
+        if labels is not None and torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros(k, fit.shape[1], dtype=torch.float64, device=fit.device)
+        sums.index_add_(0, labels, fit.double())
+        new_centres = (sums / counts.clamp(min=1).unsqueeze(1)).float()
+        empty = counts == 0
+        if bool(empty.any()):           # move empty clusters onto the farthest points
+            far = d.gather(1, labels.unsqueeze(1)).squeeze(1).topk(int(empty.sum())).indices
+            new_centres[empty] = fit[far]
+        shift = float(((new_centres - centres) ** 2).sum())
+        centres = new_centres
+        if shift <= tol_abs:
+            break
+    labels = _sqdist(xc, (xc * xc).sum(1), centres).argmin(1)
+    return labels, centres + mean
+
+
+def connected_components(labels: torch.Tensor, connectivity: int = 4) -> torch.Tensor:
+    """Split every label's region into connected components.
+
+    Args:
+        labels: (h, w) integer label map (e.g. k-means clusters).
+        connectivity: 4 or 8.
+
+    Returns:
+        (h, w) int64 segment ids 0..S-1 on ``labels``' device: the components of label ids in ascending
+        order, each label's components in OpenCV's raster order.
+    """
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    lab = labels.detach().cpu().numpy()
+    out = np.zeros(lab.shape, dtype=np.int64)
+    offset = 0
+    for v in np.unique(lab):
+        binary = lab == v
+        n, comp = cv2.connectedComponents(binary.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S)
+        out[binary] = comp[binary] + (offset - 1)
+        offset += n - 1
+    return torch.from_numpy(out).to(labels.device)
+
+
+def relabel_small(segments: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Pool every segment under ``min_size`` pixels into one leftover segment.
+
+    Args:
+        segments: (...) int64 segment ids 0..S-1.
+
+    Returns:
+        same shape, ids 0..B: the B kept segments renumbered 0..B-1 in their old order, and id B for every
+        pixel of a small segment (absent when none is small).
+    """
+    flat = segments.reshape(-1)
+    sizes = torch.bincount(flat)
+    keep = sizes >= min_size
+    new_id = torch.cumsum(keep.long(), 0) - 1
+    new_id = torch.where(keep, new_id, keep.sum())
+    return new_id[flat].reshape(segments.shape)
