@@ -1,7 +1,97 @@
-"""``pccseg pictures``: placeholder until the command lands."""
+"""``pccseg show`` (every PCC stage of one image) and ``pccseg report`` (HTML page of a dataset or a run).
+
+``pccseg show CAPTURE_DIR_OR_ID --out FILE.png [--data DATASET_DIR] [label options]``
+``pccseg report DATASET_OR_RUN_DIR --out DIR``
+"""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 
-def register(sub) -> None:  # pragma: no cover - replaced by the real command
-    pass
+from ..errors import InputError
+from .label import add_label_arguments, params_from_args
+
+
+def resolve_capture(target: str, data: str | None) -> Path:
+    """The capture directory ``target`` names: a path, or with ``data`` an ID of that dataset.
+
+    With ``data``: ``DATA/captures/<stem>``, stem = the ID zero-padded to 6 digits when it is a number
+    (``7`` -> ``000007``); a path that is itself a directory is taken as is.
+    """
+    if data is not None:
+        droot = Path(data)
+        if not droot.is_dir():
+            raise InputError("not a dataset directory", path=droot)
+        stem = f"{int(target):06d}" if target.strip().isdigit() else target.strip()
+        cdir = droot / "captures" / stem
+        if cdir.is_dir():
+            return cdir
+        if Path(target).is_dir() and not target.strip().isdigit():
+            return Path(target)
+        hint = "" if (droot / "captures").is_dir() else \
+            " (the dataset has no captures/: generate it with --keep-captures)"
+        raise InputError(f"no capture for sample {target!r}{hint}", path=cdir)
+    p = Path(target)
+    if not p.is_dir():
+        hint = " (to name a sample of a dataset by its ID, add --data DATASET_DIR)" \
+            if target.strip().isdigit() else ""
+        raise InputError(f"no such capture directory{hint}", path=p)
+    return p
+
+
+def run_show(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..capture_format import load_capture
+    from ..labeller import label
+    from ..show import save_stage_figure
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise InputError("the picture is written as PNG: give a .png file name", path=out, field="--out")
+    params = params_from_args(args)
+    cdir = resolve_capture(args.capture, args.data)
+    cap = load_capture(cdir, device=torch.device(args.device))
+    res = label(cap, params)
+    save_stage_figure(cap, res, out, n_heads=args.heads, dpi=args.dpi)
+    print(out)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from ..report import make_report
+
+    page = make_report(args.directory, args.out, samples_per_class=args.samples)
+    print(page)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "show", help="picture of every PCC stage for one image",
+        description="Label one capture and draw every stage in one PNG: the image, principal components of "
+                    "a few heads, the k-means clusters and segments, the class maps with threshold "
+                    "contours, the votes' agreement, the blocky mask, the refinement segments and the "
+                    "final mask over the image, with a legend of class colours.")
+    p.add_argument("capture", metavar="CAPTURE_DIR_OR_ID",
+                   help="a capture directory, or with --data a sample ID (7 -> DATA/captures/000007)")
+    p.add_argument("--out", required=True, help="output PNG file")
+    p.add_argument("--data", metavar="DATASET_DIR", help="dataset directory whose captures/ holds the ID")
+    p.add_argument("--heads", type=int, default=3, help="heads whose principal components are shown "
+                                                        "(from different resolutions; default 3)")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of the PNG (default 100)")
+    p.add_argument("--device", default="cpu", help="torch device for labelling (default: cpu)")
+    add_label_arguments(p)
+    p.set_defaults(func=run_show)
+
+    r = sub.add_parser(
+        "report", help="HTML page of a dataset (or a training run)",
+        description="Write DIR/index.html with PNG pictures: for a dataset directory the class pixel "
+                    "frequencies, images per class, the uncertain share, sample overlays per class and "
+                    "the generation settings; for a training run folder (log.jsonl) the loss and mIoU "
+                    "curves and the per-class IoU of the best check.")
+    r.add_argument("directory", metavar="DATASET_OR_RUN_DIR")
+    r.add_argument("--out", required=True, help="output directory (index.html and PNGs)")
+    r.add_argument("--samples", type=int, default=4, help="sample images per class (default 4)")
+    r.set_defaults(func=run_report)

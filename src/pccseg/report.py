@@ -1,0 +1,499 @@
+"""A static HTML page about a generated dataset or a training run (``pccseg report``).
+
+Dataset directory (``manifest.jsonl``, ``JPEGImages/``, ``SegmentationClass/``, ``settings.json``):
+
+* ``class_pixels.png`` — share of the labelled pixels per class (uncertain pixels left out; their share
+  is given in the title);
+* ``images_per_class.png`` — per class, the images whose prompt names it and the images whose mask has it;
+* ``uncertain_share.png`` — histogram of the per-image uncertain share;
+* ``samples_<class>.png`` — a few images per class (evenly spread over the ids that have the class),
+  image above, mask over image below;
+* a table per class and the generation settings (``settings.json``) as a table.
+
+Per-sample numbers come from the manifest (``class_pixels``, ``uncertain_share``); a record without them,
+or a directory without a manifest, is read from its mask.
+
+Training run directory (``log.jsonl``): loss and learning-rate curve, mIoU curve, per-class IoU of the
+best check.
+
+Every file is written atomically; links in ``index.html`` are relative file names in the output directory.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .errors import InputError  # noqa: E402
+from .io import atomic_path, load_image, load_mask  # noqa: E402
+from .show import legend_handles, overlay, save_figure  # noqa: E402
+from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
+
+MANIFEST = "manifest.jsonl"
+SETTINGS = "settings.json"
+LOG = "log.jsonl"
+IMAGES = "JPEGImages"
+MASKS = "SegmentationClass"
+
+_CSS = """
+body { font-family: sans-serif; max-width: 1200px; margin: 1em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.9em; }
+td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; vertical-align: top; }
+td.num, th.num { text-align: right; }
+img { max-width: 100%; }
+.note { color: #666; }
+.swatch { display: inline-block; width: 0.9em; height: 0.9em; border: 1px solid #888;
+          vertical-align: middle; margin-right: 4px; }
+"""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Objects of a JSON-lines file (blank lines skipped); InputError naming the line when one is bad."""
+    out = []
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(f"unreadable ({e})", path=path) from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e.msg})", path=path, field=f"line {n}") from None
+        if not isinstance(obj, dict):
+            raise InputError("expected a JSON object", path=path, field=f"line {n}")
+        out.append(obj)
+    return out
+
+
+def _read_settings(directory: Path) -> dict | None:
+    p = directory / SETTINGS
+    if not p.is_file():
+        return None
+    try:
+        obj = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e.msg})", path=p) from None
+    if not isinstance(obj, dict):
+        raise InputError("expected a JSON object", path=p)
+    return obj
+
+
+def _stem(record: dict, path: Path, n: int) -> str:
+    if "id" in record:
+        return str(record["id"])
+    if "record_id" in record:
+        return f"{int(record['record_id']):06d}"
+    raise InputError("record has neither 'id' nor 'record_id'", path=path, field=f"record {n}")
+
+
+def dataset_stats(directory: str | Path) -> dict[str, Any]:
+    """Per-sample numbers of a dataset directory.
+
+    Returns a dict with ``class_names`` (tuple), ``settings`` (dict or None), ``ids`` (list of stems),
+    ``pixels`` ((N, C) int64 pixel count per sample and class), ``uncertain`` ((N,) float share),
+    ``named`` ((N, C) bool: the prompt names the class), ``records`` (the manifest objects).
+    Raises :class:`InputError` when there is no sample.
+    """
+    directory = Path(directory)
+    settings = _read_settings(directory)
+    names = tuple((settings or {}).get("class_names") or VOC_CLASSES)
+    index = {n: i for i, n in enumerate(names)}
+    manifest = directory / MANIFEST
+    if manifest.is_file():
+        records = _read_jsonl(manifest)
+        if not records:
+            raise InputError("no samples: the manifest has no records", path=manifest)
+    else:
+        masks = sorted((directory / MASKS).glob("*.png")) if (directory / MASKS).is_dir() else []
+        if not masks:
+            raise InputError(f"not a dataset directory: no {MANIFEST} and no masks in {MASKS}/ "
+                             f"(nor a training run: no {LOG})", path=directory)
+        records = [{"id": p.stem} for p in masks]
+    C = len(names)
+    ids = [_stem(r, manifest, n) for n, r in enumerate(records, 1)]
+    pixels = np.zeros((len(records), C), dtype=np.int64)
+    uncertain = np.zeros(len(records), dtype=np.float64)
+    named = np.zeros((len(records), C), dtype=bool)
+    for n, (stem, rec) in enumerate(zip(ids, records)):
+        cp = rec.get("class_pixels")
+        us = rec.get("uncertain_share")
+        if not isinstance(cp, dict) or us is None:
+            mpath = directory / MASKS / f"{stem}.png"
+            if not mpath.is_file():
+                raise InputError("no class_pixels/uncertain_share in the manifest and no mask file",
+                                 path=mpath)
+            m = load_mask(mpath)
+            counts = np.bincount(m.reshape(-1), minlength=256)
+            pixels[n] = counts[:C]
+            uncertain[n] = counts[IGNORE_INDEX] / m.size
+        else:
+            for name, cnt in cp.items():
+                if name in index:
+                    pixels[n, index[name]] = int(cnt)
+            uncertain[n] = float(us)
+        for name in rec.get("classes") or ():
+            if name in index:
+                named[n, index[name]] = True
+    return dict(class_names=names, settings=settings, ids=ids, pixels=pixels, uncertain=uncertain,
+                named=named, records=records)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _bar_colours(C: int) -> np.ndarray:
+    return VOC_PALETTE[:C] / 255.0
+
+
+def class_pixels_figure(pixels: np.ndarray, names: Sequence[str], uncertain_mean: float):
+    """Bar chart: share of labelled pixels per class (pixels: (N, C))."""
+    tot = pixels.sum(0).astype(np.float64)
+    share = 100 * tot / max(tot.sum(), 1)
+    C = len(names)
+    fig, ax = plt.subplots(figsize=(10, 3.8), dpi=100, layout="constrained")
+    x = np.arange(C)
+    ax.bar(x, share, color=_bar_colours(C), edgecolor="0.3", linewidth=0.6)
+    for xi, s in zip(x, share):
+        ax.text(xi, s, f"{s:.1f}" if s >= 0.05 else ("0" if s == 0 else "<0.1"), ha="center",
+                va="bottom", fontsize=7)
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("% of labelled pixels")
+    ax.set_ylim(0, max(share.max() * 1.15, 1))
+    ax.set_title(f"Class pixel frequency (uncertain pixels, {100 * uncertain_mean:.1f}% of all, left out)",
+                 fontsize=10)
+    return fig
+
+
+def images_per_class_figure(pixels: np.ndarray, named: np.ndarray, names: Sequence[str]):
+    """Grouped bars: images whose prompt names the class, images whose mask has it."""
+    C = len(names)
+    present = (pixels > 0).sum(0)
+    in_prompt = named.sum(0)
+    fig, ax = plt.subplots(figsize=(10, 3.8), dpi=100, layout="constrained")
+    x = np.arange(C)
+    wdt = 0.4
+    ax.bar(x - wdt / 2, in_prompt, wdt, color="0.75", edgecolor="0.3", linewidth=0.6, label="named in prompt")
+    ax.bar(x + wdt / 2, present, wdt, color=_bar_colours(C), edgecolor="0.3", linewidth=0.6,
+           label="present in mask")
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, max(max(present.max(), in_prompt.max()) * 1.15, 1))
+    ax.set_title(f"Images per class ({pixels.shape[0]} images)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def uncertain_figure(uncertain: np.ndarray):
+    """Histogram of the per-image uncertain share."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5), dpi=100, layout="constrained")
+    u = 100 * uncertain
+    hi = max(float(u.max()), 1.0)
+    ax.hist(u, bins=np.linspace(0, hi * 1.0001, 26), color="tab:gray", edgecolor="white")
+    ax.axvline(float(np.mean(u)), color="tab:red", label=f"mean {np.mean(u):.1f}%")
+    ax.axvline(float(np.median(u)), color="tab:blue", linestyle="--", label=f"median {np.median(u):.1f}%")
+    ax.set_xlabel("uncertain pixels per image (%)")
+    ax.set_ylabel("images")
+    ax.set_title("Uncertain share (value 255)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def _thumb(img: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    H, W = img.shape[:2]
+    s = min(1.0, size / max(H, W))
+    hw = (max(1, round(H * s)), max(1, round(W * s)))
+    if hw == (H, W):
+        return img, hw
+    return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR)), hw
+
+
+def samples_figure(directory: Path, ids: Sequence[str], cls: int, names: Sequence[str], *,
+                   thumb: int = 192, alpha: float = 0.55):
+    """Columns of samples that have class ``cls``: image above, mask over image below."""
+    n = len(ids)
+    images = [load_image(directory / IMAGES / f"{stem}.jpg") for stem in ids]
+    aspect = images[0].shape[0] / images[0].shape[1]
+    fig, axes = plt.subplots(2, n, figsize=(2.0 * n + 0.3, 2 * 2.0 * aspect + 1.3), dpi=100, squeeze=False,
+                             layout="constrained")
+    shown = set()
+    for j, (stem, img) in enumerate(zip(ids, images)):
+        mask = load_mask(directory / MASKS / f"{stem}.png")
+        share = 100 * float((mask == cls).mean())
+        small, hw = _thumb(img, thumb)
+        mimg = Image.fromarray(mask).resize((hw[1], hw[0]), Image.NEAREST)
+        m = np.asarray(mimg)
+        shown |= {int(v) for v in np.unique(m)}
+        axes[0][j].imshow(small)
+        axes[0][j].set_title(f"{stem}\n{names[cls]} {share:.0f}%", fontsize=8)
+        axes[1][j].imshow(overlay(small, m, alpha))
+        for ax in axes[:, j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_ylabel("image", fontsize=8)
+    axes[1][0].set_ylabel("mask over image", fontsize=8)
+    vals = sorted(v for v in shown if v != 0)
+    fig.legend(handles=legend_handles(vals, names), loc="outside lower center", ncol=min(len(vals), 6) or 1,
+               fontsize=7, frameon=False)
+    fig.suptitle(f"{cls} {names[cls]}", fontsize=10)
+    return fig
+
+
+def _spread(items: Sequence[str], n: int) -> list[str]:
+    """``n`` items evenly spread over ``items`` (all when there are fewer)."""
+    if len(items) <= n:
+        return list(items)
+    idx = np.unique(np.round(np.linspace(0, len(items) - 1, n)).astype(int))
+    return [items[i] for i in idx]
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _img(name: str, alt: str) -> str:
+    return f'<p><img src="{_e(name)}" alt="{_e(alt)}"></p>'
+
+
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        out: list[tuple[str, Any]] = []
+        for k, v in obj.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [(prefix, obj)]
+
+
+def _settings_table(settings: dict) -> str:
+    rows = []
+    for k, v in _flatten(settings):
+        if k == "class_names":
+            v = ", ".join(map(str, v))
+        elif not isinstance(v, str):
+            v = json.dumps(v)
+        rows.append(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>")
+    return "<table>\n" + "\n".join(rows) + "\n</table>"
+
+
+def _page(title: str, body: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            f"<h1>{_e(title)}</h1>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _swatch(v: int) -> str:
+    r, g, b = (int(c) for c in VOC_PALETTE[v])
+    return f'<span class="swatch" style="background: rgb({r},{g},{b})"></span>'
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def dataset_report(directory: str | Path, out: str | Path, *, samples_per_class: int = 4,
+                   thumb: int = 192) -> Path:
+    """Write ``out/index.html`` and its PNGs for a dataset directory; returns the page's path."""
+    directory, out = Path(directory), Path(out)
+    st = dataset_stats(directory)
+    names, ids, pixels, unc, named = st["class_names"], st["ids"], st["pixels"], st["uncertain"], st["named"]
+    out.mkdir(parents=True, exist_ok=True)
+    N, C = pixels.shape
+    body = [f'<p>Dataset <code>{_e(directory.resolve())}</code>: {N} images, '
+            f'{C} classes; mean uncertain share {100 * unc.mean():.2f}%.</p>']
+
+    times = [r.get("timings") for r in st["records"] if isinstance(r.get("timings"), dict)]
+    if times:
+        keys = sorted({k for t in times for k in t})
+        cells = ", ".join(f"{_e(k)} {np.median([t[k] for t in times if k in t]):.2f} s" for k in keys)
+        body.append(f"<p>Median time per image: {cells}.</p>")
+
+    save_figure(class_pixels_figure(pixels, names, float(unc.mean())), out / "class_pixels.png")
+    body += ["<h2>Class pixel frequency</h2>", _img("class_pixels.png", "class pixel frequency")]
+    save_figure(images_per_class_figure(pixels, named, names), out / "images_per_class.png")
+    body += ["<h2>Images per class</h2>", _img("images_per_class.png", "images per class")]
+
+    tot = pixels.sum(0)
+    share = 100 * tot / max(tot.sum(), 1)
+    rows = ["<table>", '<tr><th>value</th><th>class</th><th class="num">% labelled pixels</th>'
+            '<th class="num">images named</th><th class="num">images present</th></tr>']
+    for c in range(C):
+        rows.append(f'<tr><td class="num">{c}</td><td>{_swatch(c)}{_e(names[c])}</td>'
+                    f'<td class="num">{share[c]:.2f}</td><td class="num">{int(named[:, c].sum())}</td>'
+                    f'<td class="num">{int((pixels[:, c] > 0).sum())}</td></tr>')
+    rows.append("</table>")
+    body += rows
+
+    save_figure(uncertain_figure(unc), out / "uncertain_share.png")
+    body += ["<h2>Uncertain share</h2>", _img("uncertain_share.png", "uncertain share histogram")]
+
+    body.append("<h2>Samples per class</h2>")
+    body.append(f'<p class="note">Up to {samples_per_class} images per class, evenly spread over the '
+                "images whose mask has the class; image above, mask over image below (uncertain pixels: "
+                "white stripes).</p>")
+    missing = []
+    for c in range(1, C):
+        have = [ids[i] for i in np.flatnonzero(pixels[:, c] > 0)]
+        have = [s for s in have if (directory / IMAGES / f"{s}.jpg").is_file()
+                and (directory / MASKS / f"{s}.png").is_file()]
+        if not have:
+            missing.append(names[c])
+            continue
+        fname = f"samples_{c:02d}_{_safe(names[c])}.png"
+        save_figure(samples_figure(directory, _spread(sorted(have), samples_per_class), c, names, thumb=thumb),
+                    out / fname)
+        body += [f"<h3>{_swatch(c)}{_e(names[c])} ({len(have)} images)</h3>", _img(fname, f"samples of {names[c]}")]
+    if missing:
+        body.append(f"<p>No image has: {_e(', '.join(missing))}.</p>")
+
+    body.append("<h2>Generation settings</h2>")
+    if st["settings"] is None:
+        body.append(f'<p class="note">No {SETTINGS} in the dataset directory: the generation settings '
+                    "are unknown.</p>")
+    else:
+        body.append(_settings_table(st["settings"]))
+    page = out / "index.html"
+    _write_text(page, _page(f"pccseg dataset report: {directory.name}", body))
+    return page
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def _run_class_names(run: Path, n: int) -> tuple[str, ...]:
+    for fname in ("config.json", "settings.json", "train.json", "args.json"):
+        p = run / fname
+        if p.is_file():
+            try:
+                obj = json.loads(p.read_text())
+            except (json.JSONDecodeError, OSError):
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("class_names"), list) \
+                    and len(obj["class_names"]) == n:
+                return tuple(map(str, obj["class_names"]))
+    if n == len(VOC_CLASSES):
+        return VOC_CLASSES
+    return tuple(f"class {i}" for i in range(n))
+
+
+def training_report(run: str | Path, out: str | Path) -> Path:
+    """Write ``out/index.html`` with loss, mIoU and per-class IoU pictures for a training run folder."""
+    run, out = Path(run), Path(out)
+    log = run / LOG
+    entries = _read_jsonl(log)
+    losses = [e for e in entries if "loss" in e and "iter" in e]
+    checks = [e for e in entries if "miou" in e and "iter" in e]
+    if not losses and not checks:
+        raise InputError("no loss or mIoU entries", path=log)
+    out.mkdir(parents=True, exist_ok=True)
+    pct = 100.0 if checks and all(float(e["miou"]) <= 1.0 for e in checks) else 1.0
+    body = [f"<p>Training run <code>{_e(run.resolve())}</code>: {len(losses)} loss entries, "
+            f"{len(checks)} checks.</p>"]
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100, layout="constrained")
+    ax = axes[0]
+    if losses:
+        it = np.array([e["iter"] for e in losses], dtype=float)
+        ax.plot(it, [e["loss"] for e in losses], color="tab:blue", linewidth=1, label="loss")
+        ax.set_ylabel("loss")
+        if any("lr" in e for e in losses):
+            ax2 = ax.twinx()
+            ax2.plot([e["iter"] for e in losses if "lr" in e], [e["lr"] for e in losses if "lr" in e],
+                     color="tab:orange", linewidth=1, linestyle="--", label="lr")
+            ax2.set_ylabel("learning rate", color="tab:orange")
+            ax2.tick_params(axis="y", labelcolor="tab:orange", labelsize=8)
+            ax2.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        ax.set_title("Training loss (blue), learning rate (orange, dashed)", fontsize=10)
+    else:
+        ax.text(0.5, 0.5, "no loss entries", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("iteration")
+    ax = axes[1]
+    best = None
+    if checks:
+        it = [e["iter"] for e in checks]
+        m = [pct * float(e["miou"]) for e in checks]
+        best = checks[int(np.argmax(m))]
+        ax.plot(it, m, marker="o", markersize=3, color="tab:green")
+        ax.axhline(max(m), color="0.6", linestyle=":", linewidth=1)
+        ax.annotate(f"best {max(m):.2f} @ {best['iter']}", (best["iter"], max(m)), fontsize=8,
+                    textcoords="offset points", xytext=(6, -12), ha="left")
+        ax.set_ylabel("mIoU (%)")
+        ax.set_title("Validation mIoU", fontsize=10)
+    else:
+        ax.text(0.5, 0.5, "no checks yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("iteration")
+    save_figure(fig, out / "curves.png")
+    body += ["<h2>Loss and mIoU</h2>", _img("curves.png", "loss and mIoU curves")]
+
+    if best is not None and isinstance(best.get("iou"), list) and best["iou"]:
+        iou = np.array([np.nan if v is None else float(v) for v in best["iou"]]) * pct
+        acc = best.get("acc") if isinstance(best.get("acc"), list) and len(best["acc"]) == len(iou) else None
+        names = _run_class_names(run, len(iou))
+        fig, ax = plt.subplots(figsize=(10, 3.8), dpi=100, layout="constrained")
+        x = np.arange(len(iou))
+        cols = VOC_PALETTE[np.arange(len(iou)) % 256] / 255.0
+        ax.bar(x, np.nan_to_num(iou), color=cols, edgecolor="0.3", linewidth=0.6)
+        for xi, v in zip(x, iou):
+            ax.text(xi, 0 if math.isnan(v) else v, "n/a" if math.isnan(v) else f"{v:.0f}", ha="center",
+                    va="bottom", fontsize=7)
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("IoU (%)")
+        ax.set_ylim(0, 105 if pct == 100 else max(np.nanmax(iou) * 1.15, 1))
+        ax.set_title(f"Per-class IoU at the best check (iteration {best['iter']}, "
+                     f"mIoU {pct * float(best['miou']):.2f})", fontsize=10)
+        save_figure(fig, out / "best_iou.png")
+        body += ["<h2>Per-class IoU of the best check</h2>",
+                 f"<p>Best check: iteration {_e(best['iter'])}, mIoU {pct * float(best['miou']):.2f}"
+                 f"{'%' if pct == 100 else ''}.</p>", _img("best_iou.png", "per-class IoU")]
+        rows = ['<table>', '<tr><th>class</th><th class="num">IoU (%)</th>'
+                + ('<th class="num">accuracy (%)</th>' if acc else "") + "</tr>"]
+        for i, n in enumerate(names):
+            a = ""
+            if acc:
+                a = f'<td class="num">{"n/a" if acc[i] is None else f"{pct * float(acc[i]):.2f}"}</td>'
+            v = "n/a" if math.isnan(iou[i]) else f"{iou[i]:.2f}"
+            rows.append(f'<tr><td>{_e(n)}</td><td class="num">{v}</td>{a}</tr>')
+        rows.append("</table>")
+        body += rows
+    elif not checks:
+        body.append('<p class="note">No check (mIoU) in the log yet.</p>')
+    page = out / "index.html"
+    _write_text(page, _page(f"pccseg training report: {run.name}", body))
+    return page
+
+
+def make_report(directory: str | Path, out: str | Path, **kwargs: Any) -> Path:
+    """A training report when ``directory`` holds ``log.jsonl``, else a dataset report."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError("not a directory", path=directory)
+    if (directory / LOG).is_file():
+        return training_report(directory, out)
+    return dataset_report(directory, out, **kwargs)

@@ -1,0 +1,369 @@
+"""Pictures of every stage of PCC for one image (``pccseg show``).
+
+:func:`stage_figure` draws one panel per stage of :func:`pccseg.labeller.label`, from the
+:class:`~pccseg.labeller.LabelResult` it returns:
+
+1. the image and the first three principal components of a few self-attention heads (one head per
+   resolution) as RGB;
+2. the k-means clusters for each k, with the borders of their connected segments;
+3. each class map as a heat map with its threshold contours (dotted, dashed, solid from the lowest
+   threshold up; the background's contours are the thresholds times ``background_factor``);
+4. the votes' agreement (the mode's share) with the uncertainty cut-off, the blocky mask, the RGB
+   refinement segments and the final mask over the image;
+
+and a legend of the class colours present (VOC palette; uncertain pixels, 255, are white hatching).
+
+:func:`overlay` (image + mask -> RGB) and :func:`colorize` (mask -> RGB) are reused by the dataset report.
+Headless: matplotlib runs on the Agg backend.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
+
+#: Colour of uncertain (255) pixels: white stripes (drawn over the image or a light grey ground).
+UNCERTAIN_RGB = np.array([255, 255, 255], dtype=np.uint8)
+UNCERTAIN_GROUND = np.array([150, 150, 150], dtype=np.uint8)
+_THRESHOLD_STYLES = (":", "--", "-", "-.")
+_PANEL_IN = 2.6  # panel size in inches
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A torch tensor (any device) or array-like as a numpy array."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if x.dtype.is_floating_point:
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of the first two axes of ``a`` (h, w, ...) to ``size`` = (H, W).
+
+    Pixel centres are mapped (the same rule as ``torch.nn.functional.interpolate(mode="nearest-exact")``),
+    so an integer upscale repeats every pixel exactly.
+    """
+    h, w = a.shape[:2]
+    H, W = size
+    if (h, w) == (H, W):
+        return a
+    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+    return a[rows[:, None], cols[None, :]]
+
+
+def boundaries(labels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels whose right or lower neighbour has another label (1-pixel borders)."""
+    b = np.zeros(labels.shape, dtype=bool)
+    dx = labels[:, 1:] != labels[:, :-1]
+    dy = labels[1:, :] != labels[:-1, :]
+    b[:, :-1] |= dx
+    b[:-1, :] |= dy
+    return b
+
+
+def _stripes(shape: tuple[int, int], period: int | None = None) -> np.ndarray:
+    """(H, W) bool diagonal stripes (about 3/8 of each period on)."""
+    H, W = shape
+    if period is None:
+        period = max(4, int(round(min(H, W) / 40)))
+    yy, xx = np.indices((H, W))
+    return ((xx + yy) % period) < max(1, (3 * period) // 8)
+
+
+def colorize(mask: Any, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Label mask (h, w) -> (H, W, 3) uint8 in the VOC palette; 255 as white stripes on grey.
+
+    ``size`` = (H, W) nearest-upsamples the mask first (so the stripes are drawn at the output size).
+    """
+    m = to_numpy(mask).astype(np.int64)
+    if size is not None:
+        m = resize_nearest(m, size)
+    rgb = VOC_PALETTE[np.clip(m, 0, 255)].copy()
+    unc = m == IGNORE_INDEX
+    if unc.any():
+        st = _stripes(m.shape)
+        rgb[unc] = UNCERTAIN_GROUND
+        rgb[unc & st] = UNCERTAIN_RGB
+    return rgb
+
+
+def overlay(image: Any, mask: Any, alpha: float = 0.5, *, edges: bool = True) -> np.ndarray:
+    """Mask over image: (H, W, 3) uint8.
+
+    Args:
+        image: (H, W, 3) uint8 array or tensor.
+        mask: (h, w) label values (any size: nearest-resized to H x W); 0 = background, left as the image;
+            255 = uncertain, drawn as white diagonal stripes.
+        alpha: opacity of the class colours and of the stripes.
+        edges: draw the border of every class region at full opacity in its colour.
+    """
+    img = to_numpy(image)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3), got shape {img.shape}")
+    H, W = img.shape[:2]
+    m = resize_nearest(to_numpy(mask).astype(np.int64), (H, W))
+    out = img.astype(np.float32)
+    colour = VOC_PALETTE[np.clip(m, 0, 255)].astype(np.float32)
+    cls = (m != 0) & (m != IGNORE_INDEX)
+    out[cls] = (1 - alpha) * out[cls] + alpha * colour[cls]
+    unc = (m == IGNORE_INDEX) & _stripes((H, W))
+    out[unc] = (1 - alpha) * out[unc] + alpha * 255.0
+    if edges:
+        e = boundaries(m) & cls
+        out[e] = colour[e]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def pca_rgb(pc: Any) -> np.ndarray:
+    """(h, w, n) principal-component maps -> (h, w, 3) float RGB in [0, 1] (first 3, each min-max)."""
+    a = to_numpy(pc).astype(np.float32)
+    a = a[..., :3]
+    if a.shape[-1] < 3:
+        a = np.concatenate([a, np.zeros(a.shape[:2] + (3 - a.shape[-1],), np.float32)], axis=-1)
+    lo = a.min(axis=(0, 1), keepdims=True)
+    hi = a.max(axis=(0, 1), keepdims=True)
+    return (a - lo) / np.where(hi > lo, hi - lo, 1.0)
+
+
+def short_layer(name: str) -> str:
+    """``up_blocks.1.attentions.2.transformer_blocks.0.attn1`` -> ``up1.att2.tb0``; others truncated."""
+    m = re.search(r"up_blocks\.(\d+)\.attentions\.(\d+)(?:\.transformer_blocks\.(\d+))?", name)
+    if m:
+        s = f"up{m.group(1)}.att{m.group(2)}"
+        return s + (f".tb{m.group(3)}" if m.group(3) is not None else "")
+    return name if len(name) <= 24 else "…" + name[-23:]
+
+
+def pick_heads(pca: dict[str, Any], n: int = 3) -> list[tuple[str, int]]:
+    """A few (layer, head) pairs from different resolutions, lowest resolution first.
+
+    One per resolution (the first layer of that size, head 0) while there are resolutions; then further
+    heads of the same layers (head ``heads // 2``) until ``n``.
+    """
+    by_res: dict[tuple[int, int], list[str]] = {}
+    for name, t in pca.items():
+        by_res.setdefault((int(t.shape[1]), int(t.shape[2])), []).append(name)
+    res = sorted(by_res)
+    picks = [(by_res[r][0], 0) for r in res][:n]
+    for r in res:
+        if len(picks) >= n:
+            break
+        name = by_res[r][-1]
+        head = int(pca[name].shape[0]) // 2
+        if (name, head) not in picks:
+            picks.append((name, head))
+    return picks[:n]
+
+
+def _cut_off(params: Any) -> tuple[float, str]:
+    if getattr(params, "vote_rule", "report") == "authors":
+        return 0.56, "< 0.56"
+    return 0.5, "≤ 0.5"
+
+
+def _off(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _label_panel(ax, rgb: np.ndarray, title: str) -> None:
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    _off(ax)
+
+
+def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int = 5, alpha: float = 0.55,
+                 dpi: int = 100) -> Figure:
+    """One figure, one panel per PCC stage, for one image.
+
+    Args:
+        capture: the :class:`~pccseg.capture_format.Capture` that was labelled (image, class names,
+            ``meta["prompt"]`` for the title).
+        result: its :class:`~pccseg.labeller.LabelResult`.
+        n_heads: how many heads' principal components to show (from different resolutions).
+        max_cols: panels per row at most (longer stages wrap).
+        alpha: opacity of the mask over the image.
+    Returns:
+        A matplotlib Figure (Agg); save it with ``fig.savefig`` or use :func:`save_stage_figure`.
+    """
+    image = to_numpy(capture.image).astype(np.uint8)
+    H, W = image.shape[:2]
+    names = tuple(getattr(capture, "class_names", None) or VOC_CLASSES)
+    params = result.params
+
+    def cname(i: int) -> str:
+        return names[i] if 0 <= i < len(names) else f"class {i}"
+
+    rows: list[list] = []  # each entry: a function(ax)
+
+    # -- row 1: image + principal components
+    row = [lambda ax: _label_panel(ax, image, f"image ({H}x{W})")]
+    for layer, head in pick_heads(result.pca, n_heads):
+        pc = result.pca[layer][head]
+        h, w = int(pc.shape[0]), int(pc.shape[1])
+        row.append(lambda ax, pc=pc, layer=layer, head=head, h=h, w=w: _label_panel(
+            ax, pca_rgb(pc), f"PCA 1-3, {h}x{w} head\n{short_layer(layer)} head {head}"))
+    rows.append(row)
+
+    # -- row 2: clusters (+ segment borders)
+    row = []
+    for k in sorted(result.clusters):
+        cl = to_numpy(result.clusters[k]).astype(np.int64)
+        seg = to_numpy(result.segments[k]).astype(np.int64) if k in result.segments else None
+
+        def draw(ax, cl=cl, seg=seg, k=k):
+            scale = max(1, int(np.ceil(256 / max(cl.shape))))
+            size = (cl.shape[0] * scale, cl.shape[1] * scale)
+            cmap = plt.get_cmap("tab20")
+            rgb = (np.asarray(cmap(np.arange(20)))[:, :3] * 255).astype(np.uint8)[resize_nearest(cl, size) % 20]
+            title = f"k-means, k={k}"
+            if seg is not None:
+                rgb[boundaries(resize_nearest(seg, size))] = 0
+                title += f"\n{len(np.unique(seg))} segments (borders)"
+            _label_panel(ax, rgb, title)
+        row.append(draw)
+    rows.append(row)
+
+    # -- row 3: class maps with threshold contours
+    row = []
+    maps = to_numpy(result.class_maps).astype(np.float32)
+    thresholds = sorted(float(t) for t in params.thresholds)
+    for i, cid in enumerate(result.class_ids):
+        is_bg = int(cid) == 0
+        levels = [t * (params.background_factor if is_bg else 1.0) for t in thresholds]
+
+        def draw(ax, m=maps[i], cid=int(cid), levels=levels, is_bg=is_bg):
+            ax.imshow(m, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+            lv = [(v, s) for v, s in zip(levels, _THRESHOLD_STYLES) if m.min() < v < m.max()]
+            if lv:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ax.contour(m, levels=[v for v, _ in lv], colors="cyan", linewidths=1.0,
+                               linestyles=[s for _, s in lv])
+            lvl = "/".join(f"{v:.2g}" for v in levels)
+            ax.set_title(f"{cname(cid)}{' (SoT)' if is_bg else ''} map\n> {lvl}", fontsize=9)
+            _off(ax)
+        row.append(draw)
+    rows.append(row)
+
+    # -- row 4: votes, blocky, refinement, final
+    row = []
+    share = to_numpy(result.vote_share).astype(np.float32)
+    cut, cut_txt = _cut_off(params)
+
+    def draw_share(ax):
+        im = ax.imshow(share, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        if share.min() < cut < share.max():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax.contour(share, levels=[cut], colors="red", linewidths=1.0)
+        n_votes = int(result.votes.shape[0]) if result.votes is not None else 0
+        ax.set_title(f"vote agreement ({n_votes} votes)\nred: uncertain {cut_txt}", fontsize=9)
+        _off(ax)
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        cb.ax.tick_params(labelsize=7)
+    row.append(draw_share)
+
+    blocky = to_numpy(result.blocky)
+    b_unc = float((blocky == IGNORE_INDEX).mean())
+    row.append(lambda ax: _label_panel(
+        ax, colorize(blocky, (H, W)), f"blocky mask ({blocky.shape[0]}x{blocky.shape[1]})\n"
+                                      f"uncertain {100 * b_unc:.1f}%"))
+    if result.refine_segments is not None:
+        rs = to_numpy(result.refine_segments).astype(np.int64)
+
+        def draw_rs(ax):
+            rgb = image.copy()
+            rgb[boundaries(resize_nearest(rs, (H, W)))] = (255, 255, 0)
+            _label_panel(ax, rgb, f"RGB refinement\n{len(np.unique(rs))} segments")
+        row.append(draw_rs)
+    mask = to_numpy(result.mask)
+    unc = float((mask == IGNORE_INDEX).mean())
+    row.append(lambda ax: _label_panel(ax, overlay(image, mask, alpha),
+                                       f"final mask over image\nuncertain {100 * unc:.1f}%"))
+    rows.append(row)
+
+    # -- layout: stages as rows, wrapped at max_cols
+    flat_rows: list[list] = []
+    for r in rows:
+        for s in range(0, max(len(r), 1), max_cols):
+            flat_rows.append(r[s:s + max_cols])
+    ncols = max(len(r) for r in flat_rows)
+    nrows = len(flat_rows)
+    fig = plt.figure(figsize=(_PANEL_IN * ncols, _PANEL_IN * 1.12 * nrows + 1.3), dpi=dpi,
+                     layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for r, fns in enumerate(flat_rows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c < len(fns):
+                fns[c](ax)
+            else:
+                ax.set_axis_off()
+
+    # -- title and legend
+    prompt = (getattr(capture, "meta", None) or {}).get("prompt")
+    title = "PCC stages"
+    if prompt:
+        title += ": " + "\n".join(textwrap.wrap(str(prompt), width=int(ncols * 26)))
+    fig.suptitle(title, fontsize=11)
+    present = sorted({int(v) for v in np.unique(mask)} | {int(v) for v in np.unique(blocky)}
+                     | {int(c) for c in result.class_ids})
+    handles = [Patch(facecolor=VOC_PALETTE[v] / 255.0, edgecolor="0.3", label=f"{v} {cname(v)}")
+               for v in present if v != IGNORE_INDEX]
+    handles.append(Patch(facecolor=UNCERTAIN_GROUND / 255.0, edgecolor="white", hatch="///",
+                         label="255 uncertain"))
+    handles += [Line2D([], [], color="cyan", linestyle=s, label=f"threshold {t:g}")
+                for t, s in zip(thresholds, _THRESHOLD_STYLES)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), max(4, ncols + 1)),
+               fontsize=8, frameon=False)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
+    """Save a figure as PNG atomically and close it."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", **kwargs)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def save_stage_figure(capture: Any, result: Any, path: str | Path, **kwargs: Any) -> Path:
+    """:func:`stage_figure` saved as a PNG at ``path`` (atomically); returns the path."""
+    return save_figure(stage_figure(capture, result, **kwargs), path)
+
+
+def legend_handles(values: Sequence[int], class_names: Sequence[str] = VOC_CLASSES) -> list[Patch]:
+    """Legend patches for label values (palette colours; 255 as hatching)."""
+    out = []
+    for v in values:
+        if v == IGNORE_INDEX:
+            out.append(Patch(facecolor=UNCERTAIN_GROUND / 255.0, edgecolor="white", hatch="///",
+                             label="uncertain"))
+        else:
+            name = class_names[v] if 0 <= v < len(class_names) else f"class {v}"
+            out.append(Patch(facecolor=VOC_PALETTE[v] / 255.0, edgecolor="0.3", label=name))
+    return out

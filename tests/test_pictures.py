@@ -1,0 +1,346 @@
+"""Pictures: ``pccseg show`` (stage figure of one capture) and ``pccseg report`` (dataset / training run)."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pccseg.capture_format import Capture, save_capture
+from pccseg.cli import main
+from pccseg.errors import InputError
+from pccseg.io import save_image, save_mask
+from pccseg.labeller import LabelParams, LabelResult
+from pccseg.report import dataset_stats, make_report
+from pccseg.show import boundaries, colorize, overlay, pick_heads, resize_nearest, stage_figure
+from pccseg.show import save_stage_figure
+from pccseg.vocab import VOC_CLASSES, VOC_PALETTE
+
+
+# --------------------------------------------------------------------------- fixtures
+
+def small_capture(H=64, W=64, h=16, w=16) -> tuple[Capture, torch.Tensor]:
+    """A capture with a planted layout: background, a cat block, a dog block (latent labels returned)."""
+    g = torch.Generator().manual_seed(0)
+    lab = torch.zeros(h, w, dtype=torch.long)
+    lab[3:10, 2:8] = 1
+    lab[8:14, 9:15] = 2
+    big = lab.repeat_interleave(H // h, 0).repeat_interleave(W // w, 1)
+    cols = torch.tensor([[90, 140, 200], [200, 120, 60], [60, 160, 80]], dtype=torch.float32)
+    img = (cols[big] + torch.randn(H, W, 3, generator=g) * 10).clamp(0, 255).to(torch.uint8)
+    sa = {}
+    for name, s in (("up_blocks.1.attentions.0.transformer_blocks.0.attn1", h // 2),
+                    ("up_blocks.2.attentions.0.transformer_blocks.0.attn1", h)):
+        small = torch.nn.functional.interpolate(lab[None, None].float(), size=(s, s))[0, 0].long()
+        onehot = torch.nn.functional.one_hot(small, 3).float()
+        sa[name] = (onehot[None] @ torch.randn(2, 3, 8, generator=g)[:, None]).reshape(2, s, s, 8) \
+            + 0.1 * torch.randn(2, s, s, 8, generator=g)
+    tm = torch.stack([(lab == 0).float(), (lab == 1).float(), (lab == 2).float(), torch.zeros(h, w)])
+    tm = tm + 0.2 * torch.rand(tm.shape, generator=g)
+    cap = Capture(image=img, self_attn=sa, token_maps=tm, tokens=["<sot>", "cat", "dog", "<eot>"],
+                  token_classes=[0, 8, 12, None], meta={"prompt": "a cat & a <dog> on a lawn"})
+    return cap, lab
+
+
+def hand_result(cap: Capture, lab: torch.Tensor, params: LabelParams | None = None) -> LabelResult:
+    """A LabelResult made by hand, with every field filled at the right shapes."""
+    params = params or LabelParams()
+    h, w = lab.shape
+    H, W = cap.image_size
+    pca = {k: v[..., :3].clone() for k, v in cap.self_attn.items()}
+    xx = torch.arange(w)[None].expand(h, w)
+    yy = torch.arange(h)[:, None].expand(h, w)
+    clusters = {k: (lab * 3 + (xx * k // w) % 3) % k for k in params.ks}
+    segments = {k: clusters[k] * 100 + yy // 8 for k in params.ks}
+    class_ids = [0, 8, 12]
+    cm = cap.token_maps[:3]
+    lo, hi = cm.amin((1, 2), keepdim=True), cm.amax((1, 2), keepdim=True)
+    cm = (cm - lo) / (hi - lo)
+    ids = torch.tensor(class_ids)[lab].to(torch.uint8)
+    votes = ids[None].repeat(len(params.ks) * len(params.thresholds), 1, 1)
+    votes[:4, 3:6, 2:5] = 0
+    share = torch.ones(h, w)
+    share[3:6, 2:5] = 5 / 9
+    blocky = ids.clone()
+    blocky[3:5, 2:4] = 255
+    mask = blocky.repeat_interleave(H // h, 0).repeat_interleave(W // w, 1).clone()
+    mask[30:32, :] = 255
+    rseg = torch.arange(H)[:, None] // 16 * 8 + torch.arange(W)[None] // 16
+    return LabelResult(mask=mask, blocky=blocky, class_ids=class_ids, class_maps=cm, pca=pca,
+                       features=torch.zeros(h * w, 8), clusters=clusters, segments=segments, votes=votes,
+                       vote_share=share, refine_segments=rseg, refined=mask.clone(), params=params)
+
+
+def make_dataset(root: Path, n: int = 5, *, size=(48, 64), settings=True, missing_mask_stats=False) -> Path:
+    """A small generated-dataset directory: JPEGs, palette masks, manifest.jsonl, settings.json.
+
+    Classes used: cat (8) in every image, dog (12) in odd ones, person (15) named in prompts but never
+    in a mask; every other class missing.
+    """
+    H, W = size
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        stem = f"{i:06d}"
+        img = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+        save_image(root / "JPEGImages" / f"{stem}.jpg", img)
+        m = np.zeros((H, W), np.uint8)
+        m[5:20, 5:30] = 8
+        if i % 2:
+            m[25:40, 30:60] = 12
+        m[:, :i] = 255
+        save_mask(root / "SegmentationClass" / f"{stem}.png", m)
+        counts = np.bincount(m.ravel(), minlength=256)
+        rec = {"id": stem, "record_id": i, "prompt": f"a cat <b>{i}</b>", "classes": ["cat", "dog", "person"],
+               "seed": 2024 + i, "timings": {"generate": 1.0 + i, "label": 0.5}}
+        if not (missing_mask_stats and i == 0):
+            rec["uncertain_share"] = float(counts[255] / m.size)
+            rec["class_pixels"] = {VOC_CLASSES[c]: int(counts[c]) for c in range(21) if counts[c]}
+        lines.append(json.dumps(rec))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text(
+        "".join(f"{i:06d}\n" for i in range(n)))
+    if settings:
+        (root / "settings.json").write_text(json.dumps(
+            {"model": "tiny <model>", "steps": 4, "seed": 2024, "height": H, "width": W,
+             "label": {"ks": [4, 7, 10], "thresholds": [0.3, 0.5, 0.8]}, "class_names": list(VOC_CLASSES)}))
+    return root
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ("href", "src") and v is not None:
+                self.links.append(v)
+
+
+def check_page(page: Path) -> str:
+    """Every href/src is relative and names an existing file; every PNG decodes. Returns the HTML."""
+    text = page.read_text()
+    p = _Links()
+    p.feed(text)
+    assert p.links, "page has no images"
+    for link in p.links:
+        assert not re.match(r"^[a-z]+:|^/", link), link
+        f = page.parent / link
+        assert f.is_file(), link
+        if link.endswith(".png"):
+            with Image.open(f) as im:
+                im.load()
+                assert im.size[0] > 100 and im.size[1] > 100
+    assert not list(page.parent.glob(".*.tmp")), "temporary files left"
+    return text
+
+
+# --------------------------------------------------------------------------- pieces
+
+def test_overlay_colours_classes_and_stripes_uncertain():
+    img = np.full((40, 40, 3), 100, np.uint8)
+    mask = np.zeros((10, 10), np.uint8)
+    mask[:5, :5] = 8
+    mask[5:, 5:] = 255
+    out = overlay(img, mask, alpha=0.5, edges=False)
+    assert out.shape == (40, 40, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[30, 5], [100, 100, 100])           # background: image untouched
+    expect = np.rint(0.5 * 100 + 0.5 * VOC_PALETTE[8].astype(float))
+    np.testing.assert_array_equal(out[5, 5], expect)                     # class: blended palette colour
+    unc = out[20:, 20:]
+    brighter = (unc == 178).all(-1)                                      # 0.5*100 + 0.5*255 -> 177.5 -> 178
+    same = (unc == 100).all(-1)
+    assert brighter.any() and same.any() and (brighter | same).all()    # stripes, not a flat fill
+    # edges drawn at full colour on the class border
+    out_e = overlay(img, mask, alpha=0.5, edges=True)
+    np.testing.assert_array_equal(out_e[19, 5], VOC_PALETTE[8])
+    with pytest.raises(ValueError):
+        overlay(np.zeros((4, 4)), mask)
+
+
+def test_colorize_resize_and_boundaries():
+    m = torch.tensor([[0, 15], [255, 8]], dtype=torch.uint8)
+    rgb = colorize(m, (40, 40))
+    assert rgb.shape == (40, 40, 3)
+    np.testing.assert_array_equal(rgb[0, 39], VOC_PALETTE[15])
+    assert len(np.unique(rgb[20:, :20].reshape(-1, 3), axis=0)) == 2      # uncertain: two-tone stripes
+    r = resize_nearest(np.arange(4).reshape(2, 2), (4, 6))
+    np.testing.assert_array_equal(r[:, :3], [[0] * 3, [0] * 3, [2] * 3, [2] * 3])
+    b = boundaries(np.array([[1, 1, 2], [1, 1, 2], [3, 3, 3]]))
+    np.testing.assert_array_equal(b, [[False, True, False], [True, True, True], [False, False, False]])
+
+
+def test_pick_heads_spans_resolutions():
+    pca = {"a": torch.zeros(4, 8, 8, 3), "b": torch.zeros(4, 8, 8, 3), "c": torch.zeros(2, 16, 16, 3)}
+    picks = pick_heads(pca, 3)
+    assert picks[:2] == [("a", 0), ("c", 0)] and len(picks) == 3 and len(set(picks)) == 3
+    assert pick_heads(pca, 1) == [("a", 0)]
+
+
+def test_stage_figure_has_a_panel_per_stage(tmp_path):
+    cap, lab = small_capture()
+    res = hand_result(cap, lab)
+    fig = stage_figure(cap, res)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    joined = "\n".join(titles)
+    assert "image" in joined and joined.count("PCA") == 3
+    for k in (4, 7, 10):
+        assert f"k={k}" in joined
+    for name in ("background", "cat", "dog"):
+        assert f"{name}" in joined
+    assert "0.3/0.5/0.8" in joined and "0.36/0.6/0.96" in joined        # background thresholds x1.2
+    assert "vote agreement" in joined and "blocky" in joined and "final mask" in joined
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert "8 cat" in legend and "12 dog" in legend and "255 uncertain" in legend
+    assert not any("person" in t for t in legend)
+    path = save_stage_figure(cap, res, tmp_path / "s.png")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 800 and im.size[1] > 800
+    # no refinement: the refinement panel goes, the rest stays
+    res.refine_segments = None
+    titles = [ax.get_title() for ax in stage_figure(cap, res).axes]
+    assert not any("refinement" in t for t in titles) and any("final mask" in t for t in titles)
+
+
+# --------------------------------------------------------------------------- CLI show
+
+def _fake_label(monkeypatch):
+    """Replace the labeller by the hand-made result (the CLI plumbing is what is tested here)."""
+    import pccseg.labeller as lab_mod
+
+    seen = {}
+
+    def fake(capture, params=None, **kw):
+        seen["params"] = params
+        h, w = capture.latent_size
+        lab = torch.zeros(h, w, dtype=torch.long)
+        lab[3:10, 2:8] = 1
+        lab[8:14, 9:15] = 2
+        return hand_result(capture, lab, params)
+
+    monkeypatch.setattr(lab_mod, "label", fake)
+    return seen
+
+
+def test_show_cli_on_capture_dir_and_on_id(tmp_path, monkeypatch, capsys):
+    seen = _fake_label(monkeypatch)
+    cap, _ = small_capture()
+    cdir = save_capture(tmp_path / "cap", cap)
+    out = tmp_path / "fig.png"
+    assert main(["show", str(cdir), "--out", str(out), "--preset", "authors", "--ks", "4", "7"]) == 0
+    assert seen["params"].vote_rule == "authors" and seen["params"].ks == (4, 7)
+    with Image.open(out) as im:
+        assert im.format == "PNG"
+    data = tmp_path / "data"
+    save_capture(data / "captures" / "000007", cap)
+    out2 = tmp_path / "id.png"
+    assert main(["show", "7", "--data", str(data), "--out", str(out2)]) == 0
+    assert out2.is_file()
+
+
+def test_show_cli_missing_capture_is_one_line_exit_2(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    assert main(["show", "3", "--data", str(data), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "000003" in err and "--keep-captures" in err
+    assert main(["show", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err
+    assert main(["show", "12", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+# --------------------------------------------------------------------------- report: dataset
+
+def test_dataset_stats_known_counts(tmp_path):
+    root = make_dataset(tmp_path / "ds", n=4, missing_mask_stats=True)
+    st = dataset_stats(root)
+    assert st["ids"] == ["000000", "000001", "000002", "000003"]
+    cat, dog, person = 8, 12, 15
+    # cat block rows 5:20, cols 5:30, minus uncertain columns :i (i <= 3 never reach col 5)
+    np.testing.assert_array_equal(st["pixels"][:, cat], [375] * 4)
+    np.testing.assert_array_equal(st["pixels"][:, dog], [0, 450, 0, 450])
+    np.testing.assert_array_equal(st["pixels"][:, person], 0)
+    assert st["named"][:, person].all()
+    np.testing.assert_allclose(st["uncertain"], [i * 48 / (48 * 64) for i in range(4)])  # row 0 from mask
+
+
+def test_dataset_report(tmp_path):
+    root = make_dataset(tmp_path / "ds", n=5)
+    page = make_report(root, tmp_path / "rep")
+    html = check_page(page)
+    files = {p.name for p in (tmp_path / "rep").iterdir()}
+    assert {"index.html", "class_pixels.png", "images_per_class.png", "uncertain_share.png"} <= files
+    assert "samples_08_cat.png" in files and "samples_12_dog.png" in files
+    assert not any("person" in f for f in files)                       # class missing from every mask
+    assert "No image has:" in html and "person" in html
+    assert "tiny &lt;model&gt;" in html and "<model>" not in html        # settings table, escaped
+    assert "label.ks" in html
+
+
+def test_dataset_report_without_settings(tmp_path):
+    root = make_dataset(tmp_path / "ds", n=3, settings=False)
+    html = check_page(make_report(root, tmp_path / "rep"))
+    assert "No settings.json" in html
+
+
+def test_dataset_report_without_manifest_reads_masks(tmp_path):
+    root = make_dataset(tmp_path / "ds", n=3)
+    (root / "manifest.jsonl").unlink()
+    check_page(make_report(root, tmp_path / "rep"))
+    assert dataset_stats(root)["pixels"][1, 12] == 450
+
+
+def test_report_errors(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", n=2)
+    (root / "manifest.jsonl").write_text("\n\n")
+    with pytest.raises(InputError, match="no samples"):
+        make_report(root, tmp_path / "rep")
+    assert main(["report", str(root), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "manifest.jsonl" in err
+    (root / "manifest.jsonl").write_text('{"id": "000000"}\nnot json\n')
+    with pytest.raises(InputError, match="line 2"):
+        make_report(root, tmp_path / "rep")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="not a dataset directory"):
+        make_report(empty, tmp_path / "rep")
+    assert main(["report", str(tmp_path / "absent"), "--out", str(tmp_path / "rep")]) == 2
+
+
+# --------------------------------------------------------------------------- report: training run
+
+def test_training_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"iter": i, "loss": 2.0 / (1 + i / 50), "lr": 1e-4 * (1 - i / 400)} for i in range(0, 400, 10)]
+    rng = np.random.default_rng(0)
+    for i, m in ((100, 0.2), (200, 0.45), (300, 0.41)):
+        iou = [float(v) for v in rng.uniform(0, 1, 21)]
+        iou[5] = None                                                   # class absent from val: n/a
+        lines.append({"iter": i, "miou": m, "iou": iou, "acc": [float(v) for v in rng.uniform(0, 1, 21)]})
+    (run / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    page = Path(capsys.readouterr().out.strip())
+    html = check_page(page)
+    assert {"curves.png", "best_iou.png"} <= {p.name for p in page.parent.iterdir()}
+    assert "Best check: iteration 200, mIoU 45.00" in html             # best by mIoU, shown in percent
+    assert "n/a" in html
+    assert "tvmonitor" in html and "aeroplane" in html
+    # a run with no check yet: curves only, a note
+    (run / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines if "loss" in x) + "\n")
+    html = check_page(make_report(run, tmp_path / "rep2"))
+    assert "No check" in html and not (tmp_path / "rep2" / "best_iou.png").exists()
