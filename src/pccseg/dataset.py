@@ -1,0 +1,171 @@
+"""The dataset directory that ``pccseg generate`` writes (VOC layout, readable by torchvision's
+``VOCSegmentation``)::
+
+    DIR/JPEGImages/<stem>.jpg
+    DIR/SegmentationClass/<stem>.png        VOC palette PNG, values 0..20, 255 = uncertain
+    DIR/ImageSets/Segmentation/train.txt    one stem per line, sorted
+    DIR/manifest.jsonl                      one JSON object per sample (see :func:`manifest_entry`)
+    DIR/manifest.d/rank-<r>.jsonl           the per-process shards manifest.jsonl is rebuilt from
+    DIR/settings.json                       the run's settings
+    DIR/captures/<stem>/                    with --keep-captures: capture directories
+
+A sample is complete when its mask exists: per sample the image is written first, then the capture
+(optional), then the manifest line, then the mask, each file atomically. ``manifest.jsonl`` and
+``train.txt`` are rebuilt from the shards and the files on disk (:meth:`Dataset.rebuild`), so an
+interrupted or multi-process run repairs them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+IMAGES = "JPEGImages"
+MASKS = "SegmentationClass"
+SETS = "ImageSets/Segmentation"
+TRAIN_LIST = "train.txt"
+MANIFEST = "manifest.jsonl"
+SHARDS = "manifest.d"
+SETTINGS = "settings.json"
+CAPTURES = "captures"
+
+#: settings.json keys that do not have to match when a run resumes an existing folder.
+INFORMATIONAL_KEYS = ("pccseg_version", "batch_size", "device", "processes", "scheduler")
+
+
+def _canon(obj: Any) -> Any:
+    """JSON round trip: tuples become lists, so settings compare as they are stored."""
+    return json.loads(json.dumps(obj))
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """Keys (with old and new values) that differ, ignoring :data:`INFORMATIONAL_KEYS`."""
+    old, new = _canon(old), _canon(new)
+    keys = sorted((set(old) | set(new)) - set(INFORMATIONAL_KEYS))
+    return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+class Dataset:
+    """Paths and bookkeeping of one dataset directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # paths
+    def image_path(self, stem: str) -> Path:
+        return self.root / IMAGES / f"{stem}.jpg"
+
+    def mask_path(self, stem: str) -> Path:
+        return self.root / MASKS / f"{stem}.png"
+
+    def capture_dir(self, stem: str) -> Path:
+        return self.root / CAPTURES / stem
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / SETTINGS
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def train_list_path(self) -> Path:
+        return self.root / SETS / TRAIN_LIST
+
+    def shard_path(self, rank: int) -> Path:
+        return self.root / SHARDS / f"rank-{rank:04d}.jsonl"
+
+    def is_done(self, stem: str) -> bool:
+        """A sample is done when its image and its mask (written last) both exist."""
+        return self.mask_path(stem).is_file() and self.image_path(stem).is_file()
+
+    # settings
+    def check_settings(self, settings: dict) -> None:
+        """Raise :class:`InputError` when the folder holds a different run; does not write anything."""
+        path = self.settings_path
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError("output path exists and is not a directory", path=self.root, field="--out")
+        if not path.is_file():
+            return
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"unreadable settings of an earlier run ({e})", path=path) from None
+        diff = settings_diff(old, settings)
+        if diff:
+            raise InputError("this folder holds a run with other settings (" + "; ".join(diff) +
+                             "): use another --out, or the earlier run's options to resume it", path=path)
+
+    def write_settings(self, settings: dict) -> None:
+        """Check, then write settings.json if it is not there yet."""
+        self.check_settings(settings)
+        if not self.settings_path.is_file():
+            write_json(self.settings_path, _canon(settings))
+
+    # manifest
+    def append_manifest(self, rank: int, entry: dict) -> None:
+        """Append one line to this process's shard (flushed and synced before returning)."""
+        path = self.shard_path(rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(entry, ensure_ascii=False)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_shards(self) -> dict[str, dict]:
+        """stem -> latest manifest entry over all shards (a torn last line from a kill is skipped)."""
+        entries: dict[str, dict] = {}
+        shard_dir = self.root / SHARDS
+        if not shard_dir.is_dir():
+            return entries
+        for shard in sorted(shard_dir.glob("rank-*.jsonl")):
+            for n, line in enumerate(shard.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    e = json.loads(line)
+                    entries[str(e["id"])] = e
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    log.warning("%s: line %d is not a manifest entry (torn write?); skipped", shard, n)
+        return entries
+
+    def stems_on_disk(self) -> list[str]:
+        """Stems whose image and mask both exist, sorted."""
+        mask_dir = self.root / MASKS
+        if not mask_dir.is_dir():
+            return []
+        stems = [p.stem for p in mask_dir.glob("*.png") if not p.name.startswith(".")]
+        return sorted(s for s in stems if self.image_path(s).is_file())
+
+    def rebuild(self) -> tuple[int, int]:
+        """Rewrite manifest.jsonl and train.txt (atomically) from the shards and the files on disk.
+
+        Returns (samples in train.txt, samples in manifest.jsonl).
+        """
+        stems = self.stems_on_disk()
+        entries = self.read_shards()
+        manifest = [entries[s] for s in stems if s in entries]
+        missing = len(stems) - len(manifest)
+        if missing:
+            log.warning("%s: %d complete sample(s) have no manifest entry", self.root, missing)
+        with atomic_path(self.manifest_path) as tmp:
+            tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in manifest), encoding="utf-8")
+        with atomic_path(self.train_list_path) as tmp:
+            tmp.write_text("".join(s + "\n" for s in stems))
+        return len(stems), len(manifest)
+
+
+def read_manifest(root: str | Path) -> list[dict]:
+    """The entries of ``root/manifest.jsonl``."""
+    path = Path(root) / MANIFEST
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

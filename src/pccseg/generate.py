@@ -1,0 +1,228 @@
+"""Prompts -> images + PCC masks, straight to a VOC-layout dataset (SPEC.md sections 0-4).
+
+:func:`generate` runs the pipeline on batches of prompt records with :func:`pccseg.capture.capture`
+around each call, labels every image right after its batch with :func:`pccseg.labeller.label`, and writes
+the dataset directory described in :mod:`pccseg.dataset`. Record ``i`` of the prompt file (0-based) is
+generated with seed ``seed + i`` (report: 2024 + index) on its own CPU ``torch.Generator``, so an image
+does not depend on the batch it is in. Running the same call again skips samples that are done; under
+``accelerate launch`` every process takes the records whose index is its rank modulo the world size.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .capture import capture
+from .dataset import Dataset
+from .io import save_image, save_mask
+from .prompts import PromptRecord
+from .vocab import VOC_CLASSES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_STEPS = 80
+DEFAULT_SEED = 2024
+JPEG_QUALITY = 95
+
+
+@dataclass
+class GenerateReport:
+    """What one :func:`generate` call did (this process only)."""
+
+    generated: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+    dataset_size: int | None = None   # samples in train.txt after the rebuild (main process only)
+    stems: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+
+def default_guidance(pipe) -> float:
+    """The pipeline's default ``guidance_scale`` (7.5 for ``StableDiffusionPipeline``)."""
+    p = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
+    return float(p.default) if p is not None and p.default is not inspect.Parameter.empty else 7.5
+
+
+def default_size(pipe) -> tuple[int, int]:
+    """The pipeline's default (height, width): UNet sample size x VAE scale factor."""
+    s = pipe.unet.config.sample_size
+    h, w = (s, s) if isinstance(s, int) else tuple(s)
+    f = getattr(pipe, "vae_scale_factor", 8)
+    return int(h * f), int(w * f)
+
+
+def size_multiple(pipe) -> int:
+    """Height and width must be multiples of this: VAE factor x 2^(UNet down-samplings)."""
+    return int(getattr(pipe, "vae_scale_factor", 8)) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+
+def run_settings(*, model: str, steps: int, guidance: float, height: int, width: int, dtype: str, seed: int,
+                 label_params: Any, class_names: Sequence[str], prompts: str, query_half: str = "uncond",
+                 include_mid: bool = False, **info: Any) -> dict:
+    """The settings.json of a run: everything that changes the dataset's content, plus ``info`` keys."""
+    lp = asdict(label_params) if label_params is not None and hasattr(label_params, "__dataclass_fields__") \
+        else label_params
+    return dict(model=model, steps=int(steps), guidance=float(guidance), height=int(height), width=int(width),
+                dtype=str(dtype).replace("torch.", ""), seed=int(seed), prompts=str(prompts),
+                class_names=list(class_names), query_half=query_half, include_mid=bool(include_mid),
+                label_params=lp, pccseg_version=__version__, **info)
+
+
+def split_records(records: Sequence[PromptRecord], rank: int, world_size: int) -> list[PromptRecord]:
+    """The records process ``rank`` of ``world_size`` handles: those whose file index is rank mod world."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world size {world_size}")
+    return [r for r in records if r.index % world_size == rank]
+
+
+def distributed_state() -> tuple[int, int, bool, Any]:
+    """(rank, world size, is main process, accelerate ``PartialState`` or None)."""
+    try:
+        from accelerate import PartialState
+
+        st = PartialState()
+        return st.process_index, st.num_processes, st.is_main_process, st
+    except Exception:  # pragma: no cover - accelerate missing or broken
+        return 0, 1, True, None
+
+
+def _chunks(seq: Sequence, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def manifest_entry(rec: PromptRecord, seed: int, result, class_names: Sequence[str], t_gen: float,
+                   t_label: float) -> dict:
+    """One manifest line: id, record_id, prompt, classes, seed, uncertain_share, class_pixels, timings."""
+    counts = torch.bincount(result.mask.reshape(-1).long().cpu(), minlength=256)
+    pixels = {class_names[v]: int(counts[v]) for v in range(min(len(class_names), 255)) if counts[v] > 0}
+    return {"id": rec.stem, "record_id": rec.id, "prompt": rec.prompt, "classes": list(rec.classes),
+            "seed": seed, "uncertain_share": round(float(result.uncertain_share), 6), "class_pixels": pixels,
+            "timings": {"generate": round(t_gen, 4), "label": round(t_label, 4)}}
+
+
+def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, steps: int = DEFAULT_STEPS,
+             guidance: float | None = None, seed: int = DEFAULT_SEED, batch_size: int = 1,
+             height: int | None = None, width: int | None = None, keep_captures: bool = False,
+             label_params=None, class_names: Sequence[str] = VOC_CLASSES, settings: dict | None = None,
+             model_name: str | None = None, prompts_name: str = "voc_prompts.json", query_half: str = "uncond",
+             include_mid: bool = False, rank: int | None = None, world_size: int | None = None,
+             progress: bool = True, label_fn=None) -> GenerateReport:
+    """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``.
+
+    Args:
+        pipe: a ``StableDiffusionPipeline`` (see :func:`pccseg.pipeline.load_pipeline`).
+        records: prompt records (see :mod:`pccseg.prompts`); the seed of a record is ``seed + record.index``.
+        steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5).
+        height, width: image size (None: the pipeline's default, 512 for SD 2.1-base).
+        keep_captures: also write ``captures/<stem>/`` (SPEC capture format, float16).
+        label_params: :class:`pccseg.labeller.LabelParams` (None: the report's).
+        class_names: label value -> class name (index 0 background).
+        settings: settings.json content (None: built from the arguments); an existing folder whose
+            settings differ raises :class:`InputError` before any model work.
+        rank, world_size: this process's share (None: from accelerate's ``PartialState``).
+        label_fn: the labeller (default :func:`pccseg.labeller.label`), for tests.
+
+    Returns:
+        a :class:`GenerateReport` of this process.
+    """
+    from .labeller import LabelParams, label
+
+    label_fn = label_fn or label
+    label_params = label_params if label_params is not None else LabelParams()
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    dh, dw = default_size(pipe)
+    height, width = height or dh, width or dw
+    guidance = default_guidance(pipe) if guidance is None else float(guidance)
+    model_name = model_name or getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "?")
+    dtype = str(pipe.unet.dtype).replace("torch.", "")
+    if settings is None:
+        settings = run_settings(model=model_name, steps=steps, guidance=guidance, height=height, width=width,
+                                dtype=dtype, seed=seed, label_params=label_params, class_names=class_names,
+                                prompts=prompts_name, query_half=query_half, include_mid=include_mid)
+    settings = dict(settings)
+    settings.setdefault("scheduler", type(pipe.scheduler).__name__)
+
+    st = None
+    if rank is None or world_size is None:
+        rank, world_size, is_main, st = distributed_state()
+    else:
+        is_main = rank == 0
+    ds = Dataset(out_dir)
+    if is_main:
+        ds.write_settings(settings)
+    if st is not None and world_size > 1:
+        st.wait_for_everyone()
+    ds.check_settings(settings)
+
+    mine = split_records(records, rank, world_size)
+    todo = [r for r in mine if not ds.is_done(r.stem)]
+    report = GenerateReport(skipped=len(mine) - len(todo), rank=rank, world_size=world_size)
+    if report.skipped:
+        log.info("rank %d: %d of %d sample(s) already done, skipped", rank, report.skipped, len(mine))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc=f"generate[{rank}]" if world_size > 1 else "generate", unit="img",
+               disable=not progress)
+    t_start = time.perf_counter()
+    call = dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width, output_type="np")
+    try:
+        for batch in _chunks(todo, batch_size):
+            seeds = [seed + r.index for r in batch]
+            gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            t0 = time.perf_counter()
+            with capture(pipe, [r.classes for r in batch], class_names=class_names, query_half=query_half,
+                         include_mid=include_mid) as cap:
+                out = pipe([r.prompt for r in batch], generator=gens, **call)
+            metas = [dict(prompt=r.prompt, record_id=r.id, seed=s, model=model_name, steps=steps, guidance=guidance)
+                     for r, s in zip(batch, seeds)]
+            caps = cap.captures(out.images, meta=metas)
+            del cap, out
+            t_gen = (time.perf_counter() - t0) / len(batch)
+            for r, s, c in zip(batch, seeds, caps):
+                t1 = time.perf_counter()
+                res = label_fn(c, label_params)
+                mask = res.mask.cpu()
+                t_label = time.perf_counter() - t1
+                save_image(ds.image_path(r.stem), c.image.cpu().numpy(), quality=JPEG_QUALITY)
+                if keep_captures:
+                    from .capture_format import save_capture
+
+                    save_capture(ds.capture_dir(r.stem), c)
+                ds.append_manifest(rank, manifest_entry(r, s, res, class_names, t_gen, t_label))
+                save_mask(ds.mask_path(r.stem), mask)  # last: its presence marks the sample done
+                report.generated += 1
+                report.stems.append(r.stem)
+                bar.update(1)
+            del caps
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - t_start
+        if world_size == 1 and is_main:
+            report.dataset_size = ds.rebuild()[0]
+    if world_size > 1:
+        if st is not None:
+            st.wait_for_everyone()
+        if is_main:
+            report.dataset_size = ds.rebuild()[0]
+    if report.generated:
+        log.info("rank %d: %d image(s) in %.1f s: %.3f images/s", rank, report.generated, report.seconds,
+                 report.images_per_s)
+    return report

@@ -1,0 +1,169 @@
+"""Load a Stable Diffusion pipeline: ``"tiny"``, a local diffusers folder, or a Hugging Face hub id.
+
+:func:`check_model` validates the name without loading anything (the ``generate`` command calls it before
+any GPU work); :func:`load_pipeline` loads. Hub ids are looked up in the local cache first; the network is
+only used when the model is not cached and ``HF_HUB_OFFLINE`` is not set. Works for SD 1.x, SD 2.x base
+(epsilon) and SD 2.x 768-v (v-prediction): the scheduler config of the model decides.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+TINY = "tiny"
+
+_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"not a torch device: {device!r} ({e})", field="--device") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` -> float16 on CUDA, float32 elsewhere; names like ``"fp16"``, ``"float32"`` accepted."""
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise InputError(f"unknown dtype {dtype!r} (float16, bfloat16, float32)", field="--dtype")
+    return _DTYPES[dtype]
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_model(model: str) -> str:
+    """Validate a model name without loading it; returns its kind: "tiny", "folder" or "hub".
+
+    Raises :class:`InputError` (one line) for a folder that is not a diffusers pipeline, a malformed hub
+    id, or a hub id that is neither cached nor reachable.
+    """
+    if model == TINY:
+        return "tiny"
+    p = Path(model).expanduser()
+    if p.exists() or model.startswith((".", "/", "~")):
+        if not p.is_dir():
+            raise InputError("no such model folder", path=model, field="--model")
+        if not (p / "model_index.json").is_file():
+            raise InputError("not a diffusers pipeline folder (no model_index.json)", path=model, field="--model")
+        return "folder"
+    parts = model.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise InputError(f"{model!r} is neither 'tiny', a local diffusers folder nor a hub id (owner/name)",
+                         field="--model")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "model_index.json")
+    if isinstance(cached, str):
+        return "hub"
+    if offline():
+        raise InputError(f"{model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
+                         field="--model")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        hf_hub_download(model, "model_index.json", etag_timeout=10)
+    except LocalEntryNotFoundError:
+        raise InputError(f"{model!r} is not in the local Hugging Face cache and the hub cannot be reached "
+                         "(set HF_HUB_OFFLINE=1 to skip the network)", field="--model") from None
+    except (RepositoryNotFoundError, EntryNotFoundError):
+        raise InputError(f"{model!r}: no such diffusers model on the Hugging Face hub", field="--model") from None
+    except Exception as e:  # network down, gated model, ...
+        raise InputError(f"{model!r} is not cached locally and could not be fetched ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})", field="--model") from None
+    return "hub"
+
+
+def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype: str | torch.dtype | None = None,
+                  device: str | torch.device | None = None, seed: int = 0):
+    """A ``StableDiffusionPipeline`` on ``device`` in ``dtype``, safety checker off, progress bar off.
+
+    Args:
+        model: ``"tiny"`` (random weights, see :mod:`pccseg.tiny`; ``seed`` picks them), a local diffusers
+            folder, or a hub id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
+        dtype: default float16 on CUDA, float32 on CPU.
+        device: default CUDA when available.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    kind = check_model(model)
+    if kind == "tiny":
+        from .tiny import tiny_pipeline
+
+        return tiny_pipeline(seed, dtype=dt, device=dev)
+    from diffusers import StableDiffusionPipeline
+
+    kwargs = dict(torch_dtype=dt, safety_checker=None, requires_safety_checker=False)
+    if kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        kwargs["local_files_only"] = offline() or isinstance(try_to_load_from_cache(model, "model_index.json"), str)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(str(Path(model).expanduser()) if kind == "folder" else model,
+                                                       **kwargs)
+    except (OSError, ValueError, EnvironmentError) as e:
+        if kind == "hub" and kwargs.get("local_files_only") and not offline():
+            # cached index but missing weights: let the hub fill the gaps
+            kwargs["local_files_only"] = False
+            try:
+                pipe = StableDiffusionPipeline.from_pretrained(model, **kwargs)
+            except (OSError, ValueError) as e2:
+                raise InputError(f"cannot load pipeline ({str(e2).splitlines()[0]})", path=model,
+                                 field="--model") from None
+        else:
+            raise InputError(f"cannot load pipeline ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                             path=model, field="--model") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)
+
+
+def _model_config(model: str, kind: str, sub: str) -> dict | None:
+    import json
+
+    if kind == "folder":
+        p = Path(model).expanduser() / sub / "config.json"
+        path = str(p) if p.is_file() else None
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        c = try_to_load_from_cache(model, f"{sub}/config.json")
+        path = c if isinstance(c, str) else None
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def model_default_size(model: str) -> tuple[int, int] | None:
+    """The pipeline's default (height, width) read from its config files without loading weights
+    (UNet ``sample_size`` x VAE factor); None when the configs are not available locally."""
+    kind = check_model(model)
+    if kind == "tiny":
+        from .tiny import TINY_HEIGHT, TINY_WIDTH
+
+        return TINY_HEIGHT, TINY_WIDTH
+    unet, vae = _model_config(model, kind, "unet"), _model_config(model, kind, "vae")
+    if not unet or "sample_size" not in unet:
+        return None
+    factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1) if vae else 8
+    s = unet["sample_size"]
+    h, w = (s, s) if isinstance(s, int) else s
+    return int(h) * factor, int(w) * factor

@@ -1,0 +1,162 @@
+"""Prompt files (SPEC.md section 0): records ``{"id": int, "prompt_sd": str, "classes": [names]}``.
+
+A prompt file is a JSON list of records or JSON lines (one record per line; blank lines are skipped). The
+VOC set of the report (44,426 records, Dataset Diffusion's prompts) ships with the package:
+:func:`load_prompts` with no path reads it. Every problem is an :class:`~pccseg.errors.InputError` naming
+the file, the record (by its 0-based index in the file) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import InputError
+from .vocab import VOC_CLASSES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPTS = "voc_prompts.json"
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt.
+
+    Attributes:
+        index: 0-based position in the prompt file (the per-image seed is ``seed + index``).
+        id: the record's id (the dataset stem is ``f"{id:06d}"``).
+        prompt: the text given to Stable Diffusion.
+        classes: class names of the objects in the prompt (a name may repeat).
+    """
+
+    index: int
+    id: int
+    prompt: str
+    classes: tuple[str, ...]
+
+    @property
+    def stem(self) -> str:
+        return f"{self.id:06d}"
+
+
+def default_prompts_path() -> Path:
+    """The shipped VOC prompt set."""
+    return Path(str(resources.files("pccseg") / "data" / DEFAULT_PROMPTS))
+
+
+def parse_classes_option(text: str) -> tuple[str, ...]:
+    """``--classes background,cat,dog`` -> a class list (index 0 is the background)."""
+    names = tuple(n.strip() for n in text.split(","))
+    if len(names) < 2 or any(not n for n in names):
+        raise InputError("expected at least two comma-separated names, the first being the background "
+                         f"(got {text!r})", field="--classes")
+    if len(set(names)) != len(names):
+        raise InputError(f"a class is named twice in {text!r}", field="--classes")
+    if len(names) > 255:
+        raise InputError(f"{len(names)} classes: at most 255 fit a PNG mask with 255 as uncertain",
+                         field="--classes")
+    return names
+
+
+def _raw_records(path: Path) -> list:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("no such prompt file", path=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"unreadable prompt file ({e})", path=path) from None
+    stripped = text.lstrip()
+    if not stripped:
+        raise InputError("empty prompt file", path=path)
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", path=path) from None
+        return data
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InputError(f"malformed JSON line {lineno} (record {len(records)}), column {e.colno}: {e.msg}",
+                             path=path) from None
+    return records
+
+
+def load_prompts(path: str | Path | None = None, *, class_names: Sequence[str] = VOC_CLASSES
+                 ) -> list[PromptRecord]:
+    """Read and validate a prompt file (default: the shipped VOC set).
+
+    Checks: every record is an object with an integer ``id``, a non-empty string ``prompt_sd`` and a
+    non-empty list ``classes`` of names from ``class_names[1:]``; ids are unique.
+    """
+    path = default_prompts_path() if path is None else Path(path)
+    data = _raw_records(path)
+    if not isinstance(data, list):
+        raise InputError("expected a JSON list of records (or JSON lines)", path=path)
+    known = set(class_names[1:])
+    out: list[PromptRecord] = []
+    seen: dict[int, int] = {}
+    for i, rec in enumerate(data):
+        where = f"record {i}"
+        if not isinstance(rec, dict):
+            raise InputError(f"expected an object, got {type(rec).__name__}", path=path, field=where)
+        for key in ("id", "prompt_sd", "classes"):
+            if key not in rec:
+                raise InputError("missing field", path=path, field=f"{where}: {key}")
+        rid = rec["id"]
+        if isinstance(rid, bool) or not isinstance(rid, int) or rid < 0:
+            raise InputError(f"expected a non-negative integer, got {rid!r}", path=path, field=f"{where}: id")
+        prompt = rec["prompt_sd"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"expected a non-empty string, got {prompt!r}", path=path, field=f"{where}: prompt_sd")
+        classes = rec["classes"]
+        if not isinstance(classes, list) or not classes:
+            raise InputError("expected a non-empty list of class names", path=path, field=f"{where}: classes")
+        for name in classes:
+            if not isinstance(name, str) or name not in known:
+                hint = "" if len(known) > 30 else f" (known: {', '.join(class_names[1:])})"
+                raise InputError(f"unknown class name {name!r}{hint}; give your class list with --classes",
+                                 path=path, field=f"{where}: classes")
+        if rid in seen:
+            raise InputError(f"duplicate id {rid} (also record {seen[rid]})", path=path, field=f"{where}: id")
+        seen[rid] = i
+        out.append(PromptRecord(index=i, id=rid, prompt=prompt, classes=tuple(classes)))
+    if not out:
+        raise InputError("no records", path=path)
+    return out
+
+
+def select(records: Sequence[PromptRecord], *, start: int = 0, num: int | None = None) -> list[PromptRecord]:
+    """``records[start : start + num]`` (all from ``start`` when ``num`` is None)."""
+    if start < 0:
+        raise InputError(f"must be >= 0, got {start}", field="--start")
+    if num is not None and num < 1:
+        raise InputError(f"must be >= 1, got {num}", field="--num")
+    stop = None if num is None else start + num
+    return list(records[start:stop])
+
+
+def check_lengths(records: Sequence[PromptRecord], tokenizer, *, path: str | Path | None = None) -> list[int]:
+    """Warn (log) about prompts longer than the tokenizer's context; returns their record indices.
+
+    Stable Diffusion truncates such prompts to the first ``model_max_length`` tokens (SoT and EoT included).
+    """
+    limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
+    if not records or limit >= 10 ** 6:
+        return []
+    ids = tokenizer([r.prompt for r in records], add_special_tokens=True)["input_ids"]
+    long = [r.index for r, x in zip(records, ids) if len(x) > limit]
+    for r, x in zip(records, ids):
+        if len(x) > limit:
+            log.warning("%s: record %d: prompt_sd has %d tokens, more than %d: truncated",
+                        path or "prompts", r.index, len(x), limit)
+    return long
