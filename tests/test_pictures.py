@@ -232,7 +232,7 @@ def _fake_label(monkeypatch):
     return seen
 
 
-def test_show_cli_on_capture_dir_and_on_id(tmp_path, monkeypatch, capsys):
+def test_show_cli_passes_label_options(tmp_path, monkeypatch):
     seen = _fake_label(monkeypatch)
     cap, _ = small_capture()
     cdir = save_capture(tmp_path / "cap", cap)
@@ -241,11 +241,47 @@ def test_show_cli_on_capture_dir_and_on_id(tmp_path, monkeypatch, capsys):
     assert seen["params"].vote_rule == "authors" and seen["params"].ks == (4, 7)
     with Image.open(out) as im:
         assert im.format == "PNG"
+    assert main(["show", str(cdir), "--out", str(tmp_path / "fig.jpg")]) == 2     # PNG only
+
+
+def _planted():
+    from pccseg.synthetic import planted_capture
+
+    cap = planted_capture(image_size=(128, 128), latent=(16, 16), heads_per_layer=1, head_dim=8)
+    cap.meta["prompt"] = "a person, a dog and a potted plant"
+    return cap
+
+
+def test_stage_figure_on_real_labeller_output(tmp_path):
+    from pccseg.labeller import label
+
+    cap = _planted()
+    res = label(cap)
+    fig = stage_figure(cap, res)
+    titles = "\n".join(ax.get_title() for ax in fig.axes)
+    for name in ("person", "dog", "pottedplant", "background (SoT)"):
+        assert name in titles
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert {"12 dog", "15 person", "16 pottedplant"} <= set(legend)
+    resolutions = {re.search(r"(\d+x\d+) head", t).group(1) for t in titles.split("\n") if " head" in t
+                   and "PCA" in t}
+    assert resolutions == {"4x4", "8x8", "16x16"}                        # heads from three resolutions
+
+
+def test_show_cli_on_capture_dir_and_on_id(tmp_path, capsys):
+    cap = _planted()
+    cdir = save_capture(tmp_path / "cap", cap)
+    out = tmp_path / "fig.png"
+    assert main(["show", str(cdir), "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 800
     data = tmp_path / "data"
     save_capture(data / "captures" / "000007", cap)
     out2 = tmp_path / "id.png"
-    assert main(["show", "7", "--data", str(data), "--out", str(out2)]) == 0
-    assert out2.is_file()
+    assert main(["show", "7", "--data", str(data), "--out", str(out2), "--refine-k", "8"]) == 0
+    with Image.open(out2) as im:
+        im.load()
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_show_cli_missing_capture_is_one_line_exit_2(tmp_path, capsys):
@@ -344,3 +380,12 @@ def test_training_report(tmp_path, capsys):
     (run / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines if "loss" in x) + "\n")
     html = check_page(make_report(run, tmp_path / "rep2"))
     assert "No check" in html and not (tmp_path / "rep2" / "best_iou.png").exists()
+
+
+def test_docs_example_picture_is_small_and_referenced():
+    root = Path(__file__).resolve().parents[1]
+    img = root / "docs" / "img" / "show_planted.png"
+    assert img.is_file() and img.stat().st_size < 300_000
+    with Image.open(img) as im:
+        assert im.format == "PNG" and im.size[0] > 800
+    assert "img/show_planted.png" in (root / "docs" / "pictures.md").read_text()

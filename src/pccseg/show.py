@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from scipy.ndimage import binary_dilation  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
@@ -294,7 +295,11 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
 
         def draw_rs(ax):
             rgb = image.copy()
-            rgb[boundaries(resize_nearest(rs, (H, W)))] = (255, 255, 0)
+            b = boundaries(resize_nearest(rs, (H, W)))
+            thick = max(H, W) // 300          # keep the borders visible once the panel is scaled down
+            if thick:
+                b = binary_dilation(b, iterations=thick)
+            rgb[b] = (255, 255, 0)
             _label_panel(ax, rgb, f"RGB refinement\n{len(np.unique(rs))} segments")
         row.append(draw_rs)
     mask = to_numpy(result.mask)
