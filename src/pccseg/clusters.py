@@ -23,6 +23,15 @@ def _sqdist(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tenso
     return d.add_(x_sq.unsqueeze(1)).clamp_(min=0)
 
 
+def _nearest(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, F), (k, F) -> ((N,) index of the nearest centre, (N, k) ``|c|^2 - 2 x.c``).
+
+    The squared norm of ``x`` is left out: it does not change the argmin.
+    """
+    d = torch.addmm((c * c).sum(1).unsqueeze(0), x, c.t(), alpha=-2.0)
+    return d.min(1).indices, d
+
+
 def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
                     x_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's variant).
@@ -45,13 +54,13 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
     u = torch.rand(max(k - 1, 1), trials, generator=generator, dtype=torch.float64).to(x.device)
     idx = torch.empty(k, dtype=torch.long, device=x.device)
     idx[0] = first
-    closest = _sqdist(x, x_sq, x[first:first + 1]).squeeze(1).double()   # (N,)
+    closest = _sqdist(x, x_sq, x[first:first + 1]).squeeze(1)           # (N,)
     for c in range(1, k):
-        cum = torch.cumsum(closest, 0)
+        cum = torch.cumsum(closest, 0, dtype=torch.float64)
         cand = torch.searchsorted(cum, u[c - 1] * cum[-1]).clamp_(max=n - 1)  # (trials,)
-        d = _sqdist(x, x_sq, x[cand]).double()                            # (N, trials)
+        d = _sqdist(x, x_sq, x[cand])                                     # (N, trials)
         new = torch.minimum(closest.unsqueeze(1), d)
-        best = new.sum(0).argmin()
+        best = new.sum(0, dtype=torch.float64).argmin()
         idx[c] = cand[best]
         closest = new[:, best]
     return x[idx].clone()
@@ -62,7 +71,7 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300, tol: 
     """K-means (k-means++ init from ``seed``, Lloyd iterations until convergence).
 
     Args:
-        x: (N, F) points (float32 is used for the distances, float64 for the sums).
+        x: (N, F) points (computed in float32, on centred data).
         k: clusters (clamped to N).
         seed: seed of the CPU ``torch.Generator`` that drives the k-means++ seeding.
         max_iter: Lloyd iterations at most.
@@ -76,34 +85,37 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300, tol: 
     """
     x = x.float()
     n = x.shape[0]
-    k = max(1, min(k, n))
-    mean = x.mean(0, keepdim=True)
-    xc = x - mean                       # centring keeps the matmul distances accurate
-    fit = xc if fit_rows is None else xc[fit_rows]
+    fit = x if fit_rows is None else x[fit_rows]
+    k = max(1, min(k, fit.shape[0]))
+    mean = fit.mean(0, keepdim=True)
+    fit = fit - mean                   # centring keeps the matmul distances accurate
     fit_sq = (fit * fit).sum(1)
-    tol_abs = tol * float(fit.var(0, unbiased=False).mean()) if tol > 0 else 0.0
+    tol_abs = tol * float(fit_sq.mean() / fit.shape[1]) if tol > 0 else 0.0   # mean variance (centred)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     centres = kmeans_plusplus(fit, k, gen, fit_sq)
+    arange_k = torch.arange(k, device=fit.device)
     labels = None
     for _ in range(max_iter):
-        d = _sqdist(fit, fit_sq, centres)
-        new_labels = d.argmin(1)
+        new_labels, d = _nearest(fit, centres)
         if labels is not None and torch.equal(new_labels, labels):
             break
         labels = new_labels
-        counts = torch.bincount(labels, minlength=k)
-        sums = torch.zeros(k, fit.shape[1], dtype=torch.float64, device=fit.device)
-        sums.index_add_(0, labels, fit.double())
-        new_centres = (sums / counts.clamp(min=1).unsqueeze(1)).float()
+        onehot = (labels.unsqueeze(0) == arange_k.unsqueeze(1)).float()            # (k, M)
+        counts = onehot.sum(1)
+        new_centres = (onehot @ fit) / counts.clamp(min=1).unsqueeze(1)
         empty = counts == 0
         if bool(empty.any()):           # move empty clusters onto the farthest points
-            far = d.gather(1, labels.unsqueeze(1)).squeeze(1).topk(int(empty.sum())).indices
+            dist = d.gather(1, labels.unsqueeze(1)).squeeze(1) + fit_sq
+            far = dist.topk(int(empty.sum())).indices
             new_centres[empty] = fit[far]
         shift = float(((new_centres - centres) ** 2).sum())
         centres = new_centres
         if shift <= tol_abs:
             break
-    labels = _sqdist(xc, (xc * xc).sum(1), centres).argmin(1)
+    if fit_rows is None:
+        labels = _nearest(fit, centres)[0]
+    else:   # assign every row, in chunks that stay in cache
+        labels = torch.cat([_nearest(part - mean, centres)[0] for part in x.split(65536)])
     return labels, centres + mean
 
 

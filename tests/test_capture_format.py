@@ -1,0 +1,82 @@
+"""Capture save/load round trip and every bad-input case, through load_capture (the CLI side is in
+test_label_cli.py, with the same corruptions)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pccseg.capture_format import load_capture, save_capture
+from pccseg.errors import InputError
+from pccseg.synthetic import SD21, planted_capture
+
+
+def small_capture(seed=0):
+    return planted_capture(image_size=(64, 64), latent=(16, 16), layers=SD21[::3], heads_per_layer=2,
+                           head_dim=8, seed=seed)
+
+
+def _edit_tensors(d: Path, fn):
+    t = load_file(str(d / "capture.safetensors"))
+    fn(t)
+    save_file(t, str(d / "capture.safetensors"))
+
+
+def _edit_meta(d: Path, fn):
+    meta = json.loads((d / "capture.json").read_text())
+    fn(meta)
+    (d / "capture.json").write_text(json.dumps(meta))
+
+
+LAYER = "self_attn." + SD21[0][0]
+
+#: name -> (corruption, expected file, expected field)
+CORRUPTIONS = {
+    "missing_file": (lambda d: (d / "capture.safetensors").unlink(), "capture.safetensors", None),
+    "wrong_rank": (lambda d: _edit_tensors(d, lambda t: t.update({LAYER: t[LAYER][0, 0]})), "capture.safetensors",
+                   LAYER),
+    "no_factor": (lambda d: _edit_tensors(d, lambda t: t.update({LAYER: torch.zeros(4, 15, 8)})),
+                  "capture.safetensors", LAYER),
+    "nan": (lambda d: _edit_tensors(d, lambda t: t[LAYER].view(-1)[3].fill_(float("nan"))), "capture.safetensors",
+            LAYER),
+    "inf_token_maps": (lambda d: _edit_tensors(d, lambda t: t["token_maps"].view(-1)[0].fill_(float("inf"))),
+                       "capture.safetensors", "token_maps"),
+    "class_outside_vocab": (lambda d: _edit_meta(d, lambda m: m["token_classes"].__setitem__(1, 21)),
+                            "capture.json", "token_classes[1]"),
+    "empty_tokens": (lambda d: _edit_meta(d, lambda m: m.update(tokens=[], token_classes=[])), "capture.json",
+                     "tokens"),
+}
+
+
+def make_bad(root: Path, name: str, dirname: str | None = None) -> Path:
+    d = save_capture(root / (dirname or name), small_capture())
+    CORRUPTIONS[name][0](d)
+    return d
+
+
+def test_round_trip(tmp_path):
+    cap = small_capture()
+    save_capture(tmp_path / "c", cap, dtype=torch.float32)
+    back = load_capture(tmp_path / "c")
+    assert torch.equal(back.image, cap.image)
+    assert back.tokens == cap.tokens and back.token_classes == cap.token_classes
+    assert back.class_names == cap.class_names and back.meta["seed"] == 0
+    assert list(back.self_attn) == list(cap.self_attn)
+    for k in cap.self_attn:
+        torch.testing.assert_close(back.self_attn[k], cap.self_attn[k])
+    torch.testing.assert_close(back.token_maps, cap.token_maps)
+    half = load_capture(save_capture(tmp_path / "h", cap))          # float16 on disk
+    torch.testing.assert_close(half.self_attn[SD21[0][0]], cap.self_attn[SD21[0][0]], atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_bad_input_names_file_and_field(tmp_path, name):
+    d = make_bad(tmp_path, name)
+    _, file, field = CORRUPTIONS[name]
+    with pytest.raises(InputError) as e:
+        load_capture(d)
+    assert e.value.path == str(d / file)
+    assert e.value.field == field
+    assert "\n" not in str(e.value)

@@ -1,0 +1,66 @@
+import numpy as np
+import torch
+
+from pccseg.clusters import connected_components, kmeans, relabel_small
+
+
+def _blobs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0]])
+    truth = torch.arange(400) % 4
+    return centres[truth] + torch.randn(400, 3, generator=g), truth
+
+
+def _same_partition(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_kmeans_recovers_planted_clusters_and_is_reproducible():
+    x, truth = _blobs()
+    lab, centres = kmeans(x, 4, seed=3)
+    assert _same_partition(lab, truth)
+    assert centres.shape == (4, 3)
+    lab2, c2 = kmeans(x, 4, seed=3)
+    assert torch.equal(lab, lab2) and torch.equal(centres, c2)
+
+
+def test_kmeans_subsampled_fit_assigns_every_row():
+    x, truth = _blobs(1)
+    lab, _ = kmeans(x, 4, seed=0, fit_rows=torch.arange(0, 400, 3))
+    assert lab.shape == (400,) and _same_partition(lab, truth)
+
+
+def test_kmeans_duplicate_points_and_k_above_n():
+    x = torch.zeros(10, 2)
+    lab, c = kmeans(x, 3)
+    assert lab.shape == (10,) and torch.isfinite(c).all()
+    lab, c = kmeans(torch.randn(2, 2), 5)
+    assert c.shape[0] == 2
+
+
+def test_connected_components_planted_segments():
+    lab = torch.zeros(6, 8, dtype=torch.long)
+    lab[1:3, 1:3] = 1
+    lab[4:6, 5:8] = 1          # second, separate region of cluster 1
+    lab[0:2, 6:8] = 2
+    seg = connected_components(lab, 4)
+    assert seg.dtype == torch.int64 and seg.shape == lab.shape
+    assert len(torch.unique(seg)) == 4             # background, two parts of cluster 1, cluster 2
+    assert seg[1, 1] != seg[4, 5]
+    assert len(torch.unique(seg[1:3, 1:3])) == 1 and len(torch.unique(seg[4:6, 5:8])) == 1
+    assert int(seg.max()) == 3 and int(seg.min()) == 0
+
+
+def test_connectivity_4_vs_8_on_a_diagonal_touch():
+    lab = torch.tensor([[1, 0], [0, 1]])
+    assert len(torch.unique(connected_components(lab, 4))) == 4
+    s8 = connected_components(lab, 8)
+    assert len(torch.unique(s8)) == 2 and s8[0, 0] == s8[1, 1] and s8[0, 1] == s8[1, 0]
+
+
+def test_relabel_small_pools_fragments():
+    seg = torch.tensor([[0, 0, 0, 1], [2, 2, 2, 3], [4, 4, 4, 4]])
+    out = relabel_small(seg, 3)
+    assert out.tolist() == [[0, 0, 0, 3], [1, 1, 1, 3], [2, 2, 2, 2]]

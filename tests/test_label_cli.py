@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from pccseg.capture_format import save_capture
+from pccseg.cli import build_parser, main
+from pccseg.commands.label import params_from_args
+from pccseg.io import load_mask
+from pccseg.labeller import LabelParams
+
+from test_capture_format import CORRUPTIONS, make_bad, small_capture
+
+
+def _args(*argv):
+    return build_parser().parse_args(["label", "x", "--out", "y", *argv])
+
+
+def test_params_from_args_presets_and_overrides():
+    assert params_from_args(_args()) == LabelParams()
+    assert params_from_args(_args("--preset", "authors")) == LabelParams.preset("authors")
+    p = params_from_args(_args("--preset", "authors", "--cluster-connectivity", "4", "--ks", "3", "5",
+                               "--thresholds", "0.4", "--no-refine", "--kmeans-seed", "7",
+                               "--dominance-share", "0.7"))
+    assert p == LabelParams.preset("authors", cluster_connectivity=4, ks=(3, 5), thresholds=(0.4,),
+                                   refine=False, seed=7, dominance_share=0.7)
+
+
+def test_every_label_param_is_an_option(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["label", "--help"])
+    text = capsys.readouterr().out
+    for opt in ("--n-components", "--ks", "--kmeans-seed", "--kmeans-iters", "--cluster-connectivity",
+                "--thresholds", "--background-factor", "--vote-rule", "--refine", "--refine-k",
+                "--refine-connectivity", "--refine-min-segment", "--refine-subsample", "--dominance-rule",
+                "--dominance-share", "--artefact-ring", "--ring-width", "--preset"):
+        assert opt in text
+
+
+@pytest.fixture()
+def captures(tmp_path):
+    root = tmp_path / "captures"
+    for i in range(2):
+        save_capture(root / f"{i:06d}", small_capture(seed=i))
+    return root
+
+
+def test_label_directory_of_captures_then_resume(captures, tmp_path, capsys):
+    out = tmp_path / "masks"
+    assert main(["label", str(captures), "--out", str(out), "-q", "--ks", "3", "4"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["000000.png", "000001.png"]
+    m = load_mask(out / "000000.png")
+    assert m.shape == (64, 64) and set(np.unique(m)) <= set(range(21)) | {255}
+    (out / "000001.png").write_bytes(b"sentinel")
+    assert main(["label", str(captures), "--out", str(out), "-q", "--ks", "3", "4"]) == 0
+    assert (out / "000001.png").read_bytes() == b"sentinel"          # existing mask skipped
+    assert main(["label", str(captures / "000001"), "--out", str(out), "-q", "--ks", "3", "4",
+                 "--overwrite"]) == 0
+    assert load_mask(out / "000001.png").shape == (64, 64)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_bad_capture_one_line_exit_2_no_mask_others_go_on(captures, tmp_path, capsys, name):
+    make_bad(captures, name, "000000bad")
+    out = tmp_path / "masks"
+    capsys.readouterr()
+    # without --keep-going: stops at the bad one (sorted first), nothing for it
+    assert main(["label", str(captures), "--out", str(out), "-q", "--ks", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    _, file, field = CORRUPTIONS[name]
+    assert len(err) == 1 and file in err[0] and "000000bad" in err[0]
+    if field:
+        assert field in err[0]
+    assert not (out / "000000bad.png").exists()
+    # with --keep-going: the others are labelled, exit code still 2
+    assert main(["label", str(captures), "--out", str(out), "-q", "--ks", "3", "--keep-going"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png"]
+
+
+def test_not_a_capture_directory(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["label", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "empty" in capsys.readouterr().err
