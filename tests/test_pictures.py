@@ -368,6 +368,10 @@ def test_training_report(tmp_path, capsys):
         iou = [float(v) for v in rng.uniform(0, 1, 21)]
         iou[5] = None                                                   # class absent from val: n/a
         lines.append({"iter": i, "miou": m, "iou": iou, "acc": [float(v) for v in rng.uniform(0, 1, 21)]})
+    lines.append({"iter": 350, "miou": None, "iou": [None] * 21, "acc": [None] * 21})   # nothing scored
+    (run / "best").mkdir()
+    names = [f"c{i}<x>" for i in range(21)]
+    (run / "best" / "checkpoint.json").write_text(json.dumps({"class_names": names}))
     (run / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
     page = Path(capsys.readouterr().out.strip())
@@ -375,7 +379,10 @@ def test_training_report(tmp_path, capsys):
     assert {"curves.png", "best_iou.png"} <= {p.name for p in page.parent.iterdir()}
     assert "Best check: iteration 200, mIoU 45.00" in html             # best by mIoU, shown in percent
     assert "n/a" in html
-    assert "tvmonitor" in html and "aeroplane" in html
+    assert "c20&lt;x&gt;" in html and "4 checks" in html                # names from best/checkpoint.json
+    (run / "best" / "checkpoint.json").unlink()
+    html = check_page(make_report(run, tmp_path / "rep1"))
+    assert "tvmonitor" in html and "aeroplane" in html                   # 21 classes: VOC
     # a run with no check yet: curves only, a note
     (run / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines if "loss" in x) + "\n")
     html = check_page(make_report(run, tmp_path / "rep2"))

@@ -387,8 +387,12 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
 
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _run_class_names(run: Path, n: int) -> tuple[str, ...]:
-    for fname in ("config.json", "settings.json", "train.json", "args.json"):
+    for fname in ("best/checkpoint.json", "last/checkpoint.json", "config.json", "settings.json"):
         p = run / fname
         if p.is_file():
             try:
@@ -408,14 +412,16 @@ def training_report(run: str | Path, out: str | Path) -> Path:
     run, out = Path(run), Path(out)
     log = run / LOG
     entries = _read_jsonl(log)
-    losses = [e for e in entries if "loss" in e and "iter" in e]
-    checks = [e for e in entries if "miou" in e and "iter" in e]
+    losses = [e for e in entries if _num(e.get("loss")) and _num(e.get("iter"))]
+    checks = [e for e in entries if "miou" in e and _num(e.get("iter"))]
     if not losses and not checks:
         raise InputError("no loss or mIoU entries", path=log)
+    n_checks = len(checks)
+    checks = [e for e in checks if _num(e["miou"])]          # a check can log miou null (no class seen)
     out.mkdir(parents=True, exist_ok=True)
     pct = 100.0 if checks and all(float(e["miou"]) <= 1.0 for e in checks) else 1.0
     body = [f"<p>Training run <code>{_e(run.resolve())}</code>: {len(losses)} loss entries, "
-            f"{len(checks)} checks.</p>"]
+            f"{n_checks} checks.</p>"]
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100, layout="constrained")
     ax = axes[0]
@@ -423,9 +429,10 @@ def training_report(run: str | Path, out: str | Path) -> Path:
         it = np.array([e["iter"] for e in losses], dtype=float)
         ax.plot(it, [e["loss"] for e in losses], color="tab:blue", linewidth=1, label="loss")
         ax.set_ylabel("loss")
-        if any("lr" in e for e in losses):
+        lrs = [e for e in losses if _num(e.get("lr"))]
+        if lrs:
             ax2 = ax.twinx()
-            ax2.plot([e["iter"] for e in losses if "lr" in e], [e["lr"] for e in losses if "lr" in e],
+            ax2.plot([e["iter"] for e in lrs], [e["lr"] for e in lrs],
                      color="tab:orange", linewidth=1, linestyle="--", label="lr")
             ax2.set_ylabel("learning rate", color="tab:orange")
             ax2.tick_params(axis="y", labelcolor="tab:orange", labelsize=8)
@@ -483,7 +490,8 @@ def training_report(run: str | Path, out: str | Path) -> Path:
         rows.append("</table>")
         body += rows
     elif not checks:
-        body.append('<p class="note">No check (mIoU) in the log yet.</p>')
+        body.append('<p class="note">No check (mIoU) in the log yet.</p>' if not n_checks else
+                    '<p class="note">No check has an mIoU (every check logged null).</p>')
     page = out / "index.html"
     _write_text(page, _page(f"pccseg training report: {run.name}", body))
     return page
