@@ -1,0 +1,180 @@
+"""generate: prompts -> VOC-layout dataset with the tiny pipeline; resume, settings guard, process split, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pccseg import cli
+from pccseg.capture_format import load_capture
+from pccseg.dataset import Dataset, read_manifest, settings_diff
+from pccseg.errors import InputError
+from pccseg.generate import generate, split_records
+from pccseg.io import load_image, load_mask
+from pccseg.prompts import PromptRecord, load_prompts, select
+from pccseg.tiny import tiny_pipeline
+from pccseg.vocab import VOC_CLASSES
+
+KW = dict(steps=2, height=64, width=64, seed=2024)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline(0)
+
+
+@pytest.fixture(scope="module")
+def records():
+    return select(load_prompts(), start=0, num=3)
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_split_records_by_index():
+    recs = [PromptRecord(index=i, id=100 + i, prompt="p", classes=("cat",)) for i in range(3, 13)]
+    for world in (1, 2, 3, 4):
+        parts = [split_records(recs, r, world) for r in range(world)]
+        assert sorted(x.index for p in parts for x in p) == list(range(3, 13))       # a partition
+        for r, p in enumerate(parts):
+            assert all(x.index % world == r for x in p)
+    with pytest.raises(ValueError):
+        split_records(recs, 2, 2)
+
+
+def test_generate_writes_a_voc_dataset(pipe, records, tmp_path):
+    out = tmp_path / "ds"
+    rep = generate(pipe, records, out, batch_size=2, keep_captures=True, progress=False, rank=0, world_size=1, **KW)
+    assert rep.generated == 3 and rep.skipped == 0 and rep.dataset_size == 3
+    stems = ["000000", "000001", "000002"]
+    assert (out / "ImageSets/Segmentation/train.txt").read_text().split() == stems
+    manifest = read_manifest(out)
+    assert [e["id"] for e in manifest] == stems
+    for e, r in zip(manifest, records):
+        assert e["record_id"] == r.id and e["prompt"] == r.prompt and e["classes"] == list(r.classes)
+        assert e["seed"] == 2024 + r.index
+        assert set(e["timings"]) == {"generate", "label"} and 0 <= e["uncertain_share"] <= 1
+        mask = load_mask(out / "SegmentationClass" / f"{e['id']}.png")
+        assert mask.shape == (64, 64)
+        allowed = {0, 255} | {VOC_CLASSES.index(c) for c in r.classes}
+        assert set(np.unique(mask).tolist()) <= allowed
+        assert sum(e["class_pixels"].values()) == int((mask != 255).sum())
+        assert load_image(out / "JPEGImages" / f"{e['id']}.jpg").shape == (64, 64, 3)
+        cap = load_capture(out / "captures" / e["id"])
+        assert cap.meta["seed"] == e["seed"] and cap.token_classes[0] == 0 and cap.tokens[-1] == "<|endoftext|>"
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["steps"] == 2 and settings["height"] == 64 and settings["guidance"] == 7.5
+    assert settings["label_params"]["ks"] == [4, 7, 10] and settings["class_names"][15] == "person"
+    assert not [f for f in _files(out) if "/." in "/" + f]                               # no temp files
+    # torchvision reads it as Pascal VOC
+    from torchvision.datasets import VOCSegmentation
+
+    (tmp_path / "VOCdevkit").mkdir()
+    (tmp_path / "VOCdevkit" / "VOC2012").symlink_to(out, target_is_directory=True)
+    voc = VOCSegmentation(str(tmp_path), year="2012", image_set="train")
+    img, target = voc[1]
+    assert len(voc) == 3 and img.size == (64, 64) and target.mode == "P"
+
+    # batch independence: record 1 alone gives the same image as in its batch of 2
+    out1 = tmp_path / "ds1"
+    generate(pipe, records[1:2], out1, batch_size=1, keep_captures=True, progress=False, rank=0, world_size=1, **KW)
+    a = load_capture(out / "captures" / "000001").image.int()
+    b = load_capture(out1 / "captures" / "000001").image.int()
+    assert (a - b).abs().max() <= 1
+
+
+def test_resume_skips_done_and_repairs(pipe, records, tmp_path):
+    out = tmp_path / "ds"
+    generate(pipe, records, out, progress=False, rank=0, world_size=1, **KW)
+    before = {f: (out / f).read_bytes() for f in _files(out) if f.startswith("SegmentationClass")}
+    rep = generate(pipe, records, out, progress=False, rank=0, world_size=1, **KW)
+    assert rep.generated == 0 and rep.skipped == 3
+    # lose one sample's mask (a kill before the mask) and tear the shard's last line
+    (out / "SegmentationClass" / "000001.png").unlink()
+    with open(out / "manifest.d" / "rank-0000.jsonl", "a") as f:
+        f.write('{"id": "000009", "reco')
+    rep = generate(pipe, records, out, progress=False, rank=0, world_size=1, **KW)
+    assert rep.generated == 1 and rep.stems == ["000001"]
+    assert [e["id"] for e in read_manifest(out)] == ["000000", "000001", "000002"]
+    after = {f: (out / f).read_bytes() for f in _files(out) if f.startswith("SegmentationClass")}
+    assert after == before                      # deterministic: the regenerated mask is the same
+
+
+def test_failure_mid_run_leaves_only_complete_samples(pipe, records, tmp_path):
+    from pccseg.labeller import label
+
+    out = tmp_path / "ds"
+    calls = []
+
+    def flaky(cap, params):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return label(cap, params)
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(pipe, records, out, progress=False, rank=0, world_size=1, label_fn=flaky, **KW)
+    assert _files(out / "SegmentationClass") == ["000000.png"]
+    assert (out / "ImageSets/Segmentation/train.txt").read_text().split() == ["000000"]
+    assert not [f for f in _files(out) if "/." in "/" + f]
+    rep = generate(pipe, records, out, progress=False, rank=0, world_size=1, **KW)
+    assert rep.generated == 2 and len(read_manifest(out)) == 3
+
+
+def test_different_settings_refused_before_model_work(pipe, records, tmp_path):
+    out = tmp_path / "ds"
+    generate(pipe, records[:1], out, progress=False, rank=0, world_size=1, **KW)
+
+    class NoPipe:  # generate must refuse before touching the model
+        def __getattr__(self, name):
+            return getattr(pipe, name)
+
+        def __call__(self, *a, **k):
+            raise AssertionError("the pipeline was called")
+
+    with pytest.raises(InputError, match=r"settings.json: this folder holds a run with other settings \(steps: 2 -> 3\)"):
+        generate(NoPipe(), records, out, progress=False, rank=0, world_size=1, **dict(KW, steps=3))
+    assert settings_diff({"steps": 2, "batch_size": 1}, {"steps": 2, "batch_size": 8}) == []
+
+
+def test_fake_processes_share_the_work(pipe, records, tmp_path):
+    out = tmp_path / "ds"
+    reps = [generate(pipe, records, out, progress=False, rank=r, world_size=2, **KW) for r in (1, 0)]
+    assert reps[0].stems == ["000001"] and reps[1].stems == ["000000", "000002"]
+    assert sorted(p.name for p in (out / "manifest.d").iterdir()) == ["rank-0000.jsonl", "rank-0001.jsonl"]
+    assert [e["id"] for e in read_manifest(out)] == ["000000", "000001", "000002"]   # rebuilt by rank 0
+    assert Dataset(out).rebuild() == (3, 3)
+
+
+def test_cli_generate_tiny(tmp_path, monkeypatch):
+    out = tmp_path / "demo"
+    args = ["generate", "--model", "tiny", "--num", "2", "--start", "5", "--out", str(out), "--height", "64",
+            "--width", "64", "--steps", "2", "-q", "--preset", "authors", "--refine-k", "8"]
+    assert cli.main(args) == 0
+    assert (out / "ImageSets/Segmentation/train.txt").read_text().split() == ["000005", "000006"]
+    s = json.loads((out / "settings.json").read_text())
+    assert s["model"] == "tiny" and s["label_params"]["vote_rule"] == "authors" and s["label_params"]["refine_k"] == 8
+
+    import pccseg.pipeline
+
+    def no_load(*a, **k):
+        raise AssertionError("model loaded")
+
+    monkeypatch.setattr(pccseg.pipeline, "load_pipeline", no_load)
+    assert cli.main(args) == 0                                              # all done: no model needed
+    assert cli.main(args[:-1] + ["9"]) == 2                                 # other label params
+    assert cli.main(["generate", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": 1, "prompt_sd": "x", "classes": ["unicorn"]}]')
+    assert cli.main(["generate", "--model", "tiny", "--prompts", str(bad), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_cli_custom_classes(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"id": 3, "prompt_sd": "a red fire hydrant", "classes": ["hydrant"]}\n')
+    out = tmp_path / "o"
+    assert cli.main(["generate", "--model", "tiny", "--prompts", str(p), "--classes", "background,hydrant",
+                     "--out", str(out), "--height", "64", "--width", "64", "--steps", "1", "-q"]) == 0
+    assert set(np.unique(load_mask(out / "SegmentationClass" / "000003.png")).tolist()) <= {0, 1, 255}
+    assert read_manifest(out)[0]["seed"] == 2024
