@@ -169,8 +169,14 @@ def pca_features(pca: Mapping[str, torch.Tensor], size: tuple[int, int]) -> torc
         if (hl, wl) != (h, w):
             m = F.interpolate(m, size=(h, w), mode="nearest")
         cols.append(m.reshape(heads * n, h * w))
-    feats = minmax_columns(torch.cat(cols, dim=0).t())
-    return torch.cat([feats, pixel_grid(h, w, device=device)], dim=1).contiguous()
+    m = torch.cat(cols, dim=0)                                            # (F, h*w): rows reduce fast
+    lo, hi = torch.aminmax(m, dim=1, keepdim=True)
+    rng = hi - lo
+    scale = torch.where(rng > 0, 1.0 / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(rng))
+    out = torch.empty(h * w, m.shape[0] + 2, device=m.device)
+    out[:, :-2] = ((m - lo) * scale).t()                                  # == minmax_columns(m.t())
+    out[:, -2:] = pixel_grid(h, w, device=device)
+    return out
 
 
 def features(self_attn: Mapping[str, torch.Tensor], size: tuple[int, int],
