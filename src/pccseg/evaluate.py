@@ -1,0 +1,133 @@
+"""Score a segmentation model on a VOC-layout split: confusion matrix -> mIoU, per-class IoU and accuracy
+(the report's Table 3), at full image resolution (batch 1), optionally saving the predicted masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .io import save_mask
+from .metrics import Scores, confusion_matrix, scores_from_confusion
+from .train import _unwrap_worker_error, load_model, normalize, read_checkpoint_meta
+from .voc import VOCSegmentation
+
+
+def _base(ds) -> tuple[VOCSegmentation, list[int]]:
+    """The VOC dataset under ``ds`` (a VOCSegmentation or a Subset of one) and the indices it uses."""
+    if isinstance(ds, torch.utils.data.Subset):
+        base, inner = _base(ds.dataset)
+        return base, [inner[i] for i in ds.indices]
+    if isinstance(ds, VOCSegmentation):
+        return ds, list(range(len(ds)))
+    raise TypeError(f"expected a VOCSegmentation (or a Subset of one), got {type(ds).__name__}")
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, base: VOCSegmentation, indices: list[int]):
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        j = self.indices[i]
+        image, mask = self.base[j]
+        return j, image, mask
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    head = getattr(model, "classifier", None)
+    last = head[-1] if isinstance(head, nn.Sequential) else None
+    return getattr(last, "out_channels", None)
+
+
+def check_classes(meta: dict, class_names: Sequence[str], dataset_path: str | Path) -> None:
+    """InputError unless a checkpoint (its ``checkpoint.json``) predicts the dataset's classes."""
+    n = int(meta["num_classes"])
+    where = Path(meta["path"]) / "checkpoint.json"
+    if n != len(class_names):
+        raise InputError(f"checkpoint predicts {n} classes but dataset {dataset_path} has {len(class_names)}",
+                         path=where, field="num_classes")
+    names = meta.get("class_names")
+    if names and list(names) != list(class_names):
+        diff = next(i for i, (a, b) in enumerate(zip(names, class_names)) if a != b)
+        raise InputError(f"class {diff} is {names[diff]!r} in the checkpoint but {class_names[diff]!r} in "
+                         f"dataset {dataset_path}", path=where, field="class_names")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.utils.data.Subset | str | Path, *,
+             split: str = "val", class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
+             amp: bool | None = None, workers: int = 2, limit: int | None = None,
+             predictions_dir: str | Path | None = None, rank: int = 0, world: int = 1,
+             progress: bool = True) -> Scores:
+    """mIoU, per-class IoU and accuracy of ``model`` on ``dataset``.
+
+    model: a module (``model(x)["out"]`` -> (1, C, H, W) logits) or a checkpoint directory / run
+    directory; dataset: a :class:`VOCSegmentation`, a ``Subset`` of one, or a VOC root (read with
+    ``split``); class_names: default the dataset's; limit: first N images only; predictions_dir: save
+    each prediction there as ``<stem>.png`` (VOC palette); rank/world: under DDP each process scores
+    images ``rank::world`` and the confusion matrices are summed (a process group must be initialised).
+    A checkpoint whose classes differ from the dataset's raises :class:`InputError`.
+    """
+    if isinstance(dataset, (str, Path)):
+        dataset = VOCSegmentation(dataset, split)
+    base, indices = _base(dataset)
+    if limit is not None:
+        indices = indices[:limit]
+    class_names = list(class_names) if class_names is not None else base.class_names
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if isinstance(model, (str, Path)):
+        meta = read_checkpoint_meta(model)
+        check_classes(meta, class_names, base.root)
+        model, _ = load_model(model, device)
+    n_out = _num_outputs(model)
+    if n_out is not None and n_out != len(class_names):
+        raise InputError(f"model predicts {n_out} classes but dataset {base.root} has {len(class_names)}",
+                         field="num_classes")
+    use_amp = device.type == "cuda" if amp is None else bool(amp)
+    amp_dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+    if predictions_dir is not None:
+        predictions_dir = Path(predictions_dir)
+        predictions_dir.mkdir(parents=True, exist_ok=True)
+
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(_Indexed(base, indices[rank::world]), batch_size=1,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    cm = torch.zeros(len(class_names), len(class_names), dtype=torch.int64, device=device)
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(loader), desc="evaluate", dynamic_ncols=True)
+    batches = iter(loader)
+    while True:
+        try:
+            j, image, mask = next(batches)
+        except StopIteration:
+            break
+        except InputError as e:
+            raise _unwrap_worker_error(e) from None
+        image = normalize(image.to(device, non_blocking=True))
+        mask = mask.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            logits = model(image)["out"]
+        pred = logits.argmax(1)
+        cm += confusion_matrix(pred, mask, len(class_names))
+        if predictions_dir is not None:
+            save_mask(predictions_dir / f"{base.stems[int(j)]}.png", pred[0].to(torch.uint8).cpu())
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        torch.distributed.all_reduce(cm)
+    model.train(was_training)
+    return scores_from_confusion(cm, class_names)

@@ -1,0 +1,162 @@
+"""Read datasets in the Pascal VOC segmentation layout (VOC 2012 itself, or a ``pccseg generate`` output).
+
+Layout of ``root`` (e.g. ``VOCdevkit/VOC2012``)::
+
+    root/JPEGImages/<stem>.jpg
+    root/SegmentationClass/<stem>.png          palette or greyscale PNG, values 0..C-1, 255 = ignore
+    root/ImageSets/Segmentation/<split>.txt    one stem per line
+    root/settings.json                         optional; its "class_names" sets the classes (pccseg)
+
+Every problem is an :class:`~pccseg.errors.InputError` naming the file: a missing split file or
+folder, a split line naming a missing image or mask, an image and mask of different sizes, a mask value
+outside ``0..C-1`` and 255.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+from .io import load_image, load_mask
+from .vocab import IGNORE_INDEX, VOC_CLASSES
+
+IMAGE_DIR = "JPEGImages"
+MASK_DIR = "SegmentationClass"
+SPLIT_DIR = "ImageSets/Segmentation"
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+def read_class_names(root: str | Path) -> list[str]:
+    """The dataset's class names: ``settings.json``'s ``class_names`` when present, else the 21 VOC ones."""
+    settings = Path(root) / "settings.json"
+    if settings.is_file():
+        try:
+            names = json.loads(settings.read_text()).get("class_names")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise InputError(f"not a JSON object ({e})", path=settings) from None
+        if names is not None:
+            if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+                raise InputError("must be a non-empty list of strings", path=settings, field="class_names")
+            if len(names) > IGNORE_INDEX:
+                raise InputError(f"at most {IGNORE_INDEX} classes, got {len(names)}", path=settings,
+                                 field="class_names")
+            return list(names)
+    return list(VOC_CLASSES)
+
+
+def read_split(root: str | Path, split: str) -> list[str]:
+    """Stems listed in ``root/ImageSets/Segmentation/<split>.txt`` (blank lines skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("dataset root is not a directory", path=root)
+    split_file = root / SPLIT_DIR / f"{split}.txt"
+    if not split_file.is_file():
+        raise InputError(f"split file not found (a VOC root holds {SPLIT_DIR}/{split}.txt)", path=split_file)
+    stems = [s.strip() for s in split_file.read_text().splitlines()]
+    stems = [s for s in stems if s]
+    if not stems:
+        raise InputError("split file lists no images", path=split_file)
+    return stems
+
+
+class VOCSegmentation(torch.utils.data.Dataset):
+    """A VOC-layout split. ``ds[i]`` -> ``(image, mask)``: (3, H, W) uint8 and (H, W) int64 tensors.
+
+    root: the VOC root; split: name of the split file (``train``, ``val``, ...); class_names: the
+    label values' names (default: :func:`read_class_names`). File existence is checked on construction;
+    sizes and mask values on every read, and for the whole split by :meth:`check`.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", class_names: Sequence[str] | None = None):
+        self.root = Path(root)
+        self.split = split
+        self.class_names = list(class_names) if class_names is not None else read_class_names(root)
+        self.stems = read_split(root, split)
+        split_file = self.root / SPLIT_DIR / f"{split}.txt"
+        for sub in (IMAGE_DIR, MASK_DIR):
+            if not (self.root / sub).is_dir():
+                raise InputError(f"folder {sub}/ not found (VOC layout)", path=self.root / sub)
+        self.images: list[Path] = []
+        self.masks: list[Path] = []
+        for n, stem in enumerate(self.stems, 1):
+            image = self._find_image(stem)
+            if image is None:
+                raise InputError(f"image {stem!r} named in the split file not found",
+                                 path=self.root / IMAGE_DIR / f"{stem}.jpg", field=f"{split_file.name} line {n}")
+            mask = self.root / MASK_DIR / f"{stem}.png"
+            if not mask.is_file():
+                raise InputError(f"mask {stem!r} named in the split file not found", path=mask,
+                                 field=f"{split_file.name} line {n}")
+            self.images.append(image)
+            self.masks.append(mask)
+
+    def _find_image(self, stem: str) -> Path | None:
+        for suffix in _IMAGE_SUFFIXES:
+            p = self.root / IMAGE_DIR / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+        return None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def _check_sizes(self, i: int) -> None:
+        with Image.open(self.images[i]) as im, Image.open(self.masks[i]) as mk:
+            if im.size != mk.size:
+                raise InputError(f"mask size {mk.size[0]}x{mk.size[1]} differs from image size "
+                                 f"{im.size[0]}x{im.size[1]} ({self.images[i].name})", path=self.masks[i])
+
+    def _check_values(self, mask: np.ndarray, i: int) -> None:
+        present = np.unique(mask)
+        bad = present[(present >= self.num_classes) & (present != IGNORE_INDEX)]
+        if bad.size:
+            raise InputError(f"values {bad.tolist()} outside 0..{self.num_classes - 1} and {IGNORE_INDEX}",
+                             path=self.masks[i], field="mask values")
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` as numpy: image (H, W, 3) uint8 RGB, mask (H, W) uint8; checked."""
+        try:
+            image = load_image(self.images[i])
+        except OSError as e:
+            raise InputError(f"cannot read image ({e})", path=self.images[i]) from None
+        try:
+            mask = load_mask(self.masks[i])
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read mask ({e})", path=self.masks[i]) from None
+        if image.shape[:2] != mask.shape:
+            raise InputError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
+                             f"{image.shape[1]}x{image.shape[0]} ({self.images[i].name})", path=self.masks[i])
+        self._check_values(mask, i)
+        return image, mask
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.read(i)
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask).long()
+
+    def check(self, values: bool = True, workers: int = 4) -> None:
+        """Check the whole split up front: image/mask sizes (headers only) and, with ``values``, every
+        mask's values (decodes the masks, in ``workers`` threads). Raises the first problem found."""
+
+        def one(i: int) -> None:
+            if values:
+                try:
+                    mask = load_mask(self.masks[i])
+                except (OSError, ValueError) as e:
+                    raise InputError(f"cannot read mask ({e})", path=self.masks[i]) from None
+                self._check_values(mask, i)
+            self._check_sizes(i)
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for _ in pool.map(one, range(len(self))):
+                pass
