@@ -483,7 +483,7 @@ def train(config: TrainConfig) -> dict:
         TrainStream(train_set, config.seed, config.crop_size, (config.scale_min, config.scale_max)),
         batch_size=per_rank, sampler=StreamSampler(start, stop, per_rank, dist.rank, dist.world),
         num_workers=config.workers, pin_memory=device.type == "cuda", drop_last=False,
-        persistent_workers=False)
+        generator=torch.Generator().manual_seed(config.seed))  # own generator: keeps the global RNG exact
 
     def meta_now(it: int, miou: float | None) -> dict:
         return {"iteration": it, "arch": config.arch, "num_classes": len(class_names),
