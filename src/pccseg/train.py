@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "pccseg-deeplabv3/1"
+#: TrainConfig fields that may change between a run and its resumption without comment.
+_RUNTIME_FIELDS = {"out", "resume", "stop_after", "progress", "workers", "device", "check_data", "val_limit"}
 ARCHS = ("resnet50", "resnet101", "mobilenet_v3_large")
 
 
@@ -455,8 +457,19 @@ def train(config: TrainConfig) -> dict:
                              f"(aux {meta.get('aux_loss')}), this run {config.arch} with {len(class_names)} "
                              f"(aux {config.aux_loss})", path=out / "last")
         _load_training_state(out / "last", meta, model, optimizer, scheduler, scaler)
-        scheduler.total_iters = config.iters
         start, best_miou, best_iter = int(meta["iteration"]), meta.get("best_miou"), meta.get("best_iteration")
+        changed = {k: (v, getattr(config, k)) for k, v in meta.get("config", {}).items()
+                   if k not in _RUNTIME_FIELDS and hasattr(config, k) and v != getattr(config, k)
+                   and not (isinstance(v, list) and tuple(v) == getattr(config, k))}
+        if changed and dist.main:
+            logger.warning("resuming with changed settings: %s",
+                           ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+        if "iters" in changed:  # restart the poly schedule's closed form at the new length
+            scheduler.total_iters = config.iters
+            factor = max(0.0, 1 - start / config.iters) ** config.power
+            for g in optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
         last_miou = meta.get("miou")
         if dist.main:  # drop log lines written after the checkpoint (a kill between save and log)
             kept = [r for r in _read_log(log_path) if r.get("iter", 0) <= start]
