@@ -218,3 +218,15 @@ def test_layer_grid_and_image_inputs(pipe):
     caps = cap.captures(out.images)
     assert np.array_equal(caps[0].image.numpy(), np.asarray(out.images[0]))
     assert VOC_CLASSES == caps[0].class_names
+
+
+def test_capture_nbytes_matches_a_real_capture(pipe):
+    from pccseg.capture import capture_nbytes
+
+    with capture(pipe, CLASSES[:1]) as cap:
+        out = _call(pipe, 1, prompts=PROMPTS[:1], seeds=(1,))
+    c = cap.captures(out.images)[0]
+    n = capture_nbytes(pipe.unet, H, W, len(c.tokens))
+    assert n["self_attn"] == sum(t.numel() * 2 for t in c.self_attn.values())        # float16
+    assert n["token_maps"] == c.token_maps.numel() * 4
+    assert n["ovam_buffers"] == sum(b.numel() * b.element_size() for b in cap.ovam.values())

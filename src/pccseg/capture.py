@@ -437,3 +437,41 @@ def capture(pipe, classes: Sequence[Sequence[str]], *, steps: int | None = None,
     """
     return Recorder(pipe, classes, steps=steps, query_half=query_half, include_mid=include_mid,
                     class_names=class_names, renames=renames)
+
+
+def capture_nbytes(unet, height: int, width: int, n_tokens: int, *, cfg: bool = True,
+                   self_dtype: torch.dtype = torch.float16, vae_factor: int = 8,
+                   include_mid: bool = False) -> dict[str, int]:
+    """Bytes of one image's capture for a UNet at an image size, from the module tree (no forward pass).
+
+    Works on a UNet built on the ``meta`` device. Returns ``self_attn`` (the kept per-head outputs in
+    ``self_dtype``), ``token_maps`` (T x h x w float32, as saved), ``ovam_buffers`` (the float32
+    accumulators held during sampling) and ``total`` (what a capture directory's tensors hold).
+    """
+    h0, w0 = math.ceil(height / vae_factor), math.ceil(width / vae_factor)
+    n_levels = len(unet.config.block_out_channels)
+
+    def grid(name: str) -> tuple[int, int]:
+        parts = name.split(".")
+        if parts[0] == "mid_block":
+            level = n_levels - 1
+        else:
+            idx = int(parts[1])
+            level = idx if parts[0] == "down_blocks" else n_levels - 1 - idx
+        h, w = h0, w0
+        for _ in range(level):
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        return h, w
+
+    self_bytes = ovam_bytes = 0
+    esize = torch.empty((), dtype=self_dtype).element_size()
+    for name, m in unet.named_modules():
+        if not hasattr(m, "set_processor"):
+            continue
+        h, w = grid(name)
+        if is_self_layer(name):
+            self_bytes += (2 if cfg else 1) * m.heads * h * w * (m.inner_dim // m.heads) * esize
+        elif is_cross_layer(name, include_mid):
+            ovam_bytes += h * w * n_tokens * 4
+    maps = n_tokens * h0 * w0 * 4
+    return {"self_attn": self_bytes, "token_maps": maps, "ovam_buffers": ovam_bytes, "total": self_bytes + maps}
