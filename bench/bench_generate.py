@@ -143,11 +143,12 @@ def main() -> None:
     mp, mc, ml, mlab = med(plain), med(captured), med(labelled), med(label_only)
     print(f"\n### Capture overhead, SD 2.1-base architecture, {args.size}x{args.size}, {args.steps} steps "
           f"({n_calls} UNet calls, PNDM), CFG, CPU, median of {args.reps}\n")
-    print("| variant | s / image | vs plain |")
-    print("|---|---:|---:|")
-    print(f"| plain pipeline call | {mp:.2f} | 1.000 |")
-    print(f"| captured call (+ captures()) | {mc:.2f} | {mc / mp:.3f} |")
-    print(f"| captured call + PCC label | {ml:.2f} | {ml / mp:.3f} |")
+    runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    print("| variant | s / image (median) | vs plain | runs (s) |")
+    print("|---|---:|---:|---|")
+    print(f"| plain pipeline call | {mp:.2f} | 1.000 | {runs(plain)} |")
+    print(f"| captured call (+ captures()) | {mc:.2f} | {mc / mp:.3f} | {runs(captured)} |")
+    print(f"| captured call + PCC label | {ml:.2f} | {ml / mp:.3f} | {runs(labelled)} |")
     print(f"\nimages bit-identical (plain vs captured, same seed): {same}")
     # extrapolate to the report's 80 steps: the capture's extra per UNet call is (mc - mp) / n_calls
     fixed = mp - n_calls * per_call
@@ -156,7 +157,8 @@ def main() -> None:
     extra_per_call = (mc - mp) / n_calls
     c80 = p80 + calls80 * extra_per_call
     print(f"\n### Extrapolated to 80 steps ({calls80} UNet calls; UNet call {per_call:.2f} s, "
-          f"fixed part {fixed:.2f} s, label {mlab:.2f} s)\n")
+          f"fixed part {fixed:.2f} s, label {mlab:.2f} s, capture's extra per UNet call "
+          f"{extra_per_call:+.3f} s, which is run-to-run noise when it is negative)\n")
     print("| variant | s / image | vs plain |")
     print("|---|---:|---:|")
     print(f"| plain | {p80:.1f} | 1.000 |")

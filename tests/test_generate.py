@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from pccseg import cli
 from pccseg.capture_format import load_capture
@@ -178,3 +179,31 @@ def test_cli_custom_classes(tmp_path):
                      "--out", str(out), "--height", "64", "--width", "64", "--steps", "1", "-q"]) == 0
     assert set(np.unique(load_mask(out / "SegmentationClass" / "000003.png")).tolist()) <= {0, 1, 255}
     assert read_manifest(out)[0]["seed"] == 2024
+
+
+def test_load_pipeline_tiny_folder_and_errors(pipe, tmp_path, monkeypatch):
+    from pccseg.pipeline import check_model, load_pipeline
+
+    folder = tmp_path / "tiny-sd"
+    pipe.save_pretrained(str(folder))
+    loaded = load_pipeline(str(folder), device="cpu")
+    assert loaded.safety_checker is None and loaded.unet.dtype == torch.float32
+    assert check_model(str(folder)) == "folder" and check_model("tiny") == "tiny"
+    kw = dict(num_inference_steps=1, height=64, width=64, output_type="np")
+    a = pipe("a cat", generator=torch.Generator().manual_seed(0), **kw).images
+    b = loaded("a cat", generator=torch.Generator().manual_seed(0), **kw).images
+    assert np.array_equal(a, b)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no model_index.json"):
+        load_pipeline(str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="no such model folder"):
+        load_pipeline(str(tmp_path / "missing"))
+    with pytest.raises(InputError, match="neither 'tiny'"):
+        check_model("not-a-model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(InputError, match="not in the local Hugging Face cache"):
+        load_pipeline("someone/some-model")

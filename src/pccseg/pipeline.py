@@ -43,6 +43,16 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return _DTYPES[dtype]
 
 
+def _dtype_kwarg() -> str:
+    """``dtype`` for diffusers versions that deprecate ``torch_dtype``, else ``torch_dtype``."""
+    try:
+        from diffusers.utils import deprecation_utils
+
+        return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+    except ImportError:
+        return "torch_dtype"
+
+
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -109,7 +119,8 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
         return tiny_pipeline(seed, dtype=dt, device=dev)
     from diffusers import StableDiffusionPipeline
 
-    kwargs = dict(torch_dtype=dt, safety_checker=None, requires_safety_checker=False)
+    kwargs = dict(safety_checker=None, requires_safety_checker=False)
+    kwargs[_dtype_kwarg()] = dt
     if kind == "hub":
         from huggingface_hub import try_to_load_from_cache
 
