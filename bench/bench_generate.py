@@ -123,12 +123,12 @@ def main() -> None:
     # warm-up (first-call allocations, page faults of fresh weights), not timed
     run("plain", 1, 0)
     run("captured", 1, 0)
-    plain, captured, labelled, label_only = [], [], [], []
+    plain, captured, labelled, label_only, unet_all = [], [], [], [], []
     same = True
     for r in range(args.reps):
         unet_times.clear()
         tp, _, out_p = run("plain", args.steps, 100 + r)
-        per_call = statistics.median(unet_times)
+        unet_all += unet_times
         n_calls = len(unet_times)
         plain.append(tp)
         tc, extra, out_c = run("captured", args.steps, 100 + r)
@@ -141,29 +141,34 @@ def main() -> None:
 
     med = statistics.median
     mp, mc, ml, mlab = med(plain), med(captured), med(labelled), med(label_only)
-    print(f"\n### Capture overhead, SD 2.1-base architecture, {args.size}x{args.size}, {args.steps} steps "
-          f"({n_calls} UNet calls, PNDM), CFG, CPU, median of {args.reps}\n")
+    # same-run ratios: each captured run against the plain run just before it (robust to load drifts)
+    rc = med([c / p for c, p in zip(captured, plain)])
+    rl = med([x / p for x, p in zip(labelled, plain)])
     runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
-    print("| variant | s / image (median) | vs plain | runs (s) |")
-    print("|---|---:|---:|---|")
-    print(f"| plain pipeline call | {mp:.2f} | 1.000 | {runs(plain)} |")
-    print(f"| captured call (+ captures()) | {mc:.2f} | {mc / mp:.3f} | {runs(captured)} |")
-    print(f"| captured call + PCC label | {ml:.2f} | {ml / mp:.3f} | {runs(labelled)} |")
+    print(f"\n### Capture overhead, SD 2.1-base architecture, {args.size}x{args.size}, {args.steps} steps "
+          f"({n_calls} UNet calls, PNDM), CFG, CPU, {args.reps} runs each, alternating\n")
+    print("| variant | median s / image | min s / image | median of paired ratios vs plain | runs (s) |")
+    print("|---|---:|---:|---:|---|")
+    print(f"| plain pipeline call | {mp:.2f} | {min(plain):.2f} | 1.000 | {runs(plain)} |")
+    print(f"| captured call (+ captures()) | {mc:.2f} | {min(captured):.2f} | {rc:.3f} | {runs(captured)} |")
+    print(f"| captured call + PCC label | {ml:.2f} | {min(labelled):.2f} | {rl:.3f} | {runs(labelled)} |")
     print(f"\nimages bit-identical (plain vs captured, same seed): {same}")
-    # extrapolate to the report's 80 steps: the capture's extra per UNet call is (mc - mp) / n_calls
-    fixed = mp - n_calls * per_call
+    # extrapolate to the report's 80 steps from the least disturbed (fastest) runs
+    per_call = min(unet_all)
+    fixed = min(plain) - n_calls * per_call
     calls80 = 81
     p80 = fixed + calls80 * per_call
-    extra_per_call = (mc - mp) / n_calls
+    extra_per_call = (min(captured) - min(plain)) / n_calls
     c80 = p80 + calls80 * extra_per_call
-    print(f"\n### Extrapolated to 80 steps ({calls80} UNet calls; UNet call {per_call:.2f} s, "
-          f"fixed part {fixed:.2f} s, label {mlab:.2f} s, capture's extra per UNet call "
-          f"{extra_per_call:+.3f} s, which is run-to-run noise when it is negative)\n")
+    lab = min(label_only)
+    print(f"\n### Extrapolated to 80 steps ({calls80} UNet calls) from the fastest runs: UNet call {per_call:.2f} s, "
+          f"rest of the pipeline {fixed:.2f} s, capture's extra per UNet call {extra_per_call:+.3f} s, "
+          f"label {lab:.2f} s\n")
     print("| variant | s / image | vs plain |")
     print("|---|---:|---:|")
     print(f"| plain | {p80:.1f} | 1.000 |")
     print(f"| captured | {c80:.1f} | {c80 / p80:.3f} |")
-    print(f"| captured + label | {c80 + mlab:.1f} | {(c80 + mlab) / p80:.3f} |")
+    print(f"| captured + label | {c80 + lab:.1f} | {(c80 + lab) / p80:.3f} |")
 
     # memory at two step counts
     rows = []

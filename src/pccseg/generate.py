@@ -95,7 +95,8 @@ def distributed_state() -> tuple[int, int, bool, Any]:
     try:
         from accelerate import PartialState
 
-        st = PartialState()
+        # cpu=True lets torchrun / accelerate start several CPU processes (gloo) when there is no GPU
+        st = PartialState(cpu=not torch.cuda.is_available())
         return st.process_index, st.num_processes, st.is_main_process, st
     except Exception:  # pragma: no cover - accelerate missing or broken
         return 0, 1, True, None
@@ -150,7 +151,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     dh, dw = default_size(pipe)
     height, width = height or dh, width or dw
     guidance = default_guidance(pipe) if guidance is None else float(guidance)
-    model_name = model_name or getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "?")
+    model_name = model_name or getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or "unknown"
     dtype = str(pipe.unet.dtype).replace("torch.", "")
     if settings is None:
         settings = run_settings(model=model_name, steps=steps, guidance=guidance, height=height, width=width,
