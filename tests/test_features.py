@@ -83,3 +83,36 @@ def test_features_upsample_normalise_and_append_positions():
 def test_minmax_columns():
     x = torch.tensor([[1.0, 5.0], [3.0, 5.0], [2.0, 5.0]])
     torch.testing.assert_close(minmax_columns(x), torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, 0.0]]))
+
+
+def _features_reference(pca, size):
+    """The straightforward definition: upsample every map, then min-max normalise every column (times the
+    reciprocal of the range, as pca_features; and with minmax_columns' division)."""
+    cols = []
+    for maps in pca.values():
+        heads, hl, wl, n = maps.shape
+        m = torch.nn.functional.interpolate(maps.permute(0, 3, 1, 2).reshape(1, heads * n, hl, wl),
+                                            size=size, mode="nearest")
+        cols.append(m.reshape(heads * n, -1).t())
+    from pccseg.features import pixel_grid
+    m = torch.cat(cols, 1)
+    lo, hi = m.min(0).values, m.max(0).values
+    scale = torch.where(hi > lo, 1.0 / torch.where(hi > lo, hi - lo, torch.ones_like(lo)), torch.zeros_like(lo))
+    return torch.cat([(m - lo) * scale, pixel_grid(*size)], 1), torch.cat([minmax_columns(m), pixel_grid(*size)], 1)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80), (37, 53)])
+def test_features_equal_the_upsample_then_normalise_reference_bit_for_bit(size):
+    g = torch.Generator().manual_seed(3)
+    h, w = size
+    pca = {"quarter": torch.randn(6, max(1, h // 4), max(1, w // 4), 3, generator=g) * 7,
+           "half": torch.randn(4, max(1, h // 2), max(1, w // 2), 3, generator=g),
+           "full": torch.randn(2, h, w, 3, generator=g) + 100,
+           "odd": torch.randn(3, 5, 7, 3, generator=g)}              # non-integer scale factors
+    pca["half"][1, ..., 2] = 4.0                                      # a constant column -> 0
+    got = pca_features(pca, size)
+    ref, ref_div = _features_reference(pca, size)
+    assert got.shape == ref.shape == (h * w, 3 * 15 + 2)
+    assert torch.equal(got, ref)
+    torch.testing.assert_close(got, ref_div, rtol=0, atol=1e-6)
+    assert torch.all(got[:, 3 * 6 + 3 + 2] == 0)

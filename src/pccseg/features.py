@@ -148,6 +148,15 @@ def pixel_grid(h: int, w: int, *, device=None, scale: float = 1.0) -> torch.Tens
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
 
 
+def _nearest_index(src: tuple[int, int], dst: tuple[int, int], device=None) -> torch.Tensor:
+    """(dst_h * dst_w,) raster index of the source pixel that ``F.interpolate(mode="nearest")`` copies to
+    each destination pixel (computed by interpolating an index map, so the rounding is torch's own)."""
+    idx = torch.arange(src[0] * src[1], device=device, dtype=torch.float32).reshape(1, 1, *src)
+    if tuple(src) != tuple(dst):
+        idx = F.interpolate(idx, size=dst, mode="nearest")
+    return idx.reshape(-1).long()
+
+
 def pca_features(pca: Mapping[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """Clustering features from the component maps.
 
@@ -158,25 +167,25 @@ def pca_features(pca: Mapping[str, torch.Tensor], size: tuple[int, int]) -> torc
     Returns:
         (h*w, n * total_heads + 2) float32: the components of every head (layer order, head-major, then
         component), each column min-max normalised to [0, 1]; then x and y in [0, 1].
+
+    Nearest upsampling copies values, so it keeps every column's minimum and maximum: each map is
+    normalised at its own resolution (cheap), then ONE index gather per layer upsamples it straight into
+    the feature layout. The result equals ``minmax_columns`` of the upsampled columns bit for bit.
     """
     h, w = size
-    cols = []
+    parts = []
     device = None
     for maps in pca.values():
         heads, hl, wl, n = maps.shape
         device = maps.device
-        m = maps.permute(0, 3, 1, 2).reshape(1, heads * n, hl, wl)       # channels head-major
-        if (hl, wl) != (h, w):
-            m = F.interpolate(m, size=(h, w), mode="nearest")
-        cols.append(m.reshape(heads * n, h * w))
-    m = torch.cat(cols, dim=0)                                            # (F, h*w): rows reduce fast
-    lo, hi = torch.aminmax(m, dim=1, keepdim=True)
-    rng = hi - lo
-    scale = torch.where(rng > 0, 1.0 / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(rng))
-    out = torch.empty(h * w, m.shape[0] + 2, device=m.device)
-    out[:, :-2] = ((m - lo) * scale).t()                                  # == minmax_columns(m.t())
-    out[:, -2:] = pixel_grid(h, w, device=device)
-    return out
+        m = maps.float().reshape(heads, hl * wl, n)
+        lo, hi = torch.aminmax(m, dim=1, keepdim=True)                   # (heads, 1, n)
+        rng = hi - lo
+        scale = torch.where(rng > 0, 1.0 / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(rng))
+        table = ((m - lo) * scale).transpose(0, 1).reshape(hl * wl, heads * n)   # columns head-major
+        parts.append(table.index_select(0, _nearest_index((hl, wl), (h, w), device)))
+    parts.append(pixel_grid(h, w, device=device))
+    return torch.cat(parts, dim=1)
 
 
 def features(self_attn: Mapping[str, torch.Tensor], size: tuple[int, int],
