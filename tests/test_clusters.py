@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from pccseg.clusters import connected_components, kmeans, relabel_small
@@ -64,3 +65,41 @@ def test_relabel_small_pools_fragments():
     seg = torch.tensor([[0, 0, 0, 1], [2, 2, 2, 3], [4, 4, 4, 4]])
     out = relabel_small(seg, 3)
     assert out.tolist() == [[0, 0, 0, 3], [1, 1, 1, 3], [2, 2, 2, 2]]
+
+
+def _components_reference(lab: np.ndarray, connectivity: int) -> np.ndarray:
+    """One OpenCV call per id, boolean-mask writes (the straightforward version)."""
+    import cv2
+    out = np.zeros(lab.shape, dtype=np.int64)
+    offset = 0
+    for v in np.unique(lab):
+        binary = lab == v
+        n, comp = cv2.connectedComponents(binary.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S)
+        out[binary] = comp[binary] + (offset - 1)
+        offset += n - 1
+    return out
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+@pytest.mark.parametrize("ids", ["small", "uint16", "negative", "huge"])
+def test_connected_components_equal_the_reference_on_random_label_maps(connectivity, ids):
+    rng = np.random.default_rng(7)
+    for shape, k in [((64, 64), 10), ((97, 131), 20), ((1, 9), 3), ((33, 1), 4)]:
+        blobs = torch.nn.functional.interpolate(torch.from_numpy(rng.random((1, k, 8, 8))).float(),
+                                                size=shape, mode="bilinear").argmax(1)[0].numpy()
+        noisy = np.where(rng.random(shape) < 0.1, rng.integers(0, k, shape), blobs)     # specks and holes
+        lab = {"small": noisy, "uint16": noisy * 300 + 7, "negative": noisy - 5, "huge": noisy * 10**9}[ids]
+        got = connected_components(torch.from_numpy(lab), connectivity).numpy()
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, _components_reference(lab, connectivity))
+
+
+@pytest.mark.parametrize("max_iter", [1, 2, 300])
+def test_kmeans_labels_are_the_nearest_centres(max_iter):
+    x, _ = _blobs(3)
+    x = torch.cat([x, x[:50] * 0.5 + 2.0])                 # uneven, overlapping clusters
+    for k in (3, 4, 7):
+        labels, centres = kmeans(x, k, seed=1, max_iter=max_iter)
+        d = torch.cdist(x.double(), centres.double())
+        best = d.gather(1, labels.unsqueeze(1)).squeeze(1)
+        assert torch.all(best <= d.min(1).values + 1e-4)

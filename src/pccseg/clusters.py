@@ -93,15 +93,17 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300, tol: 
     tol_abs = tol * float(fit_sq.mean() / fit.shape[1]) if tol > 0 else 0.0   # mean variance (centred)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     centres = kmeans_plusplus(fit, k, gen, fit_sq)
-    arange_k = torch.arange(k, device=fit.device)
+    onehot = torch.empty(k, fit.shape[0], device=fit.device)                      # reused (k, M) buffer
     labels = None
+    converged = False          # the last labels are those of the final centres
     for _ in range(max_iter):
         new_labels, d = _nearest(fit, centres)
         if labels is not None and torch.equal(new_labels, labels):
+            converged = True
             break
         labels = new_labels
-        onehot = (labels.unsqueeze(0) == arange_k.unsqueeze(1)).float()            # (k, M)
-        counts = onehot.sum(1)
+        onehot.zero_().scatter_(0, labels.unsqueeze(0), 1.0)
+        counts = torch.bincount(labels, minlength=k).float()
         new_centres = (onehot @ fit) / counts.clamp(min=1).unsqueeze(1)
         empty = counts == 0
         if bool(empty.any()):           # move empty clusters onto the farthest points
@@ -113,7 +115,8 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300, tol: 
         if shift <= tol_abs:
             break
     if fit_rows is None:
-        labels = _nearest(fit, centres)[0]
+        if not converged:
+            labels = _nearest(fit, centres)[0]
     else:   # assign every row, in chunks that stay in cache
         labels = torch.cat([_nearest(part - mean, centres)[0] for part in x.split(65536)])
     return labels, centres + mean
@@ -133,14 +136,28 @@ def connected_components(labels: torch.Tensor, connectivity: int = 4) -> torch.T
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     lab = labels.detach().cpu().numpy()
-    out = np.zeros(lab.shape, dtype=np.int64)
+    flat = lab.reshape(-1)
+    if flat.size == 0:
+        return torch.zeros(labels.shape, dtype=torch.int64, device=labels.device)
+    lo, hi = int(flat.min()), int(flat.max())
+    if lo >= 0 and hi < 65536:          # small non-negative ids (k-means clusters): no sort needed
+        keys = np.flatnonzero(np.bincount(flat, minlength=hi + 1))
+        small = lab.astype(np.uint8 if hi < 256 else np.uint16)
+        offsets = np.zeros(hi + 1, dtype=np.int64)
+    else:                               # any other ids: rank them
+        _, inv = np.unique(flat, return_inverse=True)
+        small = inv.reshape(lab.shape).astype(np.int64)
+        keys = np.arange(int(small.max()) + 1)
+        offsets = np.zeros(len(keys), dtype=np.int64)
+    comp_sum = np.zeros(lab.shape, dtype=np.int32)    # each pixel's 1-based component within its id
     offset = 0
-    for v in np.unique(lab):
-        binary = lab == v
-        n, comp = cv2.connectedComponents(binary.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S)
-        out[binary] = comp[binary] + (offset - 1)
+    for v in keys:
+        n, comp = cv2.connectedComponents((small == int(v)).view(np.uint8), connectivity=connectivity,
+                                          ltype=cv2.CV_32S)
+        comp_sum += comp                                # 0 outside this id's pixels
+        offsets[v] = offset - 1
         offset += n - 1
-    return torch.from_numpy(out).to(labels.device)
+    return torch.from_numpy(offsets[small] + comp_sum).to(labels.device)
 
 
 def relabel_small(segments: torch.Tensor, min_size: int) -> torch.Tensor:
