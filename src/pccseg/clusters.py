@@ -84,7 +84,6 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300, tol: 
         ((N,) int64 labels, (k, F) centres in ``x``'s units).
     """
     x = x.float()
-    n = x.shape[0]
     fit = x if fit_rows is None else x[fit_rows]
     k = max(1, min(k, fit.shape[0]))
     mean = fit.mean(0, keepdim=True)

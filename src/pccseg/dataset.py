@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .io import atomic_path, write_json
+from .io import atomic_path, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -167,5 +167,4 @@ class Dataset:
 
 def read_manifest(root: str | Path) -> list[dict]:
     """The entries of ``root/manifest.jsonl``."""
-    path = Path(root) / MANIFEST
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(Path(root) / MANIFEST)

@@ -53,6 +53,33 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Objects of a JSON-lines file (blank lines skipped).
+
+    Raises:
+        InputError: the file is unreadable, or a line is not a JSON object (the message names the line).
+    """
+    from .errors import InputError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"unreadable ({e})", path=path) from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e.msg})", path=path, field=f"line {n}") from None
+        if not isinstance(obj, dict):
+            raise InputError("expected a JSON object", path=path, field=f"line {n}")
+        out.append(obj)
+    return out
+
+
 def _as_uint8_2d(mask: Any) -> np.ndarray:
     if hasattr(mask, "detach"):
         mask = mask.detach().cpu().numpy()

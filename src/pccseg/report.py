@@ -38,7 +38,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .errors import InputError  # noqa: E402
-from .io import atomic_path, load_image, load_mask  # noqa: E402
+from .io import atomic_path, load_image, load_mask, read_jsonl  # noqa: E402
 from .show import legend_handles, overlay, save_figure  # noqa: E402
 from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
 
@@ -62,26 +62,6 @@ img { max-width: 100%; }
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Objects of a JSON-lines file (blank lines skipped); InputError naming the line when one is bad."""
-    out = []
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"unreadable ({e})", path=path) from None
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e.msg})", path=path, field=f"line {n}") from None
-        if not isinstance(obj, dict):
-            raise InputError("expected a JSON object", path=path, field=f"line {n}")
-        out.append(obj)
-    return out
 
 
 def _read_settings(directory: Path) -> dict | None:
@@ -119,7 +99,7 @@ def dataset_stats(directory: str | Path) -> dict[str, Any]:
     index = {n: i for i, n in enumerate(names)}
     manifest = directory / MANIFEST
     if manifest.is_file():
-        records = _read_jsonl(manifest)
+        records = read_jsonl(manifest)
         if not records:
             raise InputError("no samples: the manifest has no records", path=manifest)
     else:
@@ -411,7 +391,7 @@ def training_report(run: str | Path, out: str | Path) -> Path:
     """Write ``out/index.html`` with loss, mIoU and per-class IoU pictures for a training run folder."""
     run, out = Path(run), Path(out)
     log = run / LOG
-    entries = _read_jsonl(log)
+    entries = read_jsonl(log)
     losses = [e for e in entries if _num(e.get("loss")) and _num(e.get("iter"))]
     checks = [e for e in entries if "miou" in e and _num(e.get("iter"))]
     if not losses and not checks:

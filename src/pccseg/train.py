@@ -50,7 +50,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from .errors import InputError
-from .io import atomic_path, write_json
+from .io import atomic_path, read_jsonl, write_json
 from .vocab import IGNORE_INDEX
 from .voc import VOCSegmentation
 
@@ -362,9 +362,7 @@ def _unwrap_worker_error(e: InputError) -> InputError:
 
 
 def _read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return read_jsonl(path) if path.is_file() else []
 
 
 def _finite(x: float) -> float | None:
