@@ -102,6 +102,19 @@ def test_resume_skips_done_and_repairs(pipe, records, tmp_path):
     assert after == before                      # deterministic: the regenerated mask is the same
 
 
+def test_rerun_with_keep_captures_adds_the_captures(pipe, records, tmp_path):
+    out = tmp_path / "ds"
+    generate(pipe, records[:2], out, progress=False, rank=0, world_size=1, **KW)
+    masks = {f: (out / f).read_bytes() for f in _files(out) if f.startswith("SegmentationClass")}
+    assert not (out / "captures").exists()
+    rep = generate(pipe, records[:2], out, keep_captures=True, progress=False, rank=0, world_size=1, **KW)
+    assert rep.generated == 2 and sorted(p.name for p in (out / "captures").iterdir()) == ["000000", "000001"]
+    assert {f: (out / f).read_bytes() for f in _files(out) if f.startswith("SegmentationClass")} == masks
+    assert [e["id"] for e in read_manifest(out)] == ["000000", "000001"]
+    rep = generate(pipe, records[:2], out, keep_captures=True, progress=False, rank=0, world_size=1, **KW)
+    assert rep.generated == 0 and rep.skipped == 2
+
+
 def test_failure_mid_run_leaves_only_complete_samples(pipe, records, tmp_path):
     from pccseg.labeller import label
 

@@ -84,9 +84,11 @@ class Dataset:
     def shard_path(self, rank: int) -> Path:
         return self.root / SHARDS / f"rank-{rank:04d}.jsonl"
 
-    def is_done(self, stem: str) -> bool:
-        """A sample is done when its image and its mask (written last) both exist."""
-        return self.mask_path(stem).is_file() and self.image_path(stem).is_file()
+    def is_done(self, stem: str, *, capture: bool = False) -> bool:
+        """A sample is done when its image and its mask (written last) both exist, and with ``capture``
+        also its capture directory (a rerun with ``--keep-captures`` redoes samples made without)."""
+        done = self.mask_path(stem).is_file() and self.image_path(stem).is_file()
+        return done and (not capture or (self.capture_dir(stem) / "capture.json").is_file())
 
     # settings
     def check_settings(self, settings: dict) -> None:

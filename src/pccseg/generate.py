@@ -173,7 +173,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     ds.check_settings(settings)
 
     mine = split_records(records, rank, world_size)
-    todo = [r for r in mine if not ds.is_done(r.stem)]
+    todo = [r for r in mine if not ds.is_done(r.stem, capture=keep_captures)]
     report = GenerateReport(skipped=len(mine) - len(todo), rank=rank, world_size=world_size)
     if report.skipped:
         log.info("rank %d: %d of %d sample(s) already done, skipped", rank, report.skipped, len(mine))

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                                   width=width, dtype=dtype, steps=steps)
         ds.check_settings(settings)
 
-    if settings is not None and world == 1 and all(ds.is_done(r.stem) for r in records):
+    if settings is not None and world == 1 and all(ds.is_done(r.stem, capture=args.keep_captures) for r in records):
         n = ds.rebuild()[0]
         print(f"pccseg generate: all {len(records)} sample(s) already done; {n} sample(s) in {args.out}",
               file=sys.stderr)
