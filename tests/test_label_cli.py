@@ -47,7 +47,7 @@ def test_label_directory_of_captures_then_resume(captures, tmp_path, capsys):
     out = tmp_path / "masks"
     assert main(["label", str(captures), "--out", str(out), "-q", "--ks", "3", "4"]) == 0
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["000000.png", "000001.png"]
+    assert files == ["000000.png", "000001.png", "label_params.json"]
     m = load_mask(out / "000000.png")
     assert m.shape == (64, 64) and set(np.unique(m)) <= set(range(21)) | {255}
     (out / "000001.png").write_bytes(b"sentinel")
@@ -56,6 +56,23 @@ def test_label_directory_of_captures_then_resume(captures, tmp_path, capsys):
     assert main(["label", str(captures / "000001"), "--out", str(out), "-q", "--ks", "3", "4",
                  "--overwrite"]) == 0
     assert load_mask(out / "000001.png").shape == (64, 64)
+
+
+def test_resume_with_other_parameters_is_refused(captures, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "masks"
+    assert main(["label", str(captures), "--out", str(out), "-q", "--ks", "3", "4"]) == 0
+    recorded = json.loads((out / "label_params.json").read_text())["label_params"]
+    assert recorded["ks"] == [3, 4] and recorded["vote_rule"] == "report"
+    before = (out / "000000.png").read_bytes()
+    capsys.readouterr()
+    assert main(["label", str(captures), "--out", str(out), "-q", "--ks", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label_params.json" in err[0] and "ks" in err[0]
+    assert (out / "000000.png").read_bytes() == before                  # nothing touched
+    assert main(["label", str(captures), "--out", str(out), "-q", "--ks", "3", "--overwrite"]) == 0
+    assert json.loads((out / "label_params.json").read_text())["label_params"]["ks"] == [3]
 
 
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
@@ -75,7 +92,7 @@ def test_bad_capture_one_line_exit_2_no_mask_others_go_on(captures, tmp_path, ca
     assert main(["label", str(captures), "--out", str(out), "-q", "--ks", "3", "--keep-going"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["000000.png", "000001.png"]
 
 
 def test_not_a_capture_directory(tmp_path, capsys):

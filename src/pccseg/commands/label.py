@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import typing
 from pathlib import Path
 
 from ..errors import InputError
+
+if typing.TYPE_CHECKING:
+    from ..labeller import LabelParams
 
 #: LabelParams field -> option name, where it is not the field name with dashes.
 OPTION_NAMES = {"seed": "kmeans-seed"}
@@ -123,6 +127,35 @@ def capture_dirs(paths: list[str | Path]) -> list[Path]:
     return out
 
 
+LABEL_SETTINGS = "label_params.json"
+
+
+def check_label_settings(out: Path, params: "LabelParams", *, overwrite: bool = False) -> None:
+    """Record the parameters in ``out/label_params.json``; refuse to resume a folder labelled with others.
+
+    Without ``overwrite``, existing masks are kept, so masks of two parameter sets would mix: that is an
+    :class:`InputError` naming the differences. With ``overwrite`` every mask is redone and the file replaced.
+    """
+    from .. import __version__
+    from ..dataset import settings_diff
+    from ..io import write_json
+
+    new = dict(label_params=dataclasses.asdict(params), pccseg_version=__version__)
+    path = out / LABEL_SETTINGS
+    if path.is_file() and not overwrite:
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e.msg})", path=path) from None
+        diff = settings_diff(old.get("label_params", {}), new["label_params"])
+        if diff:
+            raise InputError("this folder holds masks made with other label parameters ("
+                             + "; ".join(diff) + "): use another --out, the same options, or --overwrite",
+                             path=path)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, new)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -139,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"two captures would write the same mask name(s): {', '.join(sorted(dup))}",
                          path=args.out)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_label_settings(out, params, overwrite=args.overwrite)
     device = torch.device(args.device)
     failed = 0
     skipped = 0
