@@ -41,7 +41,7 @@ def baseline_label(cap, p):
     from pccseg import classes as C
     from pccseg import clusters as K
     from pccseg import refine as R
-    from pccseg.features import minmax_columns, pixel_grid
+    from pccseg.features import minmax, pixel_grid
 
     t = {}
     t0 = time.perf_counter()
@@ -56,7 +56,7 @@ def baseline_label(cap, p):
             cols.append(F.interpolate(m, size=(h, w), mode="nearest").reshape(p.n_components, h * w))
     t["pca"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    feats = torch.cat([minmax_columns(torch.cat(cols).t()), pixel_grid(h, w)], 1).numpy()
+    feats = torch.cat([minmax(torch.cat(cols).t()), pixel_grid(h, w)], 1).numpy()
     t["features"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     segments = {}

@@ -75,10 +75,9 @@ def _record_inputs(pipe, names):
     return seen, hooks
 
 
-def test_token_maps_equal_direct_recomputation(pipe):
-    cross = _layers(pipe, is_cross_layer)
-    assert not any(n.startswith("mid_block") for n in cross) and len(cross) == 6
-    seen, hooks = _record_inputs(pipe, list(cross))
+def _plain_inputs_then_captures(pipe, layers):
+    """The inputs of ``layers`` at every UNet call of a plain 2-step call, then the captures of that call."""
+    seen, hooks = _record_inputs(pipe, list(layers))
     try:
         _call(pipe, 2)
     finally:
@@ -86,7 +85,13 @@ def test_token_maps_equal_direct_recomputation(pipe):
             h.remove()
     with capture(pipe, CLASSES) as cap:
         out = _call(pipe, 2)
-    caps = cap.captures(out.images)
+    return seen, cap.captures(out.images)
+
+
+def test_token_maps_equal_direct_recomputation(pipe):
+    cross = _layers(pipe, is_cross_layer)
+    assert not any(n.startswith("mid_block") for n in cross) and len(cross) == 6
+    seen, caps = _plain_inputs_then_captures(pipe, cross)
     tok, enc = pipe.tokenizer, pipe.text_encoder
     for i, names in enumerate(CLASSES):
         ids = tok(" ".join(prompt_word(n) for n in names), return_tensors="pt").input_ids
@@ -110,15 +115,7 @@ def test_token_maps_equal_direct_recomputation(pipe):
 
 def test_self_attention_equals_final_step_recomputation(pipe):
     selfs = _layers(pipe, is_self_layer)
-    seen, hooks = _record_inputs(pipe, list(selfs))
-    try:
-        _call(pipe, 2)
-    finally:
-        for h in hooks:
-            h.remove()
-    with capture(pipe, CLASSES) as cap:
-        out = _call(pipe, 2)
-    caps = cap.captures(out.images)
+    seen, caps = _plain_inputs_then_captures(pipe, selfs)
     with torch.no_grad():
         for name, attn in selfs.items():
             hs = seen[name][-1]                                                  # final UNet call

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pccseg.errors import InputError
-from pccseg.features import head_pca, layer_pca, minmax_columns, pca_features, top_eigenvectors
+from pccseg.features import head_pca, layer_pca, minmax, pca_features, top_eigenvectors
 
 
 def _reference_pca(x: np.ndarray, n: int) -> np.ndarray:
@@ -80,14 +80,14 @@ def test_features_upsample_normalise_and_append_positions():
     assert torch.equal(col0[0:2, 0:2], col0[0, 0].expand(2, 2))
 
 
-def test_minmax_columns():
+def test_minmax():
     x = torch.tensor([[1.0, 5.0], [3.0, 5.0], [2.0, 5.0]])
-    torch.testing.assert_close(minmax_columns(x), torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, 0.0]]))
+    torch.testing.assert_close(minmax(x), torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, 0.0]]))
 
 
 def _features_reference(pca, size):
     """The straightforward definition: upsample every map, then min-max normalise every column (times the
-    reciprocal of the range, as pca_features; and with minmax_columns' division)."""
+    reciprocal of the range, as pca_features; and with minmax' division)."""
     cols = []
     for maps in pca.values():
         heads, hl, wl, n = maps.shape
@@ -98,7 +98,7 @@ def _features_reference(pca, size):
     m = torch.cat(cols, 1)
     lo, hi = m.min(0).values, m.max(0).values
     scale = torch.where(hi > lo, 1.0 / torch.where(hi > lo, hi - lo, torch.ones_like(lo)), torch.zeros_like(lo))
-    return torch.cat([(m - lo) * scale, pixel_grid(*size)], 1), torch.cat([minmax_columns(m), pixel_grid(*size)], 1)
+    return torch.cat([(m - lo) * scale, pixel_grid(*size)], 1), torch.cat([minmax(m), pixel_grid(*size)], 1)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (48, 80), (37, 53)])

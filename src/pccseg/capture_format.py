@@ -27,7 +27,7 @@ from safetensors import SafetensorError as SafetensorsError
 from safetensors.torch import load_file, save_file
 
 from .errors import InputError
-from .io import atomic_path, load_image, save_image
+from .io import atomic_path, load_image, read_json, save_image
 from .vocab import VOC_CLASSES
 
 IMAGE_FILE = "image.png"
@@ -177,12 +177,7 @@ def load_capture(directory: str | Path, *, device: str | torch.device = "cpu",
     for f in (IMAGE_FILE, TENSOR_FILE, META_FILE):
         if not (directory / f).is_file():
             raise _err(src, f, None, "missing file")
-    try:
-        meta = json.loads((directory / META_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise _err(src, META_FILE, None, f"not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise _err(src, META_FILE, None, "expected a JSON object")
+    meta = read_json(directory / META_FILE)
     for key in ("tokens", "token_classes"):
         if key not in meta:
             raise _err(src, META_FILE, key, "missing field")

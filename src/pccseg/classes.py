@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .features import minmax
+
 UNCERTAIN = 255
 
 
@@ -34,11 +36,7 @@ def class_maps(token_maps: torch.Tensor, token_classes: Sequence[int | None]) ->
         maps.append(tm[rows].amax(0))
     if not maps:
         return [], tm.new_zeros((0,) + tuple(tm.shape[1:]))
-    m = torch.stack(maps)
-    lo = m.amin((1, 2), keepdim=True)
-    rng = m.amax((1, 2), keepdim=True) - lo
-    m = torch.where(rng > 0, (m - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(m))
-    return ids, m
+    return ids, minmax(torch.stack(maps), (1, 2))
 
 
 def binary_maps(maps: torch.Tensor, class_ids: Sequence[int], threshold: float,

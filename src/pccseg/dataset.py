@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .io import atomic_path, read_jsonl, write_json
+from .io import atomic_path, read_json, read_jsonl, write_json
+from .voc import IMAGE_DIR, MASK_DIR, SPLIT_DIR
 
 log = logging.getLogger(__name__)
 
-IMAGES = "JPEGImages"
-MASKS = "SegmentationClass"
-SETS = "ImageSets/Segmentation"
+IMAGES, MASKS, SETS = IMAGE_DIR, MASK_DIR, SPLIT_DIR      # the VOC layout that voc.py reads
 TRAIN_LIST = "train.txt"
 MANIFEST = "manifest.jsonl"
 SHARDS = "manifest.d"
@@ -44,6 +43,11 @@ INFORMATIONAL_KEYS = ("pccseg_version", "batch_size", "device", "processes", "sc
 def _canon(obj: Any) -> Any:
     """JSON round trip: tuples become lists, so settings compare as they are stored."""
     return json.loads(json.dumps(obj))
+
+
+def sample_stem(record_id: int) -> str:
+    """File stem of a prompt record's sample: the record id, zero-padded to six digits."""
+    return f"{int(record_id):06d}"
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:
@@ -98,11 +102,7 @@ class Dataset:
             raise InputError("output path exists and is not a directory", path=self.root, field="--out")
         if not path.is_file():
             return
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"unreadable settings of an earlier run ({e})", path=path) from None
-        diff = settings_diff(old, settings)
+        diff = settings_diff(read_json(path), settings)
         if diff:
             raise InputError("this folder holds a run with other settings (" + "; ".join(diff) +
                              "): use another --out, or the earlier run's options to resume it", path=path)

@@ -129,10 +129,10 @@ def layer_pca(self_attn: Mapping[str, torch.Tensor], n_components: int = 3) -> d
     return {n: out[n] for n in self_attn}
 
 
-def minmax_columns(x: torch.Tensor) -> torch.Tensor:
-    """(N, F) -> (N, F): each column scaled to [0, 1]; a constant column becomes 0."""
-    lo = x.min(dim=0).values
-    rng = x.max(dim=0).values - lo
+def minmax(x: torch.Tensor, dim: int | tuple[int, ...] = 0) -> torch.Tensor:
+    """Scale ``x`` to [0, 1] over ``dim`` (default: each column of an (N, F) matrix); constant -> 0."""
+    lo = x.amin(dim=dim, keepdim=True)
+    rng = x.amax(dim=dim, keepdim=True) - lo
     return torch.where(rng > 0, (x - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)),
                        torch.zeros_like(x))
 
@@ -170,7 +170,7 @@ def pca_features(pca: Mapping[str, torch.Tensor], size: tuple[int, int]) -> torc
 
     Nearest upsampling copies values, so it keeps every column's minimum and maximum: each map is
     normalised at its own resolution (cheap), then ONE index gather per layer upsamples it straight into
-    the feature layout. The result equals ``minmax_columns`` of the upsampled columns bit for bit.
+    the feature layout. The result equals ``minmax`` of the upsampled columns bit for bit.
     """
     h, w = size
     parts = []

@@ -66,11 +66,6 @@ def default_size(pipe) -> tuple[int, int]:
     return int(h * f), int(w * f)
 
 
-def size_multiple(pipe) -> int:
-    """Height and width must be multiples of this: VAE factor x 2^(UNet down-samplings)."""
-    return int(getattr(pipe, "vae_scale_factor", 8)) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-
-
 def run_settings(*, model: str, steps: int, guidance: float, height: int, width: int, dtype: str, seed: int,
                  label_params: Any, class_names: Sequence[str], prompts: str, query_half: str = "uncond",
                  include_mid: bool = False, **info: Any) -> dict:
@@ -107,13 +102,16 @@ def _chunks(seq: Sequence, n: int):
         yield seq[i:i + n]
 
 
-def manifest_entry(rec: PromptRecord, seed: int, result, class_names: Sequence[str], t_gen: float,
+def manifest_entry(rec: PromptRecord, seed: int, mask: torch.Tensor, class_names: Sequence[str], t_gen: float,
                    t_label: float) -> dict:
-    """One manifest line: id, record_id, prompt, classes, seed, uncertain_share, class_pixels, timings."""
-    counts = torch.bincount(result.mask.reshape(-1).long().cpu(), minlength=256)
+    """One manifest line: id, record_id, prompt, classes, seed, uncertain_share, class_pixels, timings.
+
+    ``mask``: the (H, W) uint8 final mask, on the host.
+    """
+    counts = torch.bincount(mask.reshape(-1).long(), minlength=256)
     pixels = {class_names[v]: int(counts[v]) for v in range(min(len(class_names), 255)) if counts[v] > 0}
     return {"id": rec.stem, "record_id": rec.id, "prompt": rec.prompt, "classes": list(rec.classes),
-            "seed": seed, "uncertain_share": round(float(result.uncertain_share), 6), "class_pixels": pixels,
+            "seed": seed, "uncertain_share": round(int(counts[255]) / mask.numel(), 6), "class_pixels": pixels,
             "timings": {"generate": round(t_gen, 4), "label": round(t_label, 4)}}
 
 
@@ -207,7 +205,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
                     from .capture_format import save_capture
 
                     save_capture(ds.capture_dir(r.stem), c)
-                ds.append_manifest(rank, manifest_entry(r, s, res, class_names, t_gen, t_label))
+                ds.append_manifest(rank, manifest_entry(r, s, mask, class_names, t_gen, t_label))
                 save_mask(ds.mask_path(r.stem), mask)  # last: its presence marks the sample done
                 report.generated += 1
                 report.stems.append(r.stem)

@@ -53,6 +53,26 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | Path) -> dict:
+    """The JSON object in a file.
+
+    Raises:
+        InputError: the file is unreadable, not valid JSON, or not a JSON object (the message names it).
+    """
+    from .errors import InputError
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InputError(f"unreadable ({e})", path=path) from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e})", path=path) from None
+    if not isinstance(obj, dict):
+        raise InputError("expected a JSON object", path=path)
+    return obj
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Objects of a JSON-lines file (blank lines skipped).
 

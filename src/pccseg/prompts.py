@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .dataset import sample_stem
 from .errors import InputError
 from .vocab import VOC_CLASSES
 
@@ -41,7 +42,7 @@ class PromptRecord:
 
     @property
     def stem(self) -> str:
-        return f"{self.id:06d}"
+        return sample_stem(self.id)
 
 
 def default_prompts_path() -> Path:

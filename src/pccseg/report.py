@@ -37,16 +37,13 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .dataset import IMAGES, MANIFEST, MASKS, SETTINGS, sample_stem  # noqa: E402
 from .errors import InputError  # noqa: E402
-from .io import atomic_path, load_image, load_mask, read_jsonl  # noqa: E402
+from .io import atomic_path, load_image, load_mask, read_json, read_jsonl  # noqa: E402
 from .show import legend_handles, overlay, save_figure  # noqa: E402
 from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
 
-MANIFEST = "manifest.jsonl"
-SETTINGS = "settings.json"
 LOG = "log.jsonl"
-IMAGES = "JPEGImages"
-MASKS = "SegmentationClass"
 
 _CSS = """
 body { font-family: sans-serif; max-width: 1200px; margin: 1em auto; padding: 0 1em; color: #222; }
@@ -66,22 +63,14 @@ img { max-width: 100%; }
 
 def _read_settings(directory: Path) -> dict | None:
     p = directory / SETTINGS
-    if not p.is_file():
-        return None
-    try:
-        obj = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e.msg})", path=p) from None
-    if not isinstance(obj, dict):
-        raise InputError("expected a JSON object", path=p)
-    return obj
+    return read_json(p) if p.is_file() else None
 
 
 def _stem(record: dict, path: Path, n: int) -> str:
     if "id" in record:
         return str(record["id"])
     if "record_id" in record:
-        return f"{int(record['record_id']):06d}"
+        return sample_stem(record["record_id"])
     raise InputError("record has neither 'id' nor 'record_id'", path=path, field=f"record {n}")
 
 

@@ -50,7 +50,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from .errors import InputError
-from .io import atomic_path, read_jsonl, write_json
+from .io import atomic_path, read_json, read_jsonl, write_json
 from .vocab import IGNORE_INDEX
 from .voc import VOCSegmentation
 
@@ -273,11 +273,8 @@ def find_checkpoint(path: str | Path) -> Path:
 def read_checkpoint_meta(path: str | Path) -> dict:
     """``checkpoint.json`` of a checkpoint directory, checked."""
     ckpt = find_checkpoint(path)
-    try:
-        meta = json.loads((ckpt / "checkpoint.json").read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON ({e})", path=ckpt / "checkpoint.json") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+    meta = read_json(ckpt / "checkpoint.json")
+    if meta.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"not a pccseg checkpoint (format != {CHECKPOINT_FORMAT!r})",
                          path=ckpt / "checkpoint.json", field="format")
     meta["path"] = str(ckpt)

@@ -14,7 +14,6 @@ outside ``0..C-1`` and 255.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 
 from .errors import InputError
-from .io import load_image, load_mask
+from .io import load_image, load_mask, read_json
 from .vocab import IGNORE_INDEX, VOC_CLASSES
 
 IMAGE_DIR = "JPEGImages"
@@ -37,10 +36,7 @@ def read_class_names(root: str | Path) -> list[str]:
     """The dataset's class names: ``settings.json``'s ``class_names`` when present, else the 21 VOC ones."""
     settings = Path(root) / "settings.json"
     if settings.is_file():
-        try:
-            names = json.loads(settings.read_text()).get("class_names")
-        except (json.JSONDecodeError, AttributeError) as e:
-            raise InputError(f"not a JSON object ({e})", path=settings) from None
+        names = read_json(settings).get("class_names")
         if names is not None:
             if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
                 raise InputError("must be a non-empty list of strings", path=settings, field="class_names")

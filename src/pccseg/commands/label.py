@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import typing
 from pathlib import Path
@@ -138,16 +137,12 @@ def check_label_settings(out: Path, params: "LabelParams", *, overwrite: bool = 
     """
     from .. import __version__
     from ..dataset import settings_diff
-    from ..io import write_json
+    from ..io import read_json, write_json
 
     new = dict(label_params=dataclasses.asdict(params), pccseg_version=__version__)
     path = out / LABEL_SETTINGS
     if path.is_file() and not overwrite:
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e.msg})", path=path) from None
-        diff = settings_diff(old.get("label_params", {}), new["label_params"])
+        diff = settings_diff(read_json(path).get("label_params", {}), new["label_params"])
         if diff:
             raise InputError("this folder holds masks made with other label parameters ("
                              + "; ".join(diff) + "): use another --out, the same options, or --overwrite",

@@ -20,16 +20,18 @@ def resolve_capture(target: str, data: str | None) -> Path:
     (``7`` -> ``000007``); a path that is itself a directory is taken as is.
     """
     if data is not None:
+        from ..dataset import Dataset, sample_stem
+
         droot = Path(data)
         if not droot.is_dir():
             raise InputError("not a dataset directory", path=droot)
-        stem = f"{int(target):06d}" if target.strip().isdigit() else target.strip()
-        cdir = droot / "captures" / stem
+        stem = sample_stem(target) if target.strip().isdigit() else target.strip()
+        cdir = Dataset(droot).capture_dir(stem)
         if cdir.is_dir():
             return cdir
         if Path(target).is_dir() and not target.strip().isdigit():
             return Path(target)
-        hint = "" if (droot / "captures").is_dir() else \
+        hint = "" if cdir.parent.is_dir() else \
             " (the dataset has no captures/: generate it with --keep-captures)"
         raise InputError(f"no capture for sample {target!r}{hint}", path=cdir)
     p = Path(target)
