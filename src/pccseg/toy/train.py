@@ -361,7 +361,7 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
         losses.append(loss.item())
         if step % 25 == 0:
             row = {"step": step, "size": size, "loss": round(float(np.mean(losses[-25:])), 5), "lr": lr,
-                   "s_per_step": round((time.perf_counter() - t0) / len(losses), 3)}
+                   "s_per_step": round((time.perf_counter() - t0) / len(losses), 3), "time": round(time.time(), 1)}
             log.info("unet %s", row)
             with open(root / "log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
@@ -415,8 +415,16 @@ def train(cfg: ToyTrainConfig, evaluate: bool = True) -> Path | None:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.json"
-    if not cfg_path.is_file():
-        write_json(cfg_path, asdict(cfg))
+    if cfg_path.is_file():
+        old = read_json(cfg_path).get("config", {})
+        changed = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
+        if changed:
+            log.warning("settings changed since the last start: %s",
+                        ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    # what this start uses; earlier starts' settings stay in "history"
+    history = read_json(cfg_path).get("history", []) if cfg_path.is_file() else []
+    write_json(cfg_path, {"config": asdict(cfg), "history": history + [{"time": round(time.time()),
+                                                                         "config": asdict(cfg)}]})
     eval_fn = None
     if evaluate:
         from .quality import training_eval
