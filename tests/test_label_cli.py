@@ -123,6 +123,7 @@ def test_params_from_args_for_each_labeller():
     (("--labeller", "dd", "--ks", "3"), "--ks"),                            # a pcc option with dd
     (("--labeller", "attn", "--preset", "authors"), "--preset"),
     (("--labeller", "dd", "--dd-threshold", "1.2"), "--dd-threshold"),      # refused by DDParams
+    (("--labeller", "dd", "--dd-threshold", "0.4"), "--dd-uncertain-threshold"),   # below the band's 0.5
     (("--labeller", "attn", "--attn-uncertain-threshold", "0.5"), "--attn-uncertain-threshold"),
 ])
 def test_bad_labeller_options_one_line_exit_2(captures, tmp_path, capsys, argv, field):

@@ -30,45 +30,47 @@ from ..errors import InputError
 OPTION_NAMES = {"seed": "kmeans-seed"}
 
 _HELP = {
-    "pcc": {
-        "n_components": "PCA components per attention head",
-        "ks": "k-means cluster counts (one vote set per k)",
-        "seed": "k-means seed (k-means++ init, both k-means steps)",
-        "kmeans_iters": "Lloyd iterations at most",
-        "cluster_connectivity": "connectivity of cluster segments (report 4, authors 8)",
-        "thresholds": "class-map thresholds (one vote set per threshold)",
-        "background_factor": "background (start-of-text) binary map is map > factor * t",
-        "vote_rule": "report: uncertain if the mode's share <= 0.5; authors: < 0.56",
-        "refine": "refine the blocky mask on the RGB image",
-        "refine_k": "k of the RGB+xy k-means",
-        "refine_connectivity": "connectivity of refine segments",
-        "refine_min_segment": "refine fragments under this many pixels pool into one leftover segment",
-        "refine_subsample": "refine k-means: fit centroids on at most this many pixels (strided), then assign "
-                            "every pixel; 0 = fit on all pixels",
-        "dominance_rule": "report: dominant value if its share > dominance-share; authors: > 2x runner-up",
-        "dominance_share": "share for the report's dominance rule",
-        "artefact_ring": "authors' morphology + uncertain ring around each class region",
-        "ring_width": "width in pixels of the uncertain ring",
-    },
-    "dd": {
-        "power": "power of the self-attention affinity matrix",
-        "class_downsample": "class maps at the latent size divided by this (4: 16x16 for SD at 512)",
-        "threshold": "a pixel takes the class of the largest map where it is >= this",
-        "uncertain_threshold": "uncertain (255) where the largest map is in [this, threshold); set it to the "
-                               "threshold for no uncertain band",
-        "token_merge": "how the tokens of one class name merge",
-        "interpolation": "resize of the class maps to the self-attention grid and of the result to the image",
-    },
-    "attn": {
-        "threshold": "background where every normalised class map is below this",
-        "uncertain_threshold": "uncertain (255) where the largest map is in [this, threshold); none: no band",
-        "token_merge": "how the tokens of one class name merge",
-        "interpolation": "resize of the class maps to the image",
-    },
+    "n_components": "PCA components per attention head",
+    "ks": "k-means cluster counts (one vote set per k)",
+    "seed": "k-means seed (k-means++ init, both k-means steps)",
+    "kmeans_iters": "Lloyd iterations at most",
+    "cluster_connectivity": "connectivity of cluster segments (report 4, authors 8)",
+    "thresholds": "class-map thresholds (one vote set per threshold)",
+    "background_factor": "background (start-of-text) binary map is map > factor * t",
+    "vote_rule": "report: uncertain if the mode's share <= 0.5; authors: < 0.56",
+    "refine": "refine the blocky mask on the RGB image",
+    "refine_k": "k of the RGB+xy k-means",
+    "refine_connectivity": "connectivity of refine segments",
+    "refine_min_segment": "refine fragments under this many pixels pool into one leftover segment",
+    "refine_subsample": "refine k-means: fit centroids on at most this many pixels (strided), then assign "
+                        "every pixel; 0 = fit on all pixels",
+    "dominance_rule": "report: dominant value if its share > dominance-share; authors: > 2x runner-up",
+    "dominance_share": "share for the report's dominance rule",
+    "artefact_ring": "authors' morphology + uncertain ring around each class region",
+    "ring_width": "width in pixels of the uncertain ring",
 }
 
-_GROUP_TITLES = {"pcc": "labelling (--labeller pcc, the default)", "dd": "labelling (--labeller dd)",
-                 "attn": "labelling (--labeller attn)"}
+_DD_HELP = {
+    "power": "power of the self-attention affinity matrix",
+    "class_downsample": "class maps at the latent size divided by this (4: 16x16 for SD at 512)",
+    "threshold": "a pixel takes the class of the largest map where it is >= this",
+    "uncertain_threshold": "uncertain (255) where the largest map is in [this, threshold); set it to the "
+                           "threshold for no uncertain band",
+    "token_merge": "how the tokens of one class name merge",
+    "interpolation": "resize of the class maps to the self-attention grid and of the result to the image",
+}
+
+_ATTN_HELP = {
+    "threshold": "background where every normalised class map is below this",
+    "uncertain_threshold": "uncertain (255) where the largest map is in [this, threshold); none: no band",
+    "token_merge": "how the tokens of one class name merge",
+    "interpolation": "resize of the class maps to the image",
+}
+
+#: labeller -> (option help per field, option group title)
+_OPTIONS = {"pcc": (_HELP, "labelling (--labeller pcc, the default)"),
+            "dd": (_DD_HELP, "labelling (--labeller dd)"),
+            "attn": (_ATTN_HELP, "labelling (--labeller attn)")}
 
 
 def _option(labeller: str, name: str) -> str:
@@ -114,7 +116,8 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
                         + f" (default: {DEFAULT_LABELLER}); see docs/labeller.md")
     authors = LabelParams.preset("authors")
     for name, lab in LABELLERS.items():
-        group = parser.add_argument_group(_GROUP_TITLES[name])
+        helps, title = _OPTIONS[name]
+        group = parser.add_argument_group(title)
         if name == "pcc":
             group.add_argument("--preset", dest="label_preset", choices=("report", "authors"), default=None,
                                help="parameter set: the report's (default) or the authors' code; options "
@@ -126,7 +129,7 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
             dflt = f"default: {_fmt(default)}"
             if name == "pcc" and getattr(authors, f.name) != default:
                 dflt += f"; authors preset: {_fmt(getattr(authors, f.name))}"
-            help_ = f"{_HELP[name].get(f.name, f.name.replace('_', ' '))} ({dflt})"
+            help_ = f"{helps.get(f.name, f.name.replace('_', ' '))} ({dflt})"
             group.add_argument(_option(name, f.name), dest=_dest(name, f.name), default=None, help=help_,
                                **_option_kwargs(hints[f.name]))
 
@@ -160,9 +163,10 @@ def params_from_args(args: argparse.Namespace):
         if chosen.name == "pcc":
             return LabelParams.preset(overrides.pop("preset", "report"), **overrides)
         return chosen.params(**overrides)
-    except InputError as e:
-        field = _option(chosen.name, e.field) if e.field in overrides else e.field
-        raise InputError(e.message, path=e.path, field=field) from None
+    except InputError as e:                                  # name the option, not the field
+        known = {f.name for f in dataclasses.fields(chosen.params)}
+        raise InputError(e.message, path=e.path,
+                         field=_option(chosen.name, e.field) if e.field in known else e.field) from None
 
 
 def capture_dirs(paths: list[str | Path]) -> list[Path]:
