@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import torch
-import torch.nn.functional as F
-
-from .capture_format import Capture
-from .classes import UNCERTAIN, merge_tokens
 from .errors import InputError
-from .features import minmax
 from .labeller import _Timer
+from .vocab import IGNORE_INDEX
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
+    import torch
+
+    from .capture_format import Capture
 
 Interpolation = Literal["bicubic", "bilinear", "nearest"]
 TokenMerge = Literal["max", "mean"]
@@ -97,7 +97,7 @@ class MapsResult:
     @property
     def uncertain_share(self) -> float:
         """Share of the final mask's pixels that are 255."""
-        return float((self.mask == UNCERTAIN).float().mean())
+        return float((self.mask == IGNORE_INDEX).float().mean())
 
 
 def object_maps(capture: Capture, merge: TokenMerge) -> tuple[list[int], torch.Tensor]:
@@ -106,6 +106,8 @@ def object_maps(capture: Capture, merge: TokenMerge) -> tuple[list[int], torch.T
     Returns:
         (class_ids ascending, (C, h, w) float32 maps at latent size on the token maps' device).
     """
+    from .classes import merge_tokens
+
     ids, maps = merge_tokens(capture.token_maps, capture.token_classes, merge)
     keep = [i for i, c in enumerate(ids) if c != 0]
     return [ids[i] for i in keep], maps[keep]
@@ -113,6 +115,8 @@ def object_maps(capture: Capture, merge: TokenMerge) -> tuple[list[int], torch.T
 
 def resize(maps: torch.Tensor, size: tuple[int, int], mode: Interpolation) -> torch.Tensor:
     """(C, h, w) -> (C, H, W) by ``F.interpolate`` (``align_corners=False`` for bilinear and bicubic)."""
+    import torch.nn.functional as F
+
     if maps.shape[0] == 0:
         return maps.new_zeros((0, *size))
     if tuple(maps.shape[-2:]) == tuple(size):
@@ -132,6 +136,8 @@ def threshold_argmax(maps: torch.Tensor, class_ids: Sequence[int], threshold: fl
     Returns:
         (mask (H, W) uint8, maximum (H, W) float).
     """
+    import torch
+
     if maps.shape[0] == 0:
         best = maps.new_zeros(maps.shape[1:])
         return torch.zeros(best.shape, dtype=torch.uint8, device=maps.device), best
@@ -139,7 +145,7 @@ def threshold_argmax(maps: torch.Tensor, class_ids: Sequence[int], threshold: fl
     lut = torch.tensor(list(class_ids), dtype=torch.uint8, device=maps.device)
     mask = torch.where(best >= threshold, lut[idx], torch.zeros_like(idx, dtype=torch.uint8))
     if uncertain_threshold is not None:
-        mask[(best >= uncertain_threshold) & (best < threshold)] = UNCERTAIN
+        mask[(best >= uncertain_threshold) & (best < threshold)] = IGNORE_INDEX
     return mask, best
 
 
@@ -148,6 +154,8 @@ def label(capture: Capture, params: AttnParams | None = None, **overrides) -> Ma
 
     Timings (seconds): ``maps``, ``resize``, ``mask``, ``total``.
     """
+    from .features import minmax
+
     p = replace(params or AttnParams(), **overrides)
     timer = _Timer(capture.token_maps.device)
     ids, maps = object_maps(capture, p.token_merge)

@@ -19,17 +19,17 @@ numbers, no n x n matrix power); a constant map normalises to 0 instead of NaN.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
-import torch
-import torch.nn.functional as F
-
-from .capture_format import SELF_PROBS_KEY, TENSOR_FILE, Capture
 from .errors import InputError
-from .features import minmax
 from .labeller import _Timer
 from .labeller_attn import (Interpolation, MapsResult, TokenMerge, check_choice, check_thresholds, object_maps,
                             resize, threshold_argmax)
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
+    import torch
+
+    from .capture_format import Capture
 
 MISSING_SELF_PROBS = ("no self-attention probabilities in this capture, which the dd labeller needs: make the "
                       "captures with `pccseg generate --labeller dd` or `pccseg generate --keep-captures`")
@@ -85,6 +85,11 @@ def label(capture: Capture, params: DDParams | None = None, **overrides) -> Maps
     Raises:
         InputError: the capture has no ``self_probs`` (names its tensor file and the field).
     """
+    import torch.nn.functional as F
+
+    from .capture_format import SELF_PROBS_KEY, TENSOR_FILE
+    from .features import minmax
+
     p = replace(params or DDParams(), **overrides)
     if capture.self_probs is None:
         raise InputError(MISSING_SELF_PROBS, path=capture.source and f"{capture.source}/{TENSOR_FILE}",

@@ -21,13 +21,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import labeller as pcc
 from . import labeller_attn as attn
 from . import labeller_dd as dd
-from .capture_format import Capture
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .capture_format import Capture
 
 
 @dataclass(frozen=True)
