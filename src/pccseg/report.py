@@ -16,6 +16,9 @@ or a directory without a manifest, is read from its mask.
 Training run directory (``log.jsonl``): loss and learning-rate curve, mIoU curve, per-class IoU of the
 best check.
 
+Experiment directory (``results.json``, written by ``pccseg experiment``): its tables, pictures, times and
+settings.
+
 Every file is written atomically; links in ``index.html`` are relative file names in the output directory.
 """
 
@@ -44,6 +47,7 @@ from .show import legend_handles, overlay, save_figure  # noqa: E402
 from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
 
 LOG = "log.jsonl"
+RESULTS = "results.json"
 
 _CSS = """
 body { font-family: sans-serif; max-width: 1200px; margin: 1em auto; padding: 0 1em; color: #222; }
@@ -466,11 +470,57 @@ def training_report(run: str | Path, out: str | Path) -> Path:
     return page
 
 
+def _cell(x: Any) -> str:
+    return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else _e(x)
+
+
+def results_report(directory: str | Path, out: str | Path) -> Path:
+    """Write ``out/index.html`` for a folder with ``results.json`` (``pccseg experiment``): its ``tables``
+    (``title``, ``columns``, ``rows``, ``note``), its ``pictures`` (``file`` in the folder, ``caption``;
+    copied into ``out``), ``timings`` and ``config``."""
+    import shutil
+
+    directory, out = Path(directory), Path(out)
+    path = directory / RESULTS
+    results = read_json(path)
+    tables, pictures = results.get("tables", []), results.get("pictures", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) and isinstance(t.get("columns"), list)
+                                               and isinstance(t.get("rows"), list) for t in tables):
+        raise InputError("expected a list of {title, columns, rows}", path=path, field="tables")
+    out.mkdir(parents=True, exist_ok=True)
+    body = [f"<p>Results of <code>{_e(directory.resolve())}</code> (also in results.md, results.json and the "
+            "CSV files there).</p>"]
+    for t in tables:
+        head = "".join(f'<th{"" if i == 0 else " class=num"}>{_e(c)}</th>' for i, c in enumerate(t["columns"]))
+        rows = ["<tr>" + "".join(f'<td{"" if i == 0 else " class=num"}>{_cell(x)}</td>' for i, x in enumerate(r))
+                + "</tr>" for r in t["rows"]]
+        body += [f"<h2>{_e(t.get('title', ''))}</h2>", "<table>", f"<tr>{head}</tr>", *rows, "</table>"]
+        if t.get("note"):
+            body.append(f'<p class="note">{_e(t["note"])}</p>')
+    for p in pictures if isinstance(pictures, list) else []:
+        src = directory / str(p.get("file", "")) if isinstance(p, dict) else None
+        if src is None or src.parent != directory or not src.is_file():
+            continue
+        with atomic_path(out / src.name) as tmp:
+            shutil.copyfile(src, tmp)
+        body += [f"<h2>{_e(p.get('caption', src.name))}</h2>", _img(src.name, str(p.get("caption", "")))]
+    if isinstance(results.get("timings"), dict) and results["timings"]:
+        body += ["<h2>Time (s)</h2>", _settings_table(results["timings"])]
+    if isinstance(results.get("config"), dict):
+        body += ["<h2>Settings</h2>", _settings_table(results["config"])]
+    page = out / "index.html"
+    _write_text(page, _page(str(results.get("title", f"pccseg results: {directory.name}")), body))
+    return page
+
+
 def make_report(directory: str | Path, out: str | Path, **kwargs: Any) -> Path:
-    """A training report when ``directory`` holds ``log.jsonl``, else a dataset report."""
+    """A results page when ``directory`` holds ``results.json`` (an experiment), a training report when it
+    holds ``log.jsonl``, else a dataset report."""
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError("not a directory", path=directory)
+    if (directory / RESULTS).is_file():
+        return results_report(directory, out)
     if (directory / LOG).is_file():
         return training_report(directory, out)
     return dataset_report(directory, out, **kwargs)

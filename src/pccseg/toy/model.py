@@ -21,10 +21,8 @@ from pathlib import Path
 import torch
 
 from ..tiny import SD_SCHEDULER
+from .config import TOY_GUIDANCE, TOY_SIZE, TOY_STEPS  # noqa: F401  (image side, sampling defaults)
 
-TOY_SIZE = 128        #: image side (px)
-TOY_STEPS = 25        #: default denoising steps (DPM-Solver++)
-TOY_GUIDANCE = 5.0    #: default classifier-free guidance scale
 LATENT_FACTOR = 4     #: VAE downsampling
 
 
