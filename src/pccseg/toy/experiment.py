@@ -169,6 +169,7 @@ def stage_generate(cfg: ExperimentConfig, lay: Layout, device: str, processes: i
     if all(ds.is_done(r.stem, capture=True) for r in toy_records(cfg.num)):
         return False
     world = processes if device.startswith("cpu") else 1
+    log.info("generate: %d image(s) with captures in %d process(es)", cfg.num, world)
     run_jobs(generate_part, [(cfg, device, r, world) for r in range(world)], world, cfg.threads)
     ds.rebuild()
     return True
@@ -248,7 +249,7 @@ def stage_render(cfg: ExperimentConfig, lay: Layout) -> bool:
 
 
 # ------------------------------------------------------------------------------------ 5. train, score
-def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str):
+def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str, progress: bool = False):
     """The :class:`~pccseg.train.TrainConfig` of one training set: DeepLabv3-MobileNetV3, random init
     (no ImageNet weights: the toy world is its own domain), no auxiliary head, no validation during
     training (the final weights are scored)."""
@@ -258,10 +259,10 @@ def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str):
                        aux_loss=False, iters=cfg.iters, batch_size=cfg.train_batch_size, lr=cfg.lr,
                        backbone_lr_mult=1.0, crop_size=cfg.crop_size, scale_min=0.75, scale_max=1.25,
                        bn_momentum=0.1, workers=0, save_every=max(1, min(100, cfg.iters)), log_every=20,
-                       seed=cfg.train_seed, device=device, progress=False)
+                       seed=cfg.train_seed, device=device, progress=progress)
 
 
-def train_and_score(cfg: ExperimentConfig, name: str, device: str) -> dict:
+def train_and_score(cfg: ExperimentConfig, name: str, device: str, progress: bool = False) -> dict:
     """Train on set ``name`` (resuming ``runs/<name>``), score the final weights on the rendered val split
     and write ``scores/<name>.json``."""
     from ..evaluate import evaluate
@@ -270,7 +271,7 @@ def train_and_score(cfg: ExperimentConfig, name: str, device: str) -> dict:
 
     lay = Layout(Path(cfg.out))
     t0 = time.perf_counter()
-    train(train_config(cfg, lay.training_set(name), lay.run(name), device))
+    train(train_config(cfg, lay.training_set(name), lay.run(name), device, progress=progress and cfg.progress))
     seconds = time.perf_counter() - t0
     scores = evaluate(lay.run(name) / "last", VOCSegmentation(lay.rendered, "val"), device=device, workers=0,
                       progress=False)
@@ -284,7 +285,9 @@ def stage_train(cfg: ExperimentConfig, lay: Layout, device: str, processes: int)
     todo = [name for name in (UPPER, *cfg.labellers) if not lay.scores(name).is_file()]
     if not todo:
         return False
-    run_jobs(train_and_score, [(cfg, name, device) for name in todo], processes, cfg.threads)
+    processes = min(processes, len(todo))
+    log.info("train: DeepLabv3 on %s (%d iterations each) in %d process(es)", ", ".join(todo), cfg.iters, processes)
+    run_jobs(train_and_score, [(cfg, name, device, processes == 1) for name in todo], processes, cfg.threads)
     return True
 
 
@@ -376,7 +379,7 @@ def stage_tables(cfg: ExperimentConfig, lay: Layout, timings: dict, device: str,
             f"{cfg.threads} thread(s), {hardware['cpus']} CPUs ({hardware['processor']}).", ""]
     text += [t.markdown() for t in tables.values()]
     text += ["### Time (s)", "", "| stage | seconds |", "|---|---:|"]
-    text += [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [""]
+    text += [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [f"| total | {sum(timings.values()):.0f} |", ""]
     with atomic_path(lay.root / "results.md") as tmp:
         tmp.write_text("\n".join(text))
     results = {"kind": "pccseg-experiment", "title": "pccseg experiment toy", "config": dataclasses.asdict(cfg),
