@@ -90,7 +90,7 @@ class ExperimentConfig:
     iters: int = 600
     train_batch_size: int = 8
     crop_size: int = 96
-    lr: float = 2e-3
+    lr: float = 4e-3
     train_seed: int = 0
     # judge error, pictures
     judge_scenes: int = 300
