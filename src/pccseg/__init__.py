@@ -26,7 +26,7 @@ _EXPORTS = {
     "LabelResult": "pccseg.labeller",
     "label": "pccseg.labeller",
     # -> train -> evaluate
-    "TrainConfig": "pccseg.train",
+    "TrainConfig": "pccseg.train_config",
     # pictures
     "stage_figure": "pccseg.show",
     "make_report": "pccseg.report",

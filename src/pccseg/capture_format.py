@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,15 @@ from safetensors.torch import load_file, save_file
 
 from .errors import InputError
 from .io import atomic_path, load_image, read_json, save_image
-from .vocab import VOC_CLASSES
+from .vocab import VOC_CLASSES, check_class_names
 
 IMAGE_FILE = "image.png"
 TENSOR_FILE = "capture.safetensors"
 META_FILE = "capture.json"
 SELF_ATTN_PREFIX = "self_attn."
 TOKEN_MAPS_KEY = "token_maps"
+#: The dtype :func:`save_capture` writes self-attention in by default (half the bytes of float32).
+SAVED_DTYPE = torch.float16
 
 
 @dataclass
@@ -119,6 +121,8 @@ def validate(cap: Capture) -> None:
         raise _err(src, META_FILE, "token_classes", "no token stands for a class")
 
     tm = cap.token_maps
+    if not tm.is_floating_point():
+        raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY, f"expected a float tensor, got {tm.dtype}")
     if tm.ndim != 3:
         raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY, f"expected rank 3 (tokens, h, w), got shape {tuple(tm.shape)}")
     if tm.shape[0] != len(cap.tokens):
@@ -151,7 +155,13 @@ def validate(cap: Capture) -> None:
             raise _err(src, TENSOR_FILE, key, "contains NaN or Inf")
 
 
-def save_capture(directory: str | Path, cap: Capture, *, dtype: torch.dtype = torch.float16) -> Path:
+def as_saved(cap: Capture) -> Capture:
+    """``cap`` with its self-attention rounded to :data:`SAVED_DTYPE` (kept in its own dtype): labelling
+    it gives exactly the masks that labelling its saved and loaded capture gives. Free for float16."""
+    return replace(cap, self_attn={k: v.to(SAVED_DTYPE).to(v.dtype) for k, v in cap.self_attn.items()})
+
+
+def save_capture(directory: str | Path, cap: Capture, *, dtype: torch.dtype = SAVED_DTYPE) -> Path:
     """Write ``cap`` as a capture directory (atomically: a temporary directory renamed at the end)."""
     directory = Path(directory)
     tensors = {SELF_ATTN_PREFIX + k: v.detach().to("cpu", dtype).contiguous() for k, v in cap.self_attn.items()}
@@ -189,6 +199,9 @@ def load_capture(directory: str | Path, *, device: str | torch.device = "cpu",
         raise _err(src, TENSOR_FILE, None, f"unreadable safetensors file ({e})") from None
     if TOKEN_MAPS_KEY not in tensors:
         raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY, "missing tensor")
+    for key, t in tensors.items():
+        if not t.is_floating_point():
+            raise _err(src, TENSOR_FILE, key, f"expected a float tensor, got {t.dtype}")
     try:
         image = torch.from_numpy(load_image(directory / IMAGE_FILE)).to(device)
     except OSError as e:
@@ -196,7 +209,9 @@ def load_capture(directory: str | Path, *, device: str | torch.device = "cpu",
     self_attn = {k[len(SELF_ATTN_PREFIX):]: v.to(dtype) for k, v in tensors.items() if k.startswith(SELF_ATTN_PREFIX)}
     tokens = meta.pop("tokens")
     token_classes = meta.pop("token_classes")
-    class_names = meta.pop("class_names", None) or VOC_CLASSES
+    class_names = meta.pop("class_names", None)
+    class_names = VOC_CLASSES if class_names is None else \
+        check_class_names(class_names, path=str(directory / META_FILE))
     return Capture(image=image, self_attn=self_attn, token_maps=tensors[TOKEN_MAPS_KEY].float(),
                    tokens=[str(t) for t in tokens], token_classes=token_classes,
-                   class_names=tuple(class_names), meta=meta, source=src)
+                   class_names=class_names, meta=meta, source=src)

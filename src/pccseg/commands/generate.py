@@ -33,7 +33,8 @@ def build_settings(args: argparse.Namespace, *, class_names, label_params, heigh
 def run(args: argparse.Namespace) -> int:
     from ..commands.label import params_from_args
     from ..dataset import Dataset
-    from ..generate import DEFAULT_STEPS, distributed_state, generate
+    from ..generate import DEFAULT_STEPS, check_options, distributed_state, generate
+    from ..io import make_dir
     from ..pipeline import check_model, model_default_size, resolve_device, resolve_dtype
     from ..prompts import check_lengths, load_prompts, parse_classes_option, select
     from ..vocab import VOC_CLASSES
@@ -44,14 +45,11 @@ def run(args: argparse.Namespace) -> int:
     records = select(records, start=args.start, num=args.num)
     if not records:
         raise InputError(f"no records from --start {args.start}", path=args.prompts or "voc_prompts.json")
-    for opt in ("steps", "batch_size", "height", "width"):
-        v = getattr(args, opt)
-        if v is not None and v < 1:
-            raise InputError(f"must be >= 1, got {v}", field="--" + opt.replace("_", "-"))
-    for opt in ("height", "width"):
-        v = getattr(args, opt)
-        if v is not None and v % 8:
-            raise InputError(f"must be a multiple of 8 (64 for SD's full UNet depth), got {v}", field="--" + opt)
+    try:
+        check_options(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, height=args.height,
+                      width=args.width)
+    except InputError as e:
+        raise InputError(e.message, field="--" + e.field.replace("_", "-")) from None
     kind = check_model(args.model)
     rank, world, is_main, state = distributed_state()
     device = resolve_device(args.device if args.device is not None or world == 1 or state is None else state.device)
@@ -72,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
         settings = build_settings(args, class_names=class_names, label_params=label_params, height=height,
                                   width=width, dtype=dtype, steps=steps)
         ds.check_settings(settings)
+    make_dir(args.out)
 
-    if settings is not None and world == 1 and all(ds.is_done(r.stem, capture=args.keep_captures) for r in records):
+    if settings is not None and world == 1 and not ds.todo([r.stem for r in records], capture=args.keep_captures):
+        ds.repair()
         n = ds.rebuild()[0]
         print(f"pccseg generate: all {len(records)} sample(s) already done; {n} sample(s) in {args.out}",
               file=sys.stderr)
