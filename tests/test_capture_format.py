@@ -47,6 +47,15 @@ CORRUPTIONS = {
                             "capture.json", "token_classes[1]"),
     "empty_tokens": (lambda d: _edit_meta(d, lambda m: m.update(tokens=[], token_classes=[])), "capture.json",
                      "tokens"),
+    "class_names_not_a_list": (lambda d: _edit_meta(d, lambda m: m.update(class_names=5)), "capture.json",
+                               "class_names"),
+    "meta_not_utf8": (lambda d: (d / "capture.json").write_bytes(b'{"tokens": ["\xff"]}'), "capture.json", None),
+    "meta_nested_too_deeply": (lambda d: (d / "capture.json").write_text("[" * 100_000 + "]" * 100_000),
+                               "capture.json", None),
+    "integer_self_attn": (lambda d: _edit_tensors(d, lambda t: t.update({LAYER: (t[LAYER] * 100).to(torch.int32)})),
+                          "capture.safetensors", LAYER),
+    "integer_token_maps": (lambda d: _edit_tensors(d, lambda t: t.update(token_maps=t["token_maps"].to(torch.int64))),
+                           "capture.safetensors", "token_maps"),
 }
 
 
@@ -80,3 +89,16 @@ def test_bad_input_names_file_and_field(tmp_path, name):
     assert e.value.path == str(d / file)
     assert e.value.field == field
     assert "\n" not in str(e.value)
+
+
+def test_as_saved_labels_like_the_saved_capture(tmp_path):
+    from pccseg.capture_format import as_saved
+    from pccseg.labeller import label
+
+    cap = small_capture()
+    rounded = as_saved(cap)
+    loaded = load_capture(save_capture(tmp_path / "c", cap))
+    for k, v in cap.self_attn.items():
+        assert rounded.self_attn[k].dtype == v.dtype and not torch.equal(rounded.self_attn[k], v)
+        assert torch.equal(rounded.self_attn[k], loaded.self_attn[k])   # float16 values, as saved
+    assert torch.equal(label(rounded).mask, label(loaded).mask)

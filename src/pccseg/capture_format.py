@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError as SafetensorsError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import InputError
-from .io import atomic_path, load_image, read_json, save_image
+from .io import atomic_path, load_image, read_json, save_image, save_tensors
 from .vocab import VOC_CLASSES, check_class_names
 
 IMAGE_FILE = "image.png"
@@ -172,7 +172,7 @@ def save_capture(directory: str | Path, cap: Capture, *, dtype: torch.dtype = SA
                 class_names=list(cap.class_names))
     with atomic_path(directory, directory=True) as tmp:
         save_image(tmp / IMAGE_FILE, cap.image.cpu().numpy())
-        save_file(tensors, str(tmp / TENSOR_FILE))
+        save_tensors(tmp / TENSOR_FILE, tensors)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
 

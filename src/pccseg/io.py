@@ -139,6 +139,16 @@ def parse_json(text: str, *, path: str | Path | None = None, field: str | None =
         raise InputError("JSON nested too deeply", path=path, field=field) from None
 
 
+def save_tensors(path: str | Path, tensors: dict) -> None:
+    """Write a dict of tensors as a safetensors file, atomically (safetensors' own ``save_file`` creates
+    its files 0600, whatever the umask)."""
+    from safetensors.torch import save
+
+    data = save(tensors)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
