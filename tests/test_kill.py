@@ -6,7 +6,6 @@ a fresh interpreter takes seconds to import them."""
 
 import json
 import multiprocessing
-import signal
 import sys
 import time
 from pathlib import Path

@@ -25,26 +25,15 @@ from pccseg.dataset import Dataset, read_manifest
 from pccseg.errors import InputError
 from pccseg.generate import generate
 from pccseg.io import TEMP_SUFFIX, atomic_path, check_stem, load_mask, read_json, read_jsonl, remove_temps
-from pccseg.io import write_json
 from pccseg.labeller import CHECKS, LabelParams
-from pccseg.prompts import load_prompts, select
+from pccseg.prompts import load_prompts
 from pccseg.signals import Terminated, handle_interrupts, hold_interrupts
-from pccseg.tiny import tiny_pipeline
 
 from test_capture_format import small_capture
+from test_generate import pipe, records  # noqa: F401 (fixtures: the tiny pipeline, three VOC records)
 from test_pictures import make_dataset
 
 KW = dict(steps=2, height=64, width=64, seed=2024, progress=False, rank=0, world_size=1)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline(0)
-
-
-@pytest.fixture(scope="module")
-def records():
-    return select(load_prompts(), start=0, num=3)
 
 
 @pytest.fixture(scope="module")
@@ -363,6 +352,14 @@ def test_label_params_json_is_written_with_the_first_mask(tmp_path, capsys):
     assert _files(out) == ["000001.png", "label_params.json"]
     (tmp_path / "file").write_text("x")
     _one_line(capsys, ["label", str(caps), "--out", str(tmp_path / "file" / "m")], "--out")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_one_line(tmp_path, capsys):
+    cdir = save_capture(tmp_path / "caps" / "000000", small_capture())
+    _one_line(capsys, ["label", str(cdir), "--out", str(tmp_path / "m"), "--device", "cuda"], "--device", "CUDA")
+    _one_line(capsys, ["show", str(cdir), "--out", str(tmp_path / "s.png"), "--device", "cuda:1"], "--device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["caps"]
 
 
 # --------------------------------------------------------------------------- SIGTERM

@@ -24,13 +24,17 @@ _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float1
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU."""
+    """``None`` -> CUDA when available, else CPU; :class:`InputError` for a name that is not a device, or
+    CUDA on a machine without it."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise InputError(f"not a torch device: {device!r} ({e})", field="--device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA is not available on this machine", field="--device")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

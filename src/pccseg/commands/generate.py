@@ -50,17 +50,12 @@ def run(args: argparse.Namespace) -> int:
                       width=args.width)
     except InputError as e:
         raise InputError(e.message, field="--" + e.field.replace("_", "-")) from None
+    label_params = params_from_args(args)
     kind = check_model(args.model)
     rank, world, is_main, state = distributed_state()
     device = resolve_device(args.device if args.device is not None or world == 1 or state is None else state.device)
-    if device.type == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("CUDA is not available on this machine", field="--device")
     dtype = resolve_dtype(args.dtype, device)
     steps = args.steps if args.steps is not None else (DEFAULT_STEPS if kind != "tiny" else _tiny_steps())
-    label_params = params_from_args(args)
     size = model_default_size(args.model)
     height = args.height or (size[0] if size else None)
     width = args.width or (size[1] if size else None)
