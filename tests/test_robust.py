@@ -376,12 +376,22 @@ def test_sigterm_is_raised_like_ctrl_c_after_the_held_block():
                 steps.append("finished the write")
             steps.append("not reached")
     assert steps == ["finished the write"]
+    with pytest.raises(Terminated):
+        with handle_interrupts():
+            try:
+                with hold_interrupts():
+                    os.kill(os.getpid(), signal.SIGTERM)
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)        # a second one, during the clean-up: ignored
+                time.sleep(0.01)
+                steps.append("cleaned up")
+    assert steps == ["finished the write", "cleaned up"]
     with pytest.raises(KeyboardInterrupt):
         with handle_interrupts():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
             steps.append("not reached")
-    assert steps == ["finished the write"] and signal.getsignal(signal.SIGTERM) is before
+    assert steps == ["finished the write", "cleaned up"] and signal.getsignal(signal.SIGTERM) is before
     with hold_interrupts():                                     # no handler installed: holds nothing
         pass
 

@@ -190,9 +190,12 @@ def _validate_self_probs(p: torch.Tensor, aspect: float, src: str | None) -> Non
 
 
 def as_saved(cap: Capture) -> Capture:
-    """``cap`` with its self-attention rounded to :data:`SAVED_DTYPE` (kept in its own dtype): labelling
-    it gives exactly the masks that labelling its saved and loaded capture gives. Free for float16."""
-    return replace(cap, self_attn={k: v.to(SAVED_DTYPE).to(v.dtype) for k, v in cap.self_attn.items()})
+    """``cap`` with the values :func:`save_capture` writes: self-attention rounded to :data:`SAVED_DTYPE`
+    (kept in its own dtype), token maps and self_probs in float32. Labelling it gives exactly the masks
+    that labelling its saved and loaded capture gives."""
+    return replace(cap, self_attn={k: v.to(SAVED_DTYPE).to(v.dtype) for k, v in cap.self_attn.items()},
+                   token_maps=cap.token_maps.float(),
+                   self_probs=None if cap.self_probs is None else cap.self_probs.float())
 
 
 def save_capture(directory: str | Path, cap: Capture, *, dtype: torch.dtype = SAVED_DTYPE) -> Path:

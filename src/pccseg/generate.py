@@ -91,13 +91,10 @@ def check_options(*, steps: int | None = None, guidance: float | None = None, ba
     """:class:`InputError` naming the first bad option (None: not given, the default): ``steps``,
     ``batch_size``, ``height`` and ``width`` must be integers >= 1, the sizes multiples of 8, and
     ``guidance`` a finite number (NaN and inf are never valid settings)."""
-    for name in ("steps", "batch_size", "height", "width"):
-        v = locals()[name]
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("height", height), ("width", width)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise InputError(f"must be an integer >= 1, got {v!r}", field=name)
-    for name in ("height", "width"):
-        v = locals()[name]
-        if v is not None and v % 8:
+        if v is not None and name in ("height", "width") and v % 8:
             raise InputError(f"must be a multiple of 8 (64 for SD's full UNet depth), got {v}", field=name)
     if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
                                  or not math.isfinite(guidance)):

@@ -20,14 +20,19 @@ class Terminated(KeyboardInterrupt):
     """The process got SIGTERM (exit code 143 on the command line)."""
 
 
+def _unwind(exc: KeyboardInterrupt) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second SIGTERM must not cut the clean-up short
+    raise exc
+
+
 def _raise_for(signum: int, frame) -> None:
     global _pending
     exc = Terminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
     if _held and _pending is None:
         _pending = exc
         return
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second SIGTERM must not cut the clean-up short
-    raise exc
+    _unwind(exc)
 
 
 @contextlib.contextmanager
@@ -61,4 +66,4 @@ def hold_interrupts() -> Iterator[None]:
         if exc is not None:
             _pending = None
     if exc is not None:
-        raise exc
+        _unwind(exc)
