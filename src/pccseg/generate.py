@@ -180,7 +180,9 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         class_names: label value -> class name (index 0 background).
         settings: settings.json content (None: built from the arguments); an existing folder whose
             settings differ raises :class:`InputError` before any model work.
-        rank, world_size: this process's share (None: from accelerate's ``PartialState``).
+        rank, world_size: this process's share (None: from accelerate's ``PartialState``). Given with a
+            world size above 1, nothing waits for the other processes: the caller repairs the folder
+            (:meth:`Dataset.repair`) before it starts them, and rebuilds it (:meth:`Dataset.rebuild`) after.
         label_fn: the labelling function (default :func:`pccseg.labellers.label`), for tests.
 
     Returns:
@@ -218,7 +220,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     if is_main:                     # alone in the folder until the others pass the barrier
         ds.check_settings(settings)
         make_dir(out_dir)
-        ds.repair()
+        if world_size == 1 or st is not None:   # given rank and world_size: no barrier, the caller repairs
+            ds.repair()
         ds.write_settings(settings)
     if st is not None and world_size > 1:
         st.wait_for_everyone()

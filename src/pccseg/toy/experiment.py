@@ -166,10 +166,12 @@ def generate_part(cfg: ExperimentConfig, device: str, rank: int, world: int) -> 
 
 def stage_generate(cfg: ExperimentConfig, lay: Layout, device: str, processes: int) -> bool:
     ds = Dataset(lay.generated)
-    if all(ds.is_done(r.stem, capture=True) for r in toy_records(cfg.num)):
+    todo = ds.todo([r.stem for r in toy_records(cfg.num)], capture=True)
+    if not todo:
         return False
     world = processes if device.startswith("cpu") else 1
-    log.info("generate: %d image(s) with captures in %d process(es)", cfg.num, world)
+    log.info("generate: %d image(s) with captures in %d process(es)", len(todo), world)
+    ds.repair()                     # before the processes start: none of them repairs (no barrier between them)
     run_jobs(generate_part, [(cfg, device, r, world) for r in range(world)], world, cfg.threads)
     ds.rebuild()
     return True
@@ -183,6 +185,7 @@ def stage_relabel(cfg: ExperimentConfig, lay: Layout, device: str) -> bool:
     from ..generate import JPEG_QUALITY, manifest_entry
     from ..io import save_mask
     from ..labellers import default_params, label, params_record
+    from ..signals import hold_interrupts
 
     records = toy_records(cfg.num)
     source = Dataset(lay.generated)
@@ -193,15 +196,18 @@ def stage_relabel(cfg: ExperimentConfig, lay: Layout, device: str) -> bool:
         ds, params = Dataset(lay.labelled(name)), default_params(name)
         ds.write_settings({"source": "pccseg experiment toy: relabelled captures", "captures": "../../generated",
                            "class_names": list(VOC_CLASSES), **params_record(params)})
-        todo = [r for r in records if not ds.is_done(r.stem)]
+        ds.repair()
+        open_stems = set(ds.todo([r.stem for r in records]))
+        todo = [r for r in records if r.stem in open_stems]
         for r in todo:
             cap = load_capture(source.capture_dir(r.stem), device=device)
             t0 = time.perf_counter()
             mask = label(cap, params).mask.cpu()
             entry = manifest_entry(r, cfg.seed + r.index, mask, VOC_CLASSES, 0.0, time.perf_counter() - t0)
-            save_image(ds.image_path(r.stem), cap.image.cpu().numpy(), quality=JPEG_QUALITY)
-            ds.append_manifest(0, entry)
-            save_mask(ds.mask_path(r.stem), mask)           # last: marks the sample done
+            with hold_interrupts():                         # SIGTERM / Ctrl-C: this sample's files first
+                save_image(ds.image_path(r.stem), cap.image.cpu().numpy(), quality=JPEG_QUALITY)
+                ds.append_manifest(0, entry)
+                save_mask(ds.mask_path(r.stem), mask)       # last: marks the sample done
         if todo or not ds.train_list_path.is_file():
             ds.rebuild()
             did = True
