@@ -162,6 +162,19 @@ def test_fake_processes_share_the_work(pipe, records, tmp_path):
     assert Dataset(out).rebuild() == (3, 3)
 
 
+def test_given_processes_leave_the_temporaries_of_the_others(pipe, records, tmp_path):
+    from pccseg.io import TEMP_SUFFIX
+
+    out = tmp_path / "ds"
+    writing = out / "JPEGImages" / f".000001.jpg.x{TEMP_SUFFIX}"       # process 1 is writing it
+    writing.parent.mkdir(parents=True)
+    writing.write_bytes(b"x")
+    generate(pipe, records, out, progress=False, rank=0, world_size=2, **KW)
+    assert writing.is_file()                    # no barrier: process 0 must not repair under the others
+    generate(pipe, records[:1], out, progress=False, rank=0, world_size=1, **KW)
+    assert not writing.exists()                 # alone: it repairs
+
+
 def test_cli_generate_tiny(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     args = ["generate", "--model", "tiny", "--num", "2", "--start", "5", "--out", str(out), "--height", "64",
