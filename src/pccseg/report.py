@@ -524,7 +524,7 @@ def results_report(directory: str | Path, out: str | Path) -> Path:
             shutil.copyfile(src, tmp)
         body += [f"<h2>{_e(p.get('caption', src.name))}</h2>", _img(src.name, str(p.get("caption", "")))]
     if isinstance(results.get("timings"), dict) and results["timings"]:
-        body += ["<h2>Time (s)</h2>", _settings_table(results["timings"])]
+        body += ["<h2>Time</h2>", _settings_table(results["timings"])]
     if isinstance(results.get("config"), dict):
         body += ["<h2>Settings</h2>", _settings_table(results["config"])]
     page = out / "index.html"
