@@ -57,6 +57,10 @@ def test_end_to_end_files_and_tables(done):
         s = json.loads(lay.scores(name).read_text())
         assert 0 <= s["miou"] <= 1 and len(s["iou"]) == 21
         assert (lay.run(name) / "last" / "checkpoint.json").is_file()
+    # the toy world's class cue is colour, at 128 px: the training must keep hues and the native scale
+    run_cfg = json.loads((lay.run("pcc") / "config.json").read_text())
+    assert run_cfg["backbone_weights"] == "none" and run_cfg.get("photometric") in (None, False)
+    assert run_cfg.get("short_side") in (None, 128) and run_cfg["scale_min"] >= 0.5
     quality = tables["Label quality"]
     assert [r[0] for r in quality["rows"]] == ["pcc", "dd", "attn"]
     with open(lay.root / "downstream.csv") as f:
