@@ -50,6 +50,8 @@ class Capture:
         class_names: label value -> class name; index 0 is the background.
         meta: free metadata (prompt, seed, model, steps, ...), kept in capture.json.
         source: where it was read from, for messages.
+        self_probs: (h, w, n) float32 self-attention probabilities at the half-latent grid (n = h*w), for
+            Dataset Diffusion's labeller; None unless captured with ``self_probs=True``.
     """
 
     image: torch.Tensor
@@ -60,6 +62,7 @@ class Capture:
     class_names: tuple[str, ...] = VOC_CLASSES
     meta: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+    self_probs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.image, torch.Tensor):
