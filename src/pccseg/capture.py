@@ -545,7 +545,8 @@ def capture_nbytes(unet, height: int, width: int, n_tokens: int, *, cfg: bool = 
     """Bytes of one image's capture for a UNet at an image size, from the module tree (no forward pass).
 
     Works on a UNet built on the ``meta`` device (SD 1.x / 2.x and SDXL). Returns ``self_attn`` (the kept
-    per-head outputs in ``self_dtype``), ``token_maps`` (T x h x w float32, as saved), ``self_probs`` (the
+    per-head outputs in ``self_dtype``), ``token_maps`` (T x h x w float32 at the largest cross-attention
+    grid, the latent for SD, half of it for SDXL, as saved), ``self_probs`` (the
     (n, n) float32 self-attention probabilities at the half-latent grid when ``self_probs``, else 0),
     ``ovam_buffers`` (the float32 accumulators held during sampling) and ``total`` (the capture's tensors:
     self_attn + token_maps + self_probs).
@@ -566,7 +567,7 @@ def capture_nbytes(unet, height: int, width: int, n_tokens: int, *, cfg: bool = 
         return h, w
 
     probs_hw = (math.ceil(h0 / 2), math.ceil(w0 / 2))
-    self_bytes = ovam_bytes = probs_bytes = 0
+    self_bytes = ovam_bytes = probs_bytes = maps_n = 0
     esize = torch.empty((), dtype=self_dtype).element_size()
     for name, m in unet.named_modules():
         if not hasattr(m, "set_processor"):
@@ -576,8 +577,9 @@ def capture_nbytes(unet, height: int, width: int, n_tokens: int, *, cfg: bool = 
             self_bytes += (2 if cfg else 1) * m.heads * h * w * (m.inner_dim // m.heads) * esize
         elif is_cross_layer(name, include_mid):
             ovam_bytes += h * w * n_tokens * 4
+            maps_n = max(maps_n, h * w)
         if self_probs and name.endswith(".attn1") and (h, w) == probs_hw:
             probs_bytes = (h * w) ** 2 * 4
-    maps = n_tokens * h0 * w0 * 4
+    maps = n_tokens * maps_n * 4
     return {"self_attn": self_bytes, "token_maps": maps, "self_probs": probs_bytes, "ovam_buffers": ovam_bytes,
             "total": self_bytes + maps + probs_bytes}

@@ -53,8 +53,8 @@ class GenerateReport:
 
 
 def default_guidance(pipe) -> float:
-    """The pipeline's default ``guidance_scale`` (7.5 for ``StableDiffusionPipeline``)."""
-    p = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
+    """The default ``guidance_scale`` of a pipeline or pipeline class (7.5 for SD, 5.0 for SDXL)."""
+    p = inspect.signature((pipe if isinstance(pipe, type) else type(pipe)).__call__).parameters.get("guidance_scale")
     return float(p.default) if p is not None and p.default is not inspect.Parameter.empty else 7.5
 
 
@@ -125,9 +125,9 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``.
 
     Args:
-        pipe: a ``StableDiffusionPipeline`` (see :func:`pccseg.pipeline.load_pipeline`).
+        pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (see :func:`pccseg.pipeline.load_pipeline`).
         records: prompt records (see :mod:`pccseg.prompts`); the seed of a record is ``seed + record.index``.
-        steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5).
+        steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5 for SD).
         height, width: image size (None: the pipeline's default, 512 for SD 2.1-base).
         keep_captures: also write ``captures/<stem>/`` (SPEC capture format, float16).
         label_params: :class:`pccseg.labeller.LabelParams` (None: the report's).

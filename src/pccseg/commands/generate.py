@@ -20,14 +20,16 @@ log = logging.getLogger("pccseg.generate")
 
 
 def build_settings(args: argparse.Namespace, *, class_names, label_params, height, width, dtype, steps):
-    from ..generate import run_settings
+    from ..generate import default_guidance, run_settings
+    from ..pipeline import TINY, TINY_SDXL, pipeline_class
 
     prompts = "voc_prompts.json" if args.prompts is None else str(Path(args.prompts).resolve())
-    return run_settings(model=args.model, steps=steps, guidance=7.5 if args.guidance is None else args.guidance,
+    guidance = default_guidance(pipeline_class(args.model)) if args.guidance is None else args.guidance
+    return run_settings(model=args.model, steps=steps, guidance=guidance,
                         height=height, width=width, dtype=dtype, seed=args.seed, label_params=label_params,
                         class_names=class_names, prompts=prompts, query_half=args.query_half,
                         include_mid=args.include_mid, batch_size=args.batch_size,
-                        **({"tiny_seed": args.tiny_seed} if args.model == "tiny" else {}))
+                        **({"tiny_seed": args.tiny_seed} if args.model in (TINY, TINY_SDXL) else {}))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,8 +128,8 @@ def register(sub) -> None:
                     "settings.json). Running the same command again resumes.")
     g = p.add_argument_group("generation")
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"'tiny' (random weights, offline), a local diffusers folder or a hub id "
-                        f"(default: {DEFAULT_MODEL})")
+                   help=f"'tiny' or 'tiny-sdxl' (random weights, offline), a local diffusers folder or a hub id "
+                        f"of an SD 1.x / 2.x or SDXL pipeline (default: {DEFAULT_MODEL})")
     g.add_argument("--prompts", default=None, metavar="FILE",
                    help="prompt file: JSON list or JSON lines of {id, prompt_sd, classes} "
                         "(default: the shipped VOC set, 44,426 records)")
@@ -135,9 +137,9 @@ def register(sub) -> None:
     g.add_argument("--num", type=int, default=None, help="number of records (default: all from --start)")
     g.add_argument("--start", type=int, default=0, help="first record (0-based index in the file; default 0)")
     g.add_argument("--steps", type=int, default=None,
-                   help=f"denoising steps (default: {DEFAULT_STEPS}; 4 with --model tiny)")
+                   help=f"denoising steps (default: {DEFAULT_STEPS}; 4 with the tiny models)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
-                   "pipeline's, 7.5)")
+                   "pipeline's: 7.5 for SD, 5.0 for SDXL)")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"record i gets seed SEED + i (default: {DEFAULT_SEED}, the report's)")
     g.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
