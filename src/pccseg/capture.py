@@ -460,8 +460,7 @@ class Recorder:
     def check_processors(self) -> None:
         """Refuse a layer whose installed processor computed something other than attention over the layer's
         own projections at the first UNet call (read here, after sampling)."""
-        dtype = self.unet.dtype
-        tol = max(1e-4, 16 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-4
+        tol = max(1e-4, 16 * torch.finfo(self.unet.dtype).eps)   # float rounding, not a different computation
         for name, (err, proc) in self.checks.items():
             e = float(err)
             if e > tol:
