@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,18 @@ def default_size(pipe) -> tuple[int, int]:
 def run_settings(*, model: str, steps: int, guidance: float, height: int, width: int, dtype: str, seed: int,
                  label_params: Any, class_names: Sequence[str], prompts: str, query_half: str = "uncond",
                  include_mid: bool = False, **info: Any) -> dict:
-    """The settings.json of a run: everything that changes the dataset's content, plus ``info`` keys."""
-    lp = asdict(label_params) if label_params is not None and hasattr(label_params, "__dataclass_fields__") \
-        else label_params
+    """The settings.json of a run: everything that changes the dataset's content, plus ``info`` keys.
+
+    ``label_params``: any labeller's parameters (None: PCC's defaults); recorded as ``labeller`` and
+    ``label_params``.
+    """
+    from .labellers import default_params, params_record
+
     return dict(model=model, steps=int(steps), guidance=float(guidance), height=int(height), width=int(width),
                 dtype=str(dtype).replace("torch.", ""), seed=int(seed), prompts=str(prompts),
                 class_names=list(class_names), query_half=query_half, include_mid=bool(include_mid),
-                label_params=lp, pccseg_version=__version__, **info)
+                **params_record(default_params() if label_params is None else label_params),
+                pccseg_version=__version__, **info)
 
 
 def split_records(records: Sequence[PromptRecord], rank: int, world_size: int) -> list[PromptRecord]:
@@ -129,21 +134,24 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         records: prompt records (see :mod:`pccseg.prompts`); the seed of a record is ``seed + record.index``.
         steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5 for SD).
         height, width: image size (None: the pipeline's default, 512 for SD 2.1-base).
-        keep_captures: also write ``captures/<stem>/`` (SPEC capture format, float16).
-        label_params: :class:`pccseg.labeller.LabelParams` (None: the report's).
+        keep_captures: also write ``captures/<stem>/`` (SPEC capture format, float16 self-attention), with
+            the self-attention probabilities too, so that every labeller can relabel them.
+        label_params: the parameters of a labeller (:mod:`pccseg.labellers`); their type picks the labeller
+            (None: PCC with the report's values).
         class_names: label value -> class name (index 0 background).
         settings: settings.json content (None: built from the arguments); an existing folder whose
             settings differ raises :class:`InputError` before any model work.
         rank, world_size: this process's share (None: from accelerate's ``PartialState``).
-        label_fn: the labeller (default :func:`pccseg.labeller.label`), for tests.
+        label_fn: the labelling function (default :func:`pccseg.labellers.label`), for tests.
 
     Returns:
         a :class:`GenerateReport` of this process.
     """
-    from .labeller import LabelParams, label
+    from .labellers import default_params, label, labeller_of
 
     label_fn = label_fn or label
-    label_params = label_params if label_params is not None else LabelParams()
+    label_params = label_params if label_params is not None else default_params()
+    self_probs = labeller_of(label_params).needs_self_probs or keep_captures   # kept: what every labeller needs
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     dh, dw = default_size(pipe)
@@ -188,7 +196,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
             gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             t0 = time.perf_counter()
             with capture(pipe, [r.classes for r in batch], class_names=class_names, query_half=query_half,
-                         include_mid=include_mid) as cap:
+                         include_mid=include_mid, self_probs=self_probs) as cap:
                 out = pipe([r.prompt for r in batch], generator=gens, **call)
             metas = [dict(prompt=r.prompt, record_id=r.id, seed=s, model=model_name, steps=steps, guidance=guidance)
                      for r, s in zip(batch, seeds)]

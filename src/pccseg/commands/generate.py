@@ -123,7 +123,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "generate", help="generate a labelled segmentation dataset with Stable Diffusion + PCC",
         description="Generate images for prompt records with Stable Diffusion, capture the attention, label "
-                    "every image with Principal Component Clustering and write a Pascal-VOC-layout dataset "
+                    "every image with Principal Component Clustering (or --labeller dd / attn) and write a "
+                    "Pascal-VOC-layout dataset "
                     "(JPEGImages, SegmentationClass, ImageSets/Segmentation/train.txt, manifest.jsonl, "
                     "settings.json). Running the same command again resumes.")
     g = p.add_argument_group("generation")
@@ -150,7 +151,8 @@ def register(sub) -> None:
     g.add_argument("--device", default=None, help="torch device (default: CUDA when available; the process's "
                    "GPU under accelerate launch)")
     g.add_argument("--keep-captures", action="store_true",
-                   help="also write captures/<stem>/ (attention capture, ~27.6 MB per image at SD 2.1 shapes)")
+                   help="also write captures/<stem>/ (attention capture with what every labeller needs, so "
+                        "`pccseg label --labeller X` relabels them; ~31.8 MB per image at SD 2.1 shapes)")
     g.add_argument("--classes", default=None, metavar="NAMES",
                    help="custom class list, comma-separated, background first (default: the 21 VOC classes)")
     g.add_argument("--query-half", choices=("uncond", "cond"), default="uncond",
