@@ -176,6 +176,10 @@ def main() -> None:
     ap.add_argument("--memory-steps", type=int, nargs=2, default=(2, 8), help="step counts of the memory runs")
     ap.add_argument("--memory-size", type=int, default=256, help="image size of the memory runs (default 256)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="what the timings count: wall seconds (default), or this process's CPU seconds "
+                         "(time.process_time: on a CPU shared with other jobs it counts the work, not the "
+                         "waiting; CPU device only)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,6 +198,10 @@ def main() -> None:
     dev = resolve_device(args.device)
     dt = resolve_dtype(args.dtype, dev)
     cuda = dev.type == "cuda"
+    if cuda and args.clock == "cpu":
+        ap.error("--clock cpu counts CPU work: it cannot time a CUDA device")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    cap_kw = {"self_probs": True} if args.self_probs else {}
     if cuda and not torch.cuda.is_available():
         raise SystemExit(f"--device {dev}: CUDA is not available in this torch build / machine")
     dev_name = torch.cuda.get_device_name(dev) if cuda else f"CPU, {torch.get_num_threads()} threads"
@@ -229,8 +237,8 @@ def main() -> None:
     starts: list[float] = []
     hooks = []
     if not cuda:
-        hooks = [pipe.unet.register_forward_pre_hook(lambda *a: starts.append(time.perf_counter())),
-                 pipe.unet.register_forward_hook(lambda *a: unet_times.append(time.perf_counter() - starts[-1]))]
+        hooks = [pipe.unet.register_forward_pre_hook(lambda *a: starts.append(clock())),
+                 pipe.unet.register_forward_hook(lambda *a: unet_times.append(clock() - starts[-1]))]
 
     def run(kind: str, steps: int, seed: int) -> dict:
         """One pipeline call of B images; seconds per call, peak GPU memory, errors; images as numpy."""
@@ -238,26 +246,26 @@ def main() -> None:
         r: dict = {}
         reset_peak()
         sync()
-        t = time.perf_counter()
+        t = clock()
         with torch.no_grad():
             if kind == "plain":
                 out = pipe(prompts, num_inference_steps=steps, generator=gens, **call)
                 sync()
-                r.update(call=time.perf_counter() - t, peak=peak_mib(), images=np.asarray(out.images))
+                r.update(call=clock() - t, peak=peak_mib(), images=np.asarray(out.images))
                 return r
-            with capture(pipe, classes, self_probs=args.self_probs) as cap:
+            with capture(pipe, classes, **cap_kw) as cap:
                 out = pipe(prompts, num_inference_steps=steps, generator=gens, **call)
             try:
                 caps = cap.captures(out.images)
             except InputError as e:  # non-finite capture (see build_pipeline): report, don't crash
                 caps, r["error"] = None, f"captures(): {e}"
             sync()
-            r.update(call=time.perf_counter() - t, peak=peak_mib(), images=np.asarray(out.images),
+            r.update(call=clock() - t, peak=peak_mib(), images=np.asarray(out.images),
                      unet_calls=cap.calls, buffer_bytes=cap.buffer_bytes())
             del cap, out
             if caps is None:
                 return r
-            t1 = time.perf_counter()
+            t1 = clock()
             try:
                 for c in caps:
                     label(c)
@@ -265,7 +273,7 @@ def main() -> None:
                 r["error"] = f"label(): {e}"
                 return r
             sync()
-            r.update(label=time.perf_counter() - t1, peak_label=peak_mib())
+            r.update(label=clock() - t1, peak_label=peak_mib())
         return r
 
     wsteps = min(args.steps, 2)
@@ -313,7 +321,7 @@ def main() -> None:
     rc = med([c / p for p, c, _ in pairs])
     lab_pairs = [x / p for p, _, x in pairs if x is not None]
     sched = type(pipe.scheduler).__name__
-    probs = ", capture with self_probs" if args.self_probs else ""
+    probs = (", capture with self_probs" if args.self_probs else "") + (", CPU seconds" if args.clock == "cpu" else "")
     print(f"\n### Throughput, {model_name}, {size}x{size}, {args.steps} steps ({n_calls} UNet calls, {sched}), "
           f"CFG 7.5, batch {B}, {dev_name}, {dt_name}, {args.reps} runs each, alternating{probs}\n")
     print("| variant | images / hour | s / image | median s / call | min s / call | median of paired ratios "
@@ -382,7 +390,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(7)
         reset_peak()
         with torch.no_grad(), PeakRSS() as cap_rss:
-            with capture(pipe, classes[:1], self_probs=args.self_probs) as cap:
+            with capture(pipe, classes[:1], **cap_kw) as cap:
                 out = pipe(prompts[0], num_inference_steps=steps, generator=gen, **mcall)
             held = cap.buffer_bytes()
             cap.captures(out.images)
