@@ -1,4 +1,8 @@
-"""Load a Stable Diffusion pipeline: ``"tiny"``, ``"tiny-sdxl"``, a local diffusers folder, or a hub id.
+"""Load a Stable Diffusion pipeline: ``"toy"``, ``"tiny"``, ``"tiny-sdxl"``, a local diffusers folder, or a hub id.
+
+``"toy"`` is the small text-to-image model trained on the toy world that ships inside the package
+(:mod:`pccseg.toy`); ``"tiny"`` and ``"tiny-sdxl"`` are SD's and SDXL's architectures with random weights,
+for tests.
 
 :func:`check_model` validates the name without loading anything (the ``generate`` command calls it before
 any GPU work); :func:`load_pipeline` loads. Hub ids are looked up in the local cache first; the network is
@@ -18,6 +22,7 @@ from .errors import InputError
 
 TINY = "tiny"
 TINY_SDXL = "tiny-sdxl"
+TOY = "toy"
 
 #: the text-to-image pipeline classes the capture supports (``_class_name`` in model_index.json)
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
@@ -63,7 +68,8 @@ def offline() -> bool:
 
 
 def check_model(model: str) -> str:
-    """Validate a model name without loading it; returns its kind: "tiny" (also "tiny-sdxl"), "folder" or "hub".
+    """Validate a model name without loading it; returns its kind: "tiny" (also "tiny-sdxl"), "toy", "folder"
+    or "hub".
 
     Raises :class:`InputError` (one line) for a folder that is not a diffusers pipeline, a malformed hub
     id, a hub id that is neither cached nor reachable, or a pipeline class other than :data:`PIPELINES`.
@@ -76,6 +82,8 @@ def check_model(model: str) -> str:
 def _model_kind(model: str) -> str:
     if model in (TINY, TINY_SDXL):
         return "tiny"
+    if model == TOY:
+        return "toy"
     p = Path(model).expanduser()
     if p.exists() or model.startswith((".", "/", "~")):
         if not p.is_dir():
@@ -85,7 +93,7 @@ def _model_kind(model: str) -> str:
         return "folder"
     parts = model.split("/")
     if len(parts) != 2 or not all(parts):
-        raise InputError(f"{model!r} is neither 'tiny', 'tiny-sdxl', a local diffusers folder nor a hub id (owner/name)",
+        raise InputError(f"{model!r} is neither 'tiny', 'tiny-sdxl', 'toy', a local diffusers folder nor a hub id (owner/name)",
                          field="--model")
     from huggingface_hub import try_to_load_from_cache
 
@@ -115,7 +123,7 @@ def pipeline_class_name(model: str, kind: str | None = None) -> str:
     """The pipeline class of a model: ``_class_name`` of its model_index.json (read without loading weights);
     :class:`InputError` when it is not one of :data:`PIPELINES`."""
     kind = kind or _model_kind(model)
-    if kind == "tiny":
+    if kind in ("tiny", "toy"):
         return PIPELINES[1] if model == TINY_SDXL else PIPELINES[0]
     index = _model_json(model, kind, "model_index.json")
     if not isinstance(index, dict):
@@ -140,8 +148,9 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
     in ``dtype``, safety checker off (SD), progress bar off.
 
     Args:
-        model: ``"tiny"`` / ``"tiny-sdxl"`` (random weights, see :mod:`pccseg.tiny`; ``seed`` picks them), a
-            local diffusers folder, or a hub id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
+        model: ``"toy"`` (the shipped toy-world model, :mod:`pccseg.toy`), ``"tiny"`` / ``"tiny-sdxl"``
+            (random weights, see :mod:`pccseg.tiny`; ``seed`` picks them), a local diffusers folder, or a hub
+            id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
         dtype: default float16 on CUDA, float32 on CPU.
         device: default CUDA when available.
     """
@@ -152,6 +161,10 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
         from .tiny import tiny_pipeline, tiny_sdxl_pipeline
 
         return (tiny_sdxl_pipeline if model == TINY_SDXL else tiny_pipeline)(seed, dtype=dt, device=dev)
+    if kind == "toy":
+        from .toy.model import toy_pipeline
+
+        return toy_pipeline(dtype=dt, device=dev)
     cls = pipeline_class(model)
     kwargs = dict(safety_checker=None, requires_safety_checker=False) if cls.__name__ == PIPELINES[0] else {}
     kwargs[_dtype_kwarg()] = dt
@@ -205,6 +218,10 @@ def model_default_size(model: str) -> tuple[int, int] | None:
         from .tiny import TINY_HEIGHT, TINY_WIDTH
 
         return TINY_HEIGHT, TINY_WIDTH
+    if kind == "toy":
+        from .toy.model import TOY_SIZE
+
+        return TOY_SIZE, TOY_SIZE
     unet, vae = _model_json(model, kind, "unet/config.json"), _model_json(model, kind, "vae/config.json")
     if not unet or "sample_size" not in unet:
         return None
