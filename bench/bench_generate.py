@@ -40,6 +40,31 @@ import time
 import torch
 
 
+#: SD 2.1-base's configs: UNet 320/640/1280/1280, 5/10/20/20 heads of 64, cross-attention 1024, linear
+#: projections; an OpenCLIP-H-like text encoder, 1024 wide, 23 layers; SD's VAE
+SD21_UNET = dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
+                 cross_attention_dim=1024, use_linear_projection=True, layers_per_block=2)
+_CLIP = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
+SD21_TEXT = dict(_CLIP, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                 hidden_act="gelu", projection_dim=512, pad_token_id=0)
+SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+#: SDXL-base's configs: UNet 320/640/1280, 1/2/10 transformer layers, 5/10/20 heads of 64, cross-attention
+#: 2048, text-and-time conditioning; CLIP ViT-L and OpenCLIP-bigG text encoders; SDXL's VAE
+SDXL_UNET = dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)
+SDXL_TEXT = dict(_CLIP, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 hidden_act="quick_gelu", projection_dim=768, pad_token_id=49407)
+SDXL_TEXT2 = dict(_CLIP, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                  hidden_act="gelu", projection_dim=1280, pad_token_id=0)
+SDXL_VAE = dict(SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+
+
 def sd21_base_pipeline(seed: int = 0):
     """SD 2.1-base's architecture (from its configs) with seeded random weights, float32, CPU."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -50,16 +75,9 @@ def sd21_base_pipeline(seed: int = 0):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(sample_size=64, block_out_channels=(320, 640, 1280, 1280),
-                                    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
-                                    use_linear_projection=True, layers_per_block=2)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
-                                            num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu",
-                                            max_position_embeddings=77, projection_dim=512,
-                                            bos_token_id=49406, eos_token_id=49407, pad_token_id=0))
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            sample_size=512, down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4)
+        unet = UNet2DConditionModel(**SD21_UNET)
+        text = CLIPTextModel(CLIPTextConfig(**SD21_TEXT))
+        vae = AutoencoderKL(**SD_VAE)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text.eval(), tokenizer=clip_tokenizer(pad_token="!"),
                                    unet=unet.eval(), scheduler=PNDMScheduler(**SD_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -71,21 +89,7 @@ def sdxl_base_pipeline(seed: int = 0):
     """SDXL-base's architecture (from its configs) with seeded random weights, float32, CPU."""
     from pccseg.tiny import sdxl_pipeline
 
-    unet = dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=2816)
-    clip = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
-    text = dict(clip, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                hidden_act="quick_gelu", projection_dim=768, pad_token_id=49407)
-    text2 = dict(clip, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                 hidden_act="gelu", projection_dim=1280, pad_token_id=0)
-    vae = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=1024,
-               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-               scaling_factor=0.13025, force_upcast=True)
-    return sdxl_pipeline(unet, text, text2, vae, seed=seed)
+    return sdxl_pipeline(SDXL_UNET, SDXL_TEXT, SDXL_TEXT2, SDXL_VAE, seed=seed)
 
 
 class PeakRSS:

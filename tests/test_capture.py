@@ -252,6 +252,11 @@ class HandWritten:
         return attn.to_out[0](o.transpose(1, 2).reshape(b, n, -1).to(hidden_states.dtype))
 
 
+class OwnLinear(torch.nn.Linear):
+    """A ``to_q`` that is not a plain Linear (as LoRA libraries wrap it): the OVAM queries are recomputed
+    through it instead of carrying the class keys back through its weight."""
+
+
 def _install(pipe, setup: str) -> dict:
     """Put one kind of attention processor on the pipeline; returns the call's extra keyword arguments."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -264,6 +269,10 @@ def _install(pipe, setup: str) -> dict:
         pipe.unet.set_attn_processor(AttnProcessor2_0())
     elif setup == "fused":
         pipe.fuse_qkv_projections()
+    elif setup == "own_to_q":
+        for m in pipe.unet.modules():
+            if hasattr(m, "set_processor"):
+                m.to_q.__class__ = OwnLinear
     elif setup == "user":
         pipe.unet.set_attn_processor(HandWritten())
         return {"cross_attention_kwargs": {"precise": True}}
@@ -283,7 +292,7 @@ def default_captures(pipe):
     return cap.captures(out.images)
 
 
-@pytest.mark.parametrize("setup", ["sliced", "classic", "sdpa", "fused", "user", "xformers"])
+@pytest.mark.parametrize("setup", ["sliced", "classic", "sdpa", "fused", "user", "own_to_q", "xformers"])
 def test_any_processor_image_bit_identical_and_captures_as_default(setup, default_captures):
     pipe = tiny_pipeline(0)
     extra = _install(pipe, setup)
@@ -292,7 +301,9 @@ def test_any_processor_image_bit_identical_and_captures_as_default(setup, defaul
     plain = pipe(PROMPTS, generator=_gens(), **kw).images
     with capture(pipe, CLASSES) as cap:
         captured = pipe(PROMPTS, generator=_gens(), **kw).images
+        through_q = {kx is not None for _, kx, _ in cap.keys.values()}
     assert np.array_equal(captured, plain)
+    assert through_q == {setup != "own_to_q"}
     assert _processors(pipe) == before
     for got, want in zip(cap.captures(captured), default_captures):
         torch.testing.assert_close(got.token_maps.cpu(), want.token_maps, rtol=1e-4, atol=1e-4)

@@ -297,7 +297,7 @@ class Recorder:
         self.self_probs = bool(self_probs)
         self.class_emb: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
-        self.keys: dict[str, torch.Tensor] = {}
+        self.keys: dict[str, tuple[torch.Tensor | None, ...]] = {}
         self.ovam: dict[str, torch.Tensor] = {}
         self.self_attn: dict[str, torch.Tensor] = {}
         self.probs: torch.Tensor | None = None
@@ -375,17 +375,39 @@ class Recorder:
                            "one class list per image")
 
     # -- the side computations (called by the processors) ----------------------------------------------
+    def _class_keys(self, attn, x: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """The class-text keys of one layer, float32, computed once per block.
+
+        Returns ``(k, None, None)``, k (B, heads, T, d); or, when ``to_q`` is a plain ``Linear`` and there is
+        no per-head query norm, ``(None, kx, kb)``: the keys carried back through ``to_q``, q . k = x . kx + kb
+        with kx (B, heads*T, channels) and kb (B, 1, heads*T) or None, so that the scores come from the
+        layer's input with T columns per head instead of a recomputed head_dim-wide query.
+        """
+        emb = self.class_emb.to(device=x.device, dtype=x.dtype)
+        if attn.norm_cross:
+            emb = attn.norm_encoder_hidden_states(emb)
+        k = _split_heads(attn, attn.to_k(emb), attn.norm_k).float()  # (B, heads, T, d)
+        if type(attn.to_q) is not torch.nn.Linear or attn.norm_q is not None:
+            return k, None, None
+        w = attn.to_q.weight.float().view(attn.heads, -1, x.shape[-1])  # (heads, d, channels)
+        kx = torch.einsum("bhtd,hdc->bhtc", k, w).flatten(1, 2)
+        bias = attn.to_q.bias
+        kb = None if bias is None else (k @ bias.float().view(attn.heads, -1, 1)).flatten(1).unsqueeze(1)
+        return None, kx, kb
+
     def accumulate_ovam(self, name: str, attn, x: torch.Tensor) -> None:
         """Add this step's OVAM scores of one layer. x: (batch, n, channels), the layer's query input."""
-        q = _split_heads(attn, attn.to_q(x[self.rows(x.shape[0], self.query_half)]), attn.norm_q).float()
-        k = self.keys.get(name)
-        if k is None:
-            emb = self.class_emb.to(device=x.device, dtype=x.dtype)
-            if attn.norm_cross:
-                emb = attn.norm_encoder_hidden_states(emb)
-            k = _split_heads(attn, attn.to_k(emb), attn.norm_k).float()  # (B, heads, T, d)
-            self.keys[name] = k
-        scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # (B, heads, n, T)
+        if name not in self.keys:
+            self.keys[name] = self._class_keys(attn, x)
+        k, kx, kb = self.keys[name]
+        xq = x[self.rows(x.shape[0], self.query_half)]
+        if kx is None:
+            scores = torch.matmul(_split_heads(attn, attn.to_q(xq), attn.norm_q).float(), k.transpose(-1, -2))
+        else:
+            b, n, _ = xq.shape
+            scores = torch.matmul(xq.float(), kx.transpose(1, 2))
+            scores = (scores if kb is None else scores + kb).view(b, n, attn.heads, -1).transpose(1, 2)
+        scores = scores * attn.scale  # (B, heads, n, T)
         scores = scores.masked_fill(~self.valid[:, None, None, :], float("-inf"))
         probs = scores.softmax(dim=-1).sum(dim=1)  # (B, n, T)
         buf = self.ovam.get(name)
@@ -414,7 +436,8 @@ class Recorder:
     # -- results ---------------------------------------------------------------------------------------
     def buffer_bytes(self) -> int:
         """Bytes held by the capture's accumulators and kept tensors (grows with nothing but the model)."""
-        ts = list(self.ovam.values()) + list(self.self_attn.values()) + list(self.keys.values())
+        ts = list(self.ovam.values()) + list(self.self_attn.values())
+        ts += [t for keys in self.keys.values() for t in keys if t is not None]
         ts += [self.probs] if self.probs is not None else []
         return sum(t.numel() * t.element_size() for t in ts)
 
