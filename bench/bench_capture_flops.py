@@ -74,7 +74,7 @@ def main() -> None:
     print(f"| variant | first call | middle calls | final call | over {args.calls} calls |")
     print("|---|---:|---:|---:|---:|")
     for probs in (False, True) if args.self_probs else (False,):
-        with capture(pipe, [["person", "car"]], steps=3, self_probs=probs):
+        with capture(pipe, [["person", "car"]], steps=3, **({"self_probs": True} if probs else {})):
             first, middle, final = count(), count(), count()
         whole = (first + (args.calls - 2) * middle + final) / (args.calls * plain)
         name = "captured + self_probs" if probs else "captured"
