@@ -247,7 +247,7 @@ class CaptureAttnProcessor:
             rec.checks[self.name] = (_mismatch(attn, hidden_states, x, ctx, mask, out), type(self.inner).__name__)
         if self.ovam:
             rec.accumulate_ovam(self.name, attn, x)
-        if keep or probs:
+        if keep or probs:  # 1a needs both CFG halves, the probabilities only the conditional one
             rows = slice(None) if keep else rec.rows(batch, "cond")
             q = _split_heads(attn, attn.to_q(x[rows]), attn.norm_q)
             k = _split_heads(attn, attn.to_k(ctx[rows]), attn.norm_k)
