@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -66,8 +67,12 @@ def read_json(path: str | Path) -> dict:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise InputError(f"unreadable ({e})", path=path) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", path=path) from None
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON ({e})", path=path) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply", path=path) from None
     if not isinstance(obj, dict):
         raise InputError("expected a JSON object", path=path)
     return obj
@@ -86,6 +91,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"unreadable ({e})", path=path) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", path=path) from None
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -98,6 +105,37 @@ def read_jsonl(path: str | Path) -> list[dict]:
             raise InputError("expected a JSON object", path=path, field=f"line {n}")
         out.append(obj)
     return out
+
+
+def check_stem(line: str, path: str | Path, lineno: int) -> str:
+    """``line`` of a list file (a split file) as a file stem: a plain name, never a path.
+
+    Raises:
+        InputError: the line holds a folder separator, is ``.`` / ``..``, or holds a NUL byte; the
+            message names the file and the line number.
+    """
+    from .errors import InputError
+
+    stem = line.strip()
+    if stem in (".", "..") or "/" in stem or "\\" in stem or "\0" in stem:
+        raise InputError(f"{stem!r} is not a file stem (a name without folders, '..' or a leading '/')",
+                         path=path, field=f"line {lineno}")
+    return stem
+
+
+def remove_temporaries(folder: str | Path, names: Sequence[str]) -> list[Path]:
+    """Remove what :func:`atomic_path` left in ``folder`` for the files ``names`` when a run was killed
+    (``.<name>.<random>.tmp`` files and directories); returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    for name in names:
+        for p in folder.glob(f".{glob.escape(name)}.*.tmp"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _as_uint8_2d(mask: Any) -> np.ndarray:

@@ -7,8 +7,10 @@ Layout of ``root`` (e.g. ``VOCdevkit/VOC2012``)::
     root/ImageSets/Segmentation/<split>.txt    one stem per line
     root/settings.json                         optional; its "class_names" sets the classes (pccseg)
 
+``root`` may also be the folder above ``VOCdevkit/VOC2012`` (torchvision's ``VOCSegmentation`` root).
+
 Every problem is an :class:`~pccseg.errors.InputError` naming the file: a missing split file or
-folder, a split line naming a missing image or mask, an image and mask of different sizes, a mask value
+folder, a split line that is not a plain file stem (a path), a split line naming a missing image or mask, an image and mask of different sizes, a mask value
 outside ``0..C-1`` and 255.
 """
 
@@ -23,18 +25,29 @@ import torch
 from PIL import Image
 
 from .errors import InputError
-from .io import load_image, load_mask, read_json
+from .io import check_stem, load_image, load_mask, read_json
 from .vocab import IGNORE_INDEX, VOC_CLASSES
 
 IMAGE_DIR = "JPEGImages"
 MASK_DIR = "SegmentationClass"
 SPLIT_DIR = "ImageSets/Segmentation"
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+#: Where torchvision's ``VOCSegmentation(root)`` looks for the VOC 2012 tree.
+TORCHVISION_VOC_DIR = "VOCdevkit/VOC2012"
+
+
+def voc_root(root: str | Path) -> Path:
+    """``root`` itself, or ``root/VOCdevkit/VOC2012`` when ``root`` is torchvision's kind of VOC root."""
+    root = Path(root)
+    inner = root / TORCHVISION_VOC_DIR
+    if not (root / SPLIT_DIR).is_dir() and (inner / SPLIT_DIR).is_dir():
+        return inner
+    return root
 
 
 def read_class_names(root: str | Path) -> list[str]:
     """The dataset's class names: ``settings.json``'s ``class_names`` when present, else the 21 VOC ones."""
-    settings = Path(root) / "settings.json"
+    settings = voc_root(root) / "settings.json"
     if settings.is_file():
         names = read_json(settings).get("class_names")
         if names is not None:
@@ -48,15 +61,20 @@ def read_class_names(root: str | Path) -> list[str]:
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
-    """Stems listed in ``root/ImageSets/Segmentation/<split>.txt`` (blank lines skipped)."""
+    """Stems listed in ``root/ImageSets/Segmentation/<split>.txt`` (blank lines skipped); every line must
+    be a plain file stem (:func:`pccseg.io.check_stem`)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError("dataset root is not a directory", path=root)
+    root = voc_root(root)
     split_file = root / SPLIT_DIR / f"{split}.txt"
     if not split_file.is_file():
         raise InputError(f"split file not found (a VOC root holds {SPLIT_DIR}/{split}.txt)", path=split_file)
-    stems = [s.strip() for s in split_file.read_text().splitlines()]
-    stems = [s for s in stems if s]
+    try:
+        lines = split_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", path=split_file) from None
+    stems = [check_stem(line, split_file, n) for n, line in enumerate(lines, 1) if line.strip()]
     if not stems:
         raise InputError("split file lists no images", path=split_file)
     return stems
@@ -71,10 +89,10 @@ class VOCSegmentation(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", class_names: Sequence[str] | None = None):
-        self.root = Path(root)
+        self.root = voc_root(root)
         self.split = split
-        self.class_names = list(class_names) if class_names is not None else read_class_names(root)
-        self.stems = read_split(root, split)
+        self.class_names = list(class_names) if class_names is not None else read_class_names(self.root)
+        self.stems = read_split(self.root, split)
         split_file = self.root / SPLIT_DIR / f"{split}.txt"
         for sub in (IMAGE_DIR, MASK_DIR):
             if not (self.root / sub).is_dir():
