@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 from .capture import capture
-from .dataset import Dataset
+from .dataset import JPEG_QUALITY, Dataset, check_val_share, mask_stats
 from .io import save_image, save_mask
 from .prompts import PromptRecord
 from .vocab import VOC_CLASSES
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_STEPS = 80
 DEFAULT_SEED = 2024
-JPEG_QUALITY = 95
 
 
 @dataclass
@@ -68,14 +67,17 @@ def default_size(pipe) -> tuple[int, int]:
 
 def run_settings(*, model: str, steps: int, guidance: float, height: int, width: int, dtype: str, seed: int,
                  label_params: Any, class_names: Sequence[str], prompts: str, query_half: str = "uncond",
-                 include_mid: bool = False, **info: Any) -> dict:
-    """The settings.json of a run: everything that changes the dataset's content, plus ``info`` keys."""
+                 include_mid: bool = False, val_share: float = 0.0, **info: Any) -> dict:
+    """The settings.json of a run: everything that changes the dataset's content, plus ``info`` keys.
+    ``val_share`` (the share of samples held out in val.txt) is recorded only when it is not 0."""
     lp = asdict(label_params) if label_params is not None and hasattr(label_params, "__dataclass_fields__") \
         else label_params
+    check_val_share(val_share)
     return dict(model=model, steps=int(steps), guidance=float(guidance), height=int(height), width=int(width),
                 dtype=str(dtype).replace("torch.", ""), seed=int(seed), prompts=str(prompts),
                 class_names=list(class_names), query_half=query_half, include_mid=bool(include_mid),
-                label_params=lp, pccseg_version=__version__, **info)
+                label_params=lp, pccseg_version=__version__, **({"val_share": val_share} if val_share else {}),
+                **info)
 
 
 def split_records(records: Sequence[PromptRecord], rank: int, world_size: int) -> list[PromptRecord]:
@@ -108,10 +110,9 @@ def manifest_entry(rec: PromptRecord, seed: int, mask: torch.Tensor, class_names
 
     ``mask``: the (H, W) uint8 final mask, on the host.
     """
-    counts = torch.bincount(mask.reshape(-1).long(), minlength=256)
-    pixels = {class_names[v]: int(counts[v]) for v in range(min(len(class_names), 255)) if counts[v] > 0}
+    uncertain, pixels = mask_stats(mask, class_names)
     return {"id": rec.stem, "record_id": rec.id, "prompt": rec.prompt, "classes": list(rec.classes),
-            "seed": seed, "uncertain_share": round(int(counts[255]) / mask.numel(), 6), "class_pixels": pixels,
+            "seed": seed, "uncertain_share": uncertain, "class_pixels": pixels,
             "timings": {"generate": round(t_gen, 4), "label": round(t_label, 4)}}
 
 
@@ -120,8 +121,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
              height: int | None = None, width: int | None = None, keep_captures: bool = False,
              label_params=None, class_names: Sequence[str] = VOC_CLASSES, settings: dict | None = None,
              model_name: str | None = None, prompts_name: str = "voc_prompts.json", query_half: str = "uncond",
-             include_mid: bool = False, rank: int | None = None, world_size: int | None = None,
-             progress: bool = True, label_fn=None) -> GenerateReport:
+             include_mid: bool = False, val_share: float = 0.0, rank: int | None = None,
+             world_size: int | None = None, progress: bool = True, label_fn=None) -> GenerateReport:
     """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``.
 
     Args:
@@ -134,6 +135,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         class_names: label value -> class name (index 0 background).
         settings: settings.json content (None: built from the arguments); an existing folder whose
             settings differ raises :class:`InputError` before any model work.
+        val_share: hold this share of the samples out of train.txt, in val.txt (see
+            :func:`pccseg.dataset.val_stems`).
         rank, world_size: this process's share (None: from accelerate's ``PartialState``).
         label_fn: the labeller (default :func:`pccseg.labeller.label`), for tests.
 
@@ -154,7 +157,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     if settings is None:
         settings = run_settings(model=model_name, steps=steps, guidance=guidance, height=height, width=width,
                                 dtype=dtype, seed=seed, label_params=label_params, class_names=class_names,
-                                prompts=prompts_name, query_half=query_half, include_mid=include_mid)
+                                prompts=prompts_name, query_half=query_half, include_mid=include_mid,
+                                val_share=val_share)
     settings = dict(settings)
     settings.setdefault("scheduler", type(pipe.scheduler).__name__)
 

@@ -26,7 +26,7 @@ def build_settings(args: argparse.Namespace, *, class_names, label_params, heigh
     return run_settings(model=args.model, steps=steps, guidance=7.5 if args.guidance is None else args.guidance,
                         height=height, width=width, dtype=dtype, seed=args.seed, label_params=label_params,
                         class_names=class_names, prompts=prompts, query_half=args.query_half,
-                        include_mid=args.include_mid, batch_size=args.batch_size,
+                        include_mid=args.include_mid, val_share=args.val_share, batch_size=args.batch_size,
                         **({"tiny_seed": args.tiny_seed} if args.model == "tiny" else {}))
 
 
@@ -154,6 +154,9 @@ def register(sub) -> None:
     g.add_argument("--query-half", choices=("uncond", "cond"), default="uncond",
                    help="CFG half whose queries make the OVAM class maps (default: uncond, OVAM's)")
     g.add_argument("--include-mid", action="store_true", help="add the mid block's cross-attention to the maps")
+    g.add_argument("--val-share", type=float, default=0.0, metavar="X",
+                   help="hold out this share of the samples (0 <= X < 1) in ImageSets/Segmentation/val.txt; "
+                        "which ones is fixed by their ids (default: 0, all in train.txt)")
     g.add_argument("--tiny-seed", type=int, default=0, help="weights seed of --model tiny (default 0)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_label_arguments(p)
