@@ -1,4 +1,4 @@
-"""Section 3 of SPEC.md: token maps -> class maps, segment classification by IoU, 9-way vote."""
+"""Section 3 of the method (docs/method.md): token maps -> class maps, segment classification by IoU, 9-way vote."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prompts -> images + PCC masks, straight to a VOC-layout dataset (SPEC.md sections 0-4).
+"""Prompts -> images + PCC masks, straight to a VOC-layout dataset (docs/method.md sections 0-4).
 
 :func:`generate` runs the pipeline on batches of prompt records with :func:`pccseg.capture.capture`
 around each call, labels every image right after its batch with :func:`pccseg.labeller.label`, and writes
@@ -130,7 +130,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         records: prompt records (see :mod:`pccseg.prompts`); the seed of a record is ``seed + record.index``.
         steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5).
         height, width: image size (None: the pipeline's default, 512 for SD 2.1-base).
-        keep_captures: also write ``captures/<stem>/`` (SPEC capture format, float16).
+        keep_captures: also write ``captures/<stem>/`` (capture directories, float16).
         label_params: :class:`pccseg.labeller.LabelParams` (None: the report's).
         class_names: label value -> class name (index 0 background).
         settings: settings.json content (None: built from the arguments); an existing folder whose

@@ -47,7 +47,7 @@ from .errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
 from .io import atomic_path, read_jsonl, remove_temporaries, write_json
 from .vocab import IGNORE_INDEX
-from .voc import VOCSegmentation
+from .voc import VOCSegmentation, voc_root
 
 logger = logging.getLogger(__name__)
 
@@ -526,7 +526,7 @@ def _save(config: TrainConfig, env: _Env, name: str, model, progress: _Progress,
             "loss_sum": progress.loss_sum, "loss_n": progress.loss_n, "train_seconds": progress.seconds,
             "changes": progress.changes, "config": _settings(config, env)}
     if name == BEST:
-        meta["selected_on"] = {"dataset": str(Path(config.val).resolve()), "split": config.val_split,
+        meta["selected_on"] = {"dataset": str(voc_root(config.val).resolve()), "split": config.val_split,
                                "images": config.val_limit}
     save_checkpoint(Path(config.out) / name, model, meta, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
 

@@ -10,8 +10,8 @@ Layout of ``root`` (e.g. ``VOCdevkit/VOC2012``)::
 ``root`` may also be the folder above ``VOCdevkit/VOC2012`` (torchvision's ``VOCSegmentation`` root).
 
 Every problem is an :class:`~pccseg.errors.InputError` naming the file: a missing split file or
-folder, a split line that is not a plain file stem (a path), a split line naming a missing image or mask, an image and mask of different sizes, a mask value
-outside ``0..C-1`` and 255.
+folder, a split line that is not a plain file stem (a path), a split line naming a missing image or
+mask, an image and mask of different sizes, a mask value outside ``0..C-1`` and 255.
 """
 
 from __future__ import annotations
