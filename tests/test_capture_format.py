@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pccseg.capture_format import load_capture, save_capture
+from pccseg.capture_format import Capture, load_capture, save_capture
 from pccseg.errors import InputError
-from pccseg.synthetic import SD21, planted_capture
+from pccseg.synthetic import SD21, planted_capture, planted_layout
 
 
 def small_capture(seed=0):
@@ -47,6 +47,10 @@ CORRUPTIONS = {
                             "capture.json", "token_classes[1]"),
     "empty_tokens": (lambda d: _edit_meta(d, lambda m: m.update(tokens=[], token_classes=[])), "capture.json",
                      "tokens"),
+    "self_probs_rows": (lambda d: _edit_tensors(d, lambda t: t["self_probs"].mul_(1.5)), "capture.safetensors",
+                        "self_probs"),
+    "self_probs_shape": (lambda d: _edit_tensors(d, lambda t: t.update(self_probs=t["self_probs"][:, :, :-1].contiguous())),
+                         "capture.safetensors", "self_probs"),
 }
 
 
@@ -67,6 +71,7 @@ def test_round_trip(tmp_path):
     for k in cap.self_attn:
         torch.testing.assert_close(back.self_attn[k], cap.self_attn[k])
     torch.testing.assert_close(back.token_maps, cap.token_maps)
+    assert back.self_probs.shape == (8, 8, 64) and torch.equal(back.self_probs, cap.self_probs)
     half = load_capture(save_capture(tmp_path / "h", cap))          # float16 on disk
     torch.testing.assert_close(half.self_attn[SD21[0][0]], cap.self_attn[SD21[0][0]], atol=2e-3, rtol=2e-3)
 
@@ -80,3 +85,38 @@ def test_bad_input_names_file_and_field(tmp_path, name):
     assert e.value.path == str(d / file)
     assert e.value.field == field
     assert "\n" not in str(e.value)
+
+
+def test_self_probs_round_trip_is_exact_and_optional(tmp_path):
+    cap = small_capture()
+    assert cap.self_probs.dtype == torch.float32
+    torch.testing.assert_close(cap.self_probs.sum(-1), torch.ones(8, 8))
+    back = load_capture(save_capture(tmp_path / "c", cap))                 # float16 self-attention
+    assert torch.equal(back.self_probs, cap.self_probs)                      # float32 on disk
+    assert "self_probs" in load_file(str(tmp_path / "c" / "capture.safetensors"))
+    plain = planted_capture(image_size=(64, 64), latent=(16, 16), layers=SD21[::3], heads_per_layer=2,
+                            head_dim=8, self_probs=False)
+    assert plain.self_probs is None
+    assert load_capture(save_capture(tmp_path / "p", plain)).self_probs is None
+    assert "self_probs" not in load_file(str(tmp_path / "p" / "capture.safetensors"))
+    # the planted affinity stays mostly inside each planted region
+    lay = planted_layout(image_size=(64, 64))[4::8, 4::8].reshape(-1)
+    p = cap.self_probs.reshape(64, 64)
+    same = (lay[:, None] == lay[None, :]).float()
+    assert float((p * same).sum(1).mean()) > 0.8
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda p: p[:, :, :-1], "shape"),
+    (lambda p: p[:4], "shape"),
+    (lambda p: p * 2, "sum to 1"),
+    (lambda p: torch.where(torch.arange(64) == 0, -p, p), "negative"),
+    (lambda p: p.masked_fill(torch.arange(64) == 5, float("nan")), "NaN"),
+    (lambda p: p.to(torch.int64), "float"),
+])
+def test_bad_self_probs_refused(bad, message):
+    cap = small_capture()
+    with pytest.raises(InputError, match=message) as e:
+        Capture(image=cap.image, self_attn=cap.self_attn, token_maps=cap.token_maps, tokens=cap.tokens,
+                token_classes=cap.token_classes, self_probs=bad(cap.self_probs), source="cap")
+    assert e.value.field == "self_probs" and e.value.path.endswith("capture.safetensors")

@@ -67,6 +67,7 @@ def test_generate_writes_a_voc_dataset(pipe, records, tmp_path):
     settings = json.loads((out / "settings.json").read_text())
     assert settings["steps"] == 2 and settings["height"] == 64 and settings["guidance"] == 7.5
     assert settings["label_params"]["ks"] == [4, 7, 10] and settings["class_names"][15] == "person"
+    assert settings["labeller"] == "pcc"
     assert not [f for f in _files(out) if "/." in "/" + f]                               # no temp files
     # torchvision reads the folder, unchanged, as Pascal VOC 2012 (the documented call)
     from torchvision.datasets import VOCSegmentation
@@ -184,6 +185,54 @@ def test_cli_generate_tiny(tmp_path, monkeypatch):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"id": 1, "prompt_sd": "x", "classes": ["unicorn"]}]')
     assert cli.main(["generate", "--model", "tiny", "--prompts", str(bad), "--out", str(tmp_path / "o")]) == 2
+
+
+def _captures_record_self_probs() -> bool:
+    import inspect
+
+    from pccseg.capture import capture
+
+    return "self_probs" in inspect.signature(capture).parameters
+
+
+def test_cli_generate_with_another_labeller_then_relabel(tmp_path, capsys):
+    out = tmp_path / "attn"
+    args = ["generate", "--model", "tiny", "--num", "2", "--out", str(out), "--height", "64", "--width", "64",
+            "--steps", "2", "-q", "--labeller", "attn", "--attn-threshold", "0.5", "--keep-captures"]
+    assert cli.main(args) == 0
+    s = json.loads((out / "settings.json").read_text())
+    assert s["labeller"] == "attn" and s["label_params"] == {"threshold": 0.5, "uncertain_threshold": None,
+                                                            "interpolation": "bicubic", "token_merge": "max"}
+    assert len(read_manifest(out)) == 2
+    capsys.readouterr()
+    assert cli.main(args[:-5]) == 2                                       # resume with pcc: refused
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "settings.json" in err[0] and "labeller: 'attn' -> 'pcc'" in err[0]
+    # the kept captures relabel with another labeller, no generation
+    relabel = tmp_path / "relabel"
+    assert cli.main(["label", str(out / "captures"), "--out", str(relabel), "-q", "--ks", "3"]) == 0
+    assert sorted(p.name for p in relabel.glob("*.png")) == ["000000.png", "000001.png"]
+    if _captures_record_self_probs():
+        assert load_capture(out / "captures" / "000000").self_probs is not None
+        assert cli.main(["label", str(out / "captures"), "--out", str(tmp_path / "dd"), "-q", "--labeller",
+                         "dd"]) == 0
+
+
+@pytest.mark.skipif(not _captures_record_self_probs(), reason="capture(self_probs=) not there yet")
+def test_cli_generate_dd(tmp_path):
+    out = tmp_path / "dd"
+    assert cli.main(["generate", "--model", "tiny", "--num", "1", "--out", str(out), "--height", "64", "--width",
+                     "64", "--steps", "2", "-q", "--labeller", "dd"]) == 0
+    assert json.loads((out / "settings.json").read_text())["labeller"] == "dd"
+    assert load_mask(out / "SegmentationClass" / "000000.png").shape == (64, 64)
+
+
+@pytest.mark.skipif(_captures_record_self_probs(), reason="capture(self_probs=) is there")
+def test_cli_generate_dd_refused_until_the_capture_records_self_probs(tmp_path, capsys):
+    assert cli.main(["generate", "--model", "tiny", "--num", "1", "--out", str(tmp_path / "dd"), "--height", "64",
+                     "--width", "64", "--steps", "2", "-q", "--labeller", "dd"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--labeller" in err[0] and "self-attention probabilities" in err[0]
 
 
 def test_cli_custom_classes(tmp_path):

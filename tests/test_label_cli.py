@@ -147,3 +147,74 @@ def test_label_val_share_needs_dataset(captures, tmp_path, capsys):
     rc = main(["label", str(captures), "--out", str(tmp_path / "m"), "--val-share", "0.5", "-q"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--val-share: a val split needs --dataset" in err
+
+
+# ------------------------------------------------------------------ --labeller pcc|dd|attn
+
+def test_params_from_args_for_each_labeller():
+    from pccseg.labeller_attn import AttnParams
+    from pccseg.labeller_dd import DDParams
+
+    assert params_from_args(_args("--labeller", "dd")) == DDParams()
+    assert params_from_args(_args("--labeller", "dd", "--dd-power", "2", "--dd-class-downsample", "2",
+                                  "--dd-threshold", "0.7", "--dd-uncertain-threshold", "0.7", "--dd-token-merge",
+                                  "max", "--dd-interpolation", "bilinear")) == \
+        DDParams(power=2, class_downsample=2, threshold=0.7, uncertain_threshold=0.7, token_merge="max",
+                 interpolation="bilinear")
+    assert params_from_args(_args("--labeller", "attn", "--attn-threshold", "0.3", "--attn-uncertain-threshold",
+                                  "0.2")) == AttnParams(threshold=0.3, uncertain_threshold=0.2)
+
+
+@pytest.mark.parametrize("argv, field", [
+    (("--labeller", "sam"), "--labeller"),
+    (("--dd-power", "2"), "--dd-power"),                                    # a dd option with pcc
+    (("--labeller", "dd", "--ks", "3"), "--ks"),                            # a pcc option with dd
+    (("--labeller", "attn", "--preset", "authors"), "--preset"),
+    (("--labeller", "dd", "--dd-threshold", "1.2"), "--dd-threshold"),      # refused by DDParams
+    (("--labeller", "dd", "--dd-threshold", "0.4"), "--dd-uncertain-threshold"),   # below the band's 0.5
+    (("--labeller", "attn", "--attn-uncertain-threshold", "0.5"), "--attn-uncertain-threshold"),
+])
+def test_bad_labeller_options_one_line_exit_2(captures, tmp_path, capsys, argv, field):
+    assert main(["label", str(captures), "--out", str(tmp_path / "m"), "-q", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pccseg label: error: {field}: ")
+    assert not (tmp_path / "m").exists()
+
+
+def test_every_labeller_param_is_an_option(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["label", "--help"])
+    text = capsys.readouterr().out
+    for opt in ("--labeller", "--dd-power", "--dd-class-downsample", "--dd-threshold", "--dd-uncertain-threshold",
+                "--dd-token-merge", "--dd-interpolation", "--attn-threshold", "--attn-uncertain-threshold",
+                "--attn-token-merge", "--attn-interpolation"):
+        assert opt in text
+
+
+@pytest.mark.parametrize("labeller", ["dd", "attn"])
+def test_relabel_with_another_labeller_then_resume_refused(captures, tmp_path, capsys, labeller):
+    import json
+
+    out = tmp_path / labeller
+    assert main(["label", str(captures), "--out", str(out), "-q", "--labeller", labeller]) == 0
+    m = load_mask(out / "000000.png")
+    assert m.shape == (64, 64) and set(np.unique(m)) <= {0, 12, 15, 16, 255}
+    assert json.loads((out / "label_params.json").read_text())["labeller"] == labeller
+    capsys.readouterr()
+    assert main(["label", str(captures), "--out", str(out), "-q"]) == 2          # pcc into a dd/attn folder
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"labeller: '{labeller}' -> 'pcc'" in err[0]
+
+
+def test_dd_on_a_capture_without_self_probs(captures, tmp_path, capsys):
+    from pccseg.synthetic import SD21, planted_capture
+
+    save_capture(captures / "000000old", planted_capture(image_size=(64, 64), latent=(16, 16), layers=SD21[::3],
+                                                          heads_per_layer=2, head_dim=8, self_probs=False))
+    out = tmp_path / "m"
+    assert main(["label", str(captures), "--out", str(out), "-q", "--labeller", "dd"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"pccseg label: error: {captures / '000000old' / 'capture.safetensors'}: self_probs: ")
+    assert "--keep-captures" in err[0] and not (out / "000000old.png").exists()
+    assert main(["label", str(captures), "--out", str(out), "-q", "--labeller", "attn", "--overwrite"]) == 0

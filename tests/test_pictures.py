@@ -332,6 +332,29 @@ def test_show_cli_on_capture_dir_and_on_id(tmp_path, capsys):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("labeller", ["dd", "attn"])
+def test_show_dd_and_attn(tmp_path, labeller):
+    from pccseg.labellers import default_params, label
+    from pccseg.show import maps_figure
+
+    cap = _planted()
+    fig = maps_figure(cap, label(cap, default_params(labeller)))
+    titles = "\n".join(ax.get_title() for ax in fig.axes)
+    for name in ("person", "dog", "pottedplant"):
+        assert f"{name} map" in titles
+    assert ("after\naffinity^4" in titles) == (labeller == "dd")
+    assert "largest map (128x128)" in titles and "final mask over image" in titles
+    assert fig._suptitle.get_text().startswith(labeller)
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert {"12 dog", "15 person", "16 pottedplant", "255 uncertain"} <= set(legend)
+    assert ("uncertain from 0.5" in legend) == (labeller == "dd")
+    cdir = save_capture(tmp_path / "cap", cap)
+    out = tmp_path / "fig.png"
+    assert main(["show", str(cdir), "--out", str(out), "--labeller", labeller]) == 0
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 500
+
+
 def test_show_cli_missing_capture_is_one_line_exit_2(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

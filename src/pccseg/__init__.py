@@ -21,10 +21,13 @@ _EXPORTS = {
     "Capture": "pccseg.capture_format",
     "load_capture": "pccseg.capture_format",
     "save_capture": "pccseg.capture_format",
-    # -> label
+    # -> label (pcc, dd, attn; label() picks by the type of the parameters)
+    "label": "pccseg.labellers",
     "LabelParams": "pccseg.labeller",
     "LabelResult": "pccseg.labeller",
-    "label": "pccseg.labeller",
+    "DDParams": "pccseg.labeller_dd",
+    "AttnParams": "pccseg.labeller_attn",
+    "MapsResult": "pccseg.labeller_attn",
     # -> train -> evaluate
     "TrainConfig": "pccseg.train",
     # pictures

@@ -5,6 +5,9 @@ One directory per sample::
     image.png             the generated RGB image, (H, W, 3)
     capture.safetensors   self_attn.<layer name>: (heads, h, w, head_dim), one per captured layer
                           token_maps:             (tokens, h, w), class-text token maps at latent size
+                          self_probs (optional):  (h', w', h' * w') float32, self-attention probabilities
+                                                  averaged over heads, layers and steps at half the latent
+                                                  size (what the dd labeller needs)
     capture.json          tokens (SoT first, EoT last), token_classes (label value per token: 0 for SoT,
                           null for EoT and for tokens that stand for no class), class_names (index =
                           label value; VOC when absent), and free metadata (prompt, seed, model, steps)
@@ -35,6 +38,9 @@ TENSOR_FILE = "capture.safetensors"
 META_FILE = "capture.json"
 SELF_ATTN_PREFIX = "self_attn."
 TOKEN_MAPS_KEY = "token_maps"
+SELF_PROBS_KEY = "self_probs"
+#: how far a self_probs row may sum from 1 (float16 softmax on a GPU, averaged, stays well inside)
+ROW_SUM_TOLERANCE = 1e-2
 
 
 @dataclass
@@ -50,6 +56,10 @@ class Capture:
         class_names: label value -> class name; index 0 is the background.
         meta: free metadata (prompt, seed, model, steps, ...), kept in capture.json.
         source: where it was read from, for messages.
+        self_probs: optional (h', w', h' * w') float32 self-attention probabilities, averaged over heads,
+            layers and steps at one UNet level (half the latent size): row (i, j) holds what query pixel
+            (i, j) gives each key pixel, keys in raster order; each row sums to 1. Only the dd labeller
+            reads it.
     """
 
     image: torch.Tensor
@@ -60,6 +70,7 @@ class Capture:
     class_names: tuple[str, ...] = VOC_CLASSES
     meta: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+    self_probs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.image, torch.Tensor):
@@ -149,13 +160,41 @@ def validate(cap: Capture) -> None:
             raise _err(src, TENSOR_FILE, key, f"expected a float tensor, got {t.dtype}")
         if not torch.isfinite(t).all():
             raise _err(src, TENSOR_FILE, key, "contains NaN or Inf")
+    if cap.self_probs is not None:
+        _validate_self_probs(cap.self_probs, aspect, src)
+
+
+def _validate_self_probs(p: torch.Tensor, aspect: float, src: str | None) -> None:
+    """(h, w, h*w), float, finite, rows non-negative and summing to 1 (within :data:`ROW_SUM_TOLERANCE`)."""
+    def err(msg: str) -> InputError:
+        return _err(src, TENSOR_FILE, SELF_PROBS_KEY, msg)
+
+    if p.ndim != 3 or p.shape[2] != p.shape[0] * p.shape[1] or p.shape[2] == 0:
+        raise err(f"expected shape (h, w, h*w), got {tuple(p.shape)}")
+    h, w = int(p.shape[0]), int(p.shape[1])
+    if abs(h / w - aspect) > 0.05 * aspect:
+        raise err(f"spatial size {h}x{w} does not match the image's aspect ratio {aspect:.3g}")
+    if not p.is_floating_point():
+        raise err(f"expected a float tensor, got {p.dtype}")
+    if not torch.isfinite(p).all():
+        raise err("contains NaN or Inf")
+    if (p < 0).any():
+        raise err("negative entries: not attention probabilities")
+    off = (p.sum(-1, dtype=torch.float64) - 1).abs().max().item()
+    if off > ROW_SUM_TOLERANCE:
+        raise err(f"rows must sum to 1 (attention probabilities), one is off by {off:.3g}")
 
 
 def save_capture(directory: str | Path, cap: Capture, *, dtype: torch.dtype = torch.float16) -> Path:
-    """Write ``cap`` as a capture directory (atomically: a temporary directory renamed at the end)."""
+    """Write ``cap`` as a capture directory (atomically: a temporary directory renamed at the end).
+
+    Self-attention is stored in ``dtype``; token maps and self_probs always in float32.
+    """
     directory = Path(directory)
     tensors = {SELF_ATTN_PREFIX + k: v.detach().to("cpu", dtype).contiguous() for k, v in cap.self_attn.items()}
     tensors[TOKEN_MAPS_KEY] = cap.token_maps.detach().to("cpu", torch.float32).contiguous()
+    if cap.self_probs is not None:
+        tensors[SELF_PROBS_KEY] = cap.self_probs.detach().to("cpu", torch.float32).contiguous()
     meta = dict(cap.meta)
     meta.update(tokens=list(cap.tokens),
                 token_classes=[None if c is None else int(c) for c in cap.token_classes],
@@ -197,6 +236,8 @@ def load_capture(directory: str | Path, *, device: str | torch.device = "cpu",
     tokens = meta.pop("tokens")
     token_classes = meta.pop("token_classes")
     class_names = meta.pop("class_names", None) or VOC_CLASSES
+    self_probs = tensors.get(SELF_PROBS_KEY)
     return Capture(image=image, self_attn=self_attn, token_maps=tensors[TOKEN_MAPS_KEY].float(),
                    tokens=[str(t) for t in tokens], token_classes=token_classes,
-                   class_names=tuple(class_names), meta=meta, source=src)
+                   class_names=tuple(class_names), meta=meta, source=src,
+                   self_probs=None if self_probs is None else self_probs.float())

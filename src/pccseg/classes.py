@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -11,12 +12,13 @@ from .features import minmax
 UNCERTAIN = 255
 
 
-def class_maps(token_maps: torch.Tensor, token_classes: Sequence[int | None]) -> tuple[list[int], torch.Tensor]:
-    """Merge token maps into one min-max normalised map per class.
+def merge_tokens(token_maps: torch.Tensor, token_classes: Sequence[int | None],
+                 merge: Literal["max", "mean"] = "max") -> tuple[list[int], torch.Tensor]:
+    """One map per class from its tokens' maps, unnormalised.
 
     The start-of-text token carries class 0 (background); tokens whose class is None (end-of-text, words
     that stand for no class) are dropped; several tokens of one class ("pot plant", a class named twice)
-    take the element-wise max of their maps.
+    take the element-wise ``merge``: "max" (method §1b) or "mean" (Dataset Diffusion, DAAM).
 
     Args:
         token_maps: (T, h, w) float token maps.
@@ -24,7 +26,7 @@ def class_maps(token_maps: torch.Tensor, token_classes: Sequence[int | None]) ->
 
     Returns:
         (class_ids, maps): the label values present, sorted ascending (background 0 first when present),
-        and (C, h, w) float32 maps, each min-max normalised to [0, 1] over the image (a constant map -> 0).
+        and (C, h, w) float32 maps.
     """
     if token_maps.shape[0] != len(token_classes):
         raise ValueError(f"{token_maps.shape[0]} token maps for {len(token_classes)} token classes")
@@ -32,11 +34,22 @@ def class_maps(token_maps: torch.Tensor, token_classes: Sequence[int | None]) ->
     tm = token_maps.float()
     maps = []
     for cid in ids:
-        rows = [i for i, c in enumerate(token_classes) if c is not None and int(c) == cid]
-        maps.append(tm[rows].amax(0))
+        rows = tm[[i for i, c in enumerate(token_classes) if c is not None and int(c) == cid]]
+        maps.append(rows.amax(0) if merge == "max" else rows.mean(0))
     if not maps:
         return [], tm.new_zeros((0,) + tuple(tm.shape[1:]))
-    return ids, minmax(torch.stack(maps), (1, 2))
+    return ids, torch.stack(maps)
+
+
+def class_maps(token_maps: torch.Tensor, token_classes: Sequence[int | None],
+               merge: Literal["max", "mean"] = "max") -> tuple[list[int], torch.Tensor]:
+    """:func:`merge_tokens`, each map then min-max normalised to [0, 1] over the image (a constant map -> 0).
+
+    Returns:
+        (class_ids, maps): label values ascending and (C, h, w) float32 maps in [0, 1].
+    """
+    ids, maps = merge_tokens(token_maps, token_classes, merge)
+    return ids, minmax(maps, (1, 2))
 
 
 def binary_maps(maps: torch.Tensor, class_ids: Sequence[int], threshold: float,

@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .errors import InputError
 
-COMMAND_MODULES = ("generate", "label", "train", "pictures", "export")
+COMMAND_MODULES = ("generate", "label", "train", "pictures", "toy", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from . import __version__
 from .capture import capture
 from .dataset import JPEG_QUALITY, Dataset, check_val_share, mask_stats
+from .errors import InputError
 from .io import save_image, save_mask
 from .prompts import PromptRecord
 from .vocab import VOC_CLASSES
@@ -69,15 +70,19 @@ def run_settings(*, model: str, steps: int, guidance: float, height: int, width:
                  label_params: Any, class_names: Sequence[str], prompts: str, query_half: str = "uncond",
                  include_mid: bool = False, val_share: float = 0.0, **info: Any) -> dict:
     """The settings.json of a run: everything that changes the dataset's content, plus ``info`` keys.
-    ``val_share`` (the share of samples held out in val.txt) is recorded only when it is not 0."""
-    lp = asdict(label_params) if label_params is not None and hasattr(label_params, "__dataclass_fields__") \
-        else label_params
+
+    ``label_params``: any labeller's parameters (None: PCC's defaults); recorded as ``labeller`` and
+    ``label_params``. ``val_share`` (the share of samples held out in val.txt) is recorded only when it
+    is not 0.
+    """
+    from .labellers import default_params, params_record
+
     check_val_share(val_share)
     return dict(model=model, steps=int(steps), guidance=float(guidance), height=int(height), width=int(width),
                 dtype=str(dtype).replace("torch.", ""), seed=int(seed), prompts=str(prompts),
                 class_names=list(class_names), query_half=query_half, include_mid=bool(include_mid),
-                label_params=lp, pccseg_version=__version__, **({"val_share": val_share} if val_share else {}),
-                **info)
+                **params_record(default_params() if label_params is None else label_params),
+                pccseg_version=__version__, **({"val_share": val_share} if val_share else {}), **info)
 
 
 def split_records(records: Sequence[PromptRecord], rank: int, world_size: int) -> list[PromptRecord]:
@@ -116,6 +121,21 @@ def manifest_entry(rec: PromptRecord, seed: int, mask: torch.Tensor, class_names
             "timings": {"generate": round(t_gen, 4), "label": round(t_label, 4)}}
 
 
+def _self_probs_option(needed: bool, wanted: bool) -> dict:
+    """``capture()``'s keyword that records the self-attention probabilities (``wanted``; ``needed`` by
+    the labeller).
+
+    Transitional: until ``capture(..., self_probs=)`` exists, nothing is passed (captures are kept without
+    them), and a labeller that needs them stops with one line.
+    """
+    if "self_probs" in inspect.signature(capture).parameters:
+        return {"self_probs": wanted}
+    if needed:
+        raise InputError("this pccseg cannot record self-attention probabilities during generation yet",
+                         field="--labeller")
+    return {}
+
+
 def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, steps: int = DEFAULT_STEPS,
              guidance: float | None = None, seed: int = DEFAULT_SEED, batch_size: int = 1,
              height: int | None = None, width: int | None = None, keep_captures: bool = False,
@@ -130,23 +150,27 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         records: prompt records (see :mod:`pccseg.prompts`); the seed of a record is ``seed + record.index``.
         steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5).
         height, width: image size (None: the pipeline's default, 512 for SD 2.1-base).
-        keep_captures: also write ``captures/<stem>/`` (capture directories, float16).
-        label_params: :class:`pccseg.labeller.LabelParams` (None: the report's).
+        keep_captures: also write ``captures/<stem>/`` (capture directories, float16 self-attention), with
+            the self-attention probabilities too, so that every labeller can relabel them.
+        label_params: the parameters of a labeller (:mod:`pccseg.labellers`); their type picks the labeller
+            (None: PCC with the report's values).
         class_names: label value -> class name (index 0 background).
         settings: settings.json content (None: built from the arguments); an existing folder whose
             settings differ raises :class:`InputError` before any model work.
         val_share: hold this share of the samples out of train.txt, in val.txt (see
             :func:`pccseg.dataset.val_stems`).
         rank, world_size: this process's share (None: from accelerate's ``PartialState``).
-        label_fn: the labeller (default :func:`pccseg.labeller.label`), for tests.
+        label_fn: the labelling function (default :func:`pccseg.labellers.label`), for tests.
 
     Returns:
         a :class:`GenerateReport` of this process.
     """
-    from .labeller import LabelParams, label
+    from .labellers import default_params, label, labeller_of
 
     label_fn = label_fn or label
-    label_params = label_params if label_params is not None else LabelParams()
+    label_params = label_params if label_params is not None else default_params()
+    needed = labeller_of(label_params).needs_self_probs
+    capture_options = _self_probs_option(needed, needed or keep_captures)  # kept: what every labeller needs
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     dh, dw = default_size(pipe)
@@ -192,7 +216,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
             gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             t0 = time.perf_counter()
             with capture(pipe, [r.classes for r in batch], class_names=class_names, query_half=query_half,
-                         include_mid=include_mid) as cap:
+                         include_mid=include_mid, **capture_options) as cap:
                 out = pipe([r.prompt for r in batch], generator=gens, **call)
             metas = [dict(prompt=r.prompt, record_id=r.id, seed=s, model=model_name, steps=steps, guidance=guidance)
                      for r, s in zip(batch, seeds)]

@@ -1,4 +1,7 @@
-"""Load a Stable Diffusion pipeline: ``"tiny"``, a local diffusers folder, or a Hugging Face hub id.
+"""Load a Stable Diffusion pipeline: ``"toy"``, ``"tiny"``, a local diffusers folder, or a Hugging Face hub id.
+
+``"toy"`` is the small text-to-image model trained on the toy world that ships inside the package
+(:mod:`pccseg.toy`); ``"tiny"`` is SD's architecture with random weights, for tests.
 
 :func:`check_model` validates the name without loading anything (the ``generate`` command calls it before
 any GPU work); :func:`load_pipeline` loads. Hub ids are looked up in the local cache first; the network is
@@ -16,6 +19,7 @@ import torch
 from .errors import InputError
 
 TINY = "tiny"
+TOY = "toy"
 
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -63,8 +67,8 @@ def check_model(model: str) -> str:
     Raises :class:`InputError` (one line) for a folder that is not a diffusers pipeline, a malformed hub
     id, or a hub id that is neither cached nor reachable.
     """
-    if model == TINY:
-        return "tiny"
+    if model in (TINY, TOY):
+        return model
     p = Path(model).expanduser()
     if p.exists() or model.startswith((".", "/", "~")):
         if not p.is_dir():
@@ -105,8 +109,8 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
     """A ``StableDiffusionPipeline`` on ``device`` in ``dtype``, safety checker off, progress bar off.
 
     Args:
-        model: ``"tiny"`` (random weights, see :mod:`pccseg.tiny`; ``seed`` picks them), a local diffusers
-            folder, or a hub id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
+        model: ``"toy"`` (the shipped toy-world model, :mod:`pccseg.toy`), ``"tiny"`` (random weights, see
+            :mod:`pccseg.tiny`; ``seed`` picks them), a local diffusers folder, or a hub id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
         dtype: default float16 on CUDA, float32 on CPU.
         device: default CUDA when available.
     """
@@ -117,6 +121,10 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
         from .tiny import tiny_pipeline
 
         return tiny_pipeline(seed, dtype=dt, device=dev)
+    if kind == "toy":
+        from .toy.model import toy_pipeline
+
+        return toy_pipeline(dtype=dt, device=dev)
     from diffusers import StableDiffusionPipeline
 
     kwargs = dict(safety_checker=None, requires_safety_checker=False)
@@ -171,6 +179,10 @@ def model_default_size(model: str) -> tuple[int, int] | None:
         from .tiny import TINY_HEIGHT, TINY_WIDTH
 
         return TINY_HEIGHT, TINY_WIDTH
+    if kind == "toy":
+        from .toy.model import TOY_SIZE
+
+        return TOY_SIZE, TOY_SIZE
     unet, vae = _model_config(model, kind, "unet"), _model_config(model, kind, "vae")
     if not unet or "sample_size" not in unet:
         return None

@@ -22,6 +22,7 @@ from .vocab import VOC_CLASSES
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS = "voc_prompts.json"
+TOY_PROMPTS = "toy_prompts.json"     #: prompts of the toy world (:mod:`pccseg.toy`), 5,000 records
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class PromptRecord:
         return sample_stem(self.id)
 
 
-def default_prompts_path() -> Path:
-    """The shipped VOC prompt set."""
-    return Path(str(resources.files("pccseg") / "data" / DEFAULT_PROMPTS))
+def default_prompts_path(name: str = DEFAULT_PROMPTS) -> Path:
+    """A shipped prompt set: the VOC set (default) or :data:`TOY_PROMPTS`."""
+    return Path(str(resources.files("pccseg") / "data" / name))
 
 
 def parse_classes_option(text: str) -> tuple[str, ...]:

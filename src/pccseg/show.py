@@ -1,4 +1,4 @@
-"""Pictures of every stage of PCC for one image (``pccseg show``).
+"""Pictures of every stage of a labeller for one image (``pccseg show``).
 
 :func:`stage_figure` draws one panel per stage of :func:`pccseg.labeller.label`, from the
 :class:`~pccseg.labeller.LabelResult` it returns:
@@ -12,6 +12,8 @@
    refinement segments and the final mask over the image;
 
 and a legend of the class colours present (VOC palette; uncertain pixels, 255, are white hatching).
+:func:`maps_figure` draws the dd and attn labellers' results (class maps, affinity, thresholds, mask);
+:func:`save_stage_figure` picks the right one.
 
 :func:`overlay` (image + mask -> RGB) and :func:`colorize` (mask -> RGB) are reused by the dataset report.
 Headless: matplotlib runs on the Agg backend.
@@ -246,10 +248,6 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
     H, W = image.shape[:2]
     names = tuple(getattr(capture, "class_names", None) or VOC_CLASSES)
     params = result.params
-
-    def cname(i: int) -> str:
-        return names[i] if 0 <= i < len(names) else f"class {i}"
-
     rows: list[list] = []  # each entry: a function(ax)
 
     # -- row 1: image + principal components
@@ -281,25 +279,15 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
     rows.append(row)
 
     # -- row 3: class maps with threshold contours
-    row = []
     maps = to_numpy(result.class_maps).astype(np.float32)
     thresholds = sorted(float(t) for t in params.thresholds)
+    row = []
     for i, cid in enumerate(result.class_ids):
         is_bg = int(cid) == 0
         levels = [t * (params.background_factor if is_bg else 1.0) for t in thresholds]
-
-        def draw(ax, m=maps[i], cid=int(cid), levels=levels, is_bg=is_bg):
-            ax.imshow(m, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
-            lv = [(v, s) for v, s in zip(levels, _THRESHOLD_STYLES) if m.min() < v < m.max()]
-            if lv:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ax.contour(m, levels=[v for v, _ in lv], colors="cyan", linewidths=1.0,
-                               linestyles=[s for _, s in lv])
-            lvl = "/".join(f"{v:.2g}" for v in levels)
-            ax.set_title(f"{cname(cid)}{' (SoT)' if is_bg else ''} map\n> {lvl}", fontsize=9)
-            _off(ax)
-        row.append(draw)
+        title = f"{_class_name(names, cid)}{' (SoT)' if is_bg else ''} map\n> {'/'.join(f'{v:.2g}' for v in levels)}"
+        row.append(lambda ax, m=maps[i], title=title, levels=levels: _map_panel(
+            ax, m, title, list(zip(levels, _THRESHOLD_STYLES))))
     rows.append(row)
 
     # -- row 4: votes, blocky, refinement, final
@@ -343,7 +331,16 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
                                        f"final mask over image\nuncertain {100 * unc:.1f}%"))
     rows.append(row)
 
-    # -- layout: stages as rows, wrapped at max_cols
+    present = {int(v) for v in np.unique(mask)} | {int(v) for v in np.unique(blocky)} | set(result.class_ids)
+    lines = [(f"threshold {t:g}", st) for t, st in zip(thresholds, _THRESHOLD_STYLES)]
+    return _panel_figure(rows, "PCC stages", capture, present, lines, max_cols=max_cols, dpi=dpi)
+
+
+def _panel_figure(rows: list[list], title: str, capture: Any, present: set[int], lines: list[tuple[str, str]],
+                  *, max_cols: int, dpi: int) -> Figure:
+    """Lay out rows of panel-drawing functions (each row wrapped at ``max_cols``), with ``title`` and the
+    capture's prompt on top and a legend below: the colours of the label values ``present`` (255 as
+    hatching) and the cyan contour styles ``lines`` ((label, linestyle) pairs)."""
     flat_rows: list[list] = []
     for r in rows:
         for s in range(0, max(len(r), 1), max_cols):
@@ -361,23 +358,72 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
             else:
                 ax.set_axis_off()
 
-    # -- title and legend
     prompt = (getattr(capture, "meta", None) or {}).get("prompt")
-    title = "PCC stages"
     if prompt:
         title += ": " + "\n".join(textwrap.wrap(str(prompt), width=int(ncols * 26)))
     fig.suptitle(title, fontsize=11)
-    present = sorted({int(v) for v in np.unique(mask)} | {int(v) for v in np.unique(blocky)}
-                     | {int(c) for c in result.class_ids})
-    handles = [Patch(facecolor=VOC_PALETTE[v] / 255.0, edgecolor="0.3", label=f"{v} {cname(v)}")
-               for v in present if v != IGNORE_INDEX]
+    names = tuple(getattr(capture, "class_names", None) or VOC_CLASSES)
+    handles = [Patch(facecolor=VOC_PALETTE[v] / 255.0, edgecolor="0.3", label=f"{v} {_class_name(names, v)}")
+               for v in sorted(present) if v != IGNORE_INDEX]
     handles.append(Patch(facecolor=UNCERTAIN_GROUND / 255.0, edgecolor="white", hatch="///",
                          label="255 uncertain"))
-    handles += [Line2D([], [], color="cyan", linestyle=s, label=f"threshold {t:g}")
-                for t, s in zip(thresholds, _THRESHOLD_STYLES)]
+    handles += [Line2D([], [], color="cyan", linestyle=st, label=text) for text, st in lines]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), max(4, ncols + 1)),
                fontsize=8, frameon=False)
     return fig
+
+
+def _class_name(names: Sequence[str], i: int) -> str:
+    return names[i] if 0 <= i < len(names) else f"class {i}"
+
+
+def _map_panel(ax, m: np.ndarray, title: str, levels: Sequence[tuple[float, str]] = ()) -> None:
+    """A [0, 1] map (magma) with cyan contours at ``levels`` ((value, linestyle) pairs inside its range)."""
+    ax.imshow(m, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+    lv = sorted((v, st) for v, st in levels if m.min() < v < m.max())
+    if lv:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ax.contour(m, levels=[v for v, _ in lv], colors="cyan", linewidths=1.0,
+                       linestyles=[st for _, st in lv])
+    ax.set_title(title, fontsize=9)
+    _off(ax)
+
+
+def maps_figure(capture: Any, result: Any, *, max_cols: int = 5, alpha: float = 0.55, dpi: int = 100) -> Figure:
+    """One figure for the dd or attn labeller (a :class:`~pccseg.labeller_attn.MapsResult`).
+
+    Rows: the image and each normalised class map; for dd, each map after the self-attention affinity;
+    the largest map at image size with contours at the threshold (solid) and the uncertain threshold
+    (dashed), and the final mask over the image. Arguments as :func:`stage_figure`.
+    """
+    image = to_numpy(capture.image).astype(np.uint8)
+    H, W = image.shape[:2]
+    names = tuple(getattr(capture, "class_names", None) or VOC_CLASSES)
+    p = result.params
+    dd = result.refined_maps is not None
+    maps = to_numpy(result.class_maps).astype(np.float32)
+    h, w = maps.shape[1:]
+    rows = [[lambda ax: _label_panel(ax, image, f"image ({H}x{W})")]
+            + [lambda ax, i=i, c=c: _map_panel(ax, maps[i], f"{_class_name(names, c)} map ({h}x{w})")
+               for i, c in enumerate(result.class_ids)]]
+    if dd:
+        refined = to_numpy(result.refined_maps).astype(np.float32)
+        rows.append([lambda ax, i=i, c=c: _map_panel(ax, refined[i], f"{_class_name(names, c)} after\n"
+                                                                     f"affinity^{p.power}")
+                     for i, c in enumerate(result.class_ids)])
+    levels = [(p.threshold, "-")] + ([(p.uncertain_threshold, "--")]
+                                     if p.uncertain_threshold not in (None, p.threshold) else [])
+    score = to_numpy(result.score).astype(np.float32)
+    mask = to_numpy(result.mask)
+    unc = float((mask == IGNORE_INDEX).mean())
+    rows.append([lambda ax: _map_panel(ax, score, f"largest map ({H}x{W})", levels),
+                 lambda ax: _label_panel(ax, overlay(image, mask, alpha),
+                                         f"final mask over image\nuncertain {100 * unc:.1f}%")])
+    lines = [(f"threshold {p.threshold:g}", "-")] + [(f"uncertain from {v:g}", st) for v, st in levels[1:]]
+    title = "dd (Dataset Diffusion's rule)" if dd else "attn (class maps alone)"
+    return _panel_figure(rows, title, capture, {int(v) for v in np.unique(mask)} | set(result.class_ids), lines,
+                         max_cols=max_cols, dpi=dpi)
 
 
 def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
@@ -392,8 +438,12 @@ def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
 
 
 def save_stage_figure(capture: Any, result: Any, path: str | Path, **kwargs: Any) -> Path:
-    """:func:`stage_figure` saved as a PNG at ``path`` (atomically); returns the path."""
-    return save_figure(stage_figure(capture, result, **kwargs), path)
+    """:func:`stage_figure` (PCC's result) or :func:`maps_figure` (dd, attn) saved as a PNG at ``path``
+    (atomically); returns the path. ``n_heads`` is ignored for dd and attn."""
+    if hasattr(result, "pca"):
+        return save_figure(stage_figure(capture, result, **kwargs), path)
+    kwargs.pop("n_heads", None)
+    return save_figure(maps_figure(capture, result, **kwargs), path)
 
 
 def legend_handles(values: Sequence[int], class_names: Sequence[str] = VOC_CLASSES) -> list[Patch]:

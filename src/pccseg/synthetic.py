@@ -9,7 +9,9 @@ A *layout* is an (H, W) map of label values at image size. :func:`planted_captur
   3 x 5 at h, head dim 64, doubled with classifier-free guidance);
 * token maps: start-of-text peaked on the background, each class word on its region (blurred, plus
   noise), several tokens for a multi-word class ("pot plant"), and a flat noisy end-of-text map;
-* an RGB image whose regions have distinct colours, plus noise.
+* an RGB image whose regions have distinct colours, plus noise;
+* self-attention probabilities at half the latent size (what the dd labeller reads): every query pixel
+  attends mostly to pixels of its own region, more to near ones (:func:`planted_self_probs`).
 
 :func:`planted_layout` returns the layout that :func:`planted_capture` plants for the same arguments.
 """
@@ -78,13 +80,39 @@ def _region_fractions(layout: torch.Tensor, values: list[int], size: tuple[int, 
     return F.adaptive_avg_pool2d(onehot, size).squeeze(0)
 
 
+def planted_self_probs(layout: torch.Tensor, grid: tuple[int, int], *, region_weight: float = 6.0,
+                       locality: float = 0.3, noise: float = 0.3,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Plausible self-attention probabilities for a layout: (h, w, h*w) float32, rows summing to 1.
+
+    Query pixel p gives key pixel q the weight ``softmax_q(region_weight * s(p, q) - d(p, q)^2 / (2 *
+    locality^2) + noise * N(0, 1))``, where s(p, q) in [0, 1] is how much of the two grid cells lies in the
+    same region (1 for two cells inside one region) and d is their distance in units of the grid's longer
+    side: attention stays mostly within a region and prefers near pixels, as Stable Diffusion's does.
+
+    Args:
+        layout: (H, W) label values at image size.
+        grid: (h, w) of the self-attention level.
+    """
+    h, w = grid
+    values = sorted(int(v) for v in torch.unique(layout))
+    frac = _region_fractions(layout, values, (h, w)).reshape(len(values), h * w)       # (R, n)
+    same = frac.T @ frac                                                                # (n, n)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    pos = torch.stack([ys.reshape(-1), xs.reshape(-1)], 1) / max(h, w)
+    logits = region_weight * same - torch.cdist(pos, pos).square() / (2 * locality ** 2)
+    logits += noise * torch.randn(logits.shape, generator=generator)
+    return torch.softmax(logits, dim=-1).reshape(h, w, h * w)
+
+
 def planted_capture(layout: torch.Tensor | np.ndarray | None = None, *, image_size: tuple[int, int] = (512, 512),
                     latent: tuple[int, int] = (64, 64), layers: Sequence[tuple[str, int, int]] = SD21,
                     heads_per_layer: int | None = None, head_dim: int = 64, cfg: bool = True,
                     classes: Sequence[int] = DEFAULT_CLASSES, class_names: Sequence[str] = VOC_CLASSES,
                     noise: float = 0.5, map_noise: float = 0.05, image_noise: float = 8.0,
-                    seed: int = 0, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-                    ) -> Capture:
+                    self_probs: bool = True, seed: int = 0, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> Capture:
     """A Capture with a planted layout (see the module docstring and :func:`planted_layout`).
 
     Args:
@@ -103,6 +131,8 @@ def planted_capture(layout: torch.Tensor | np.ndarray | None = None, *, image_si
         noise: std of the Gaussian noise on the attention (the embeddings have unit std).
         map_noise: std of the noise on the token maps (their peak is ~1).
         image_noise: std of the colour noise (0-255 scale).
+        self_probs: also plant self-attention probabilities at half the latent size
+            (:func:`planted_self_probs`), as a capture kept by ``generate --keep-captures`` holds them.
         seed: seed of everything random.
         dtype, device: of the attention tensors / of every tensor.
     """
@@ -148,7 +178,10 @@ def planted_capture(layout: torch.Tensor | np.ndarray | None = None, *, image_si
         img[lay == v] = colours[j % len(colours)]
     img = (img + image_noise * torch.randn(img.shape, generator=gen)).round().clamp(0, 255).to(torch.uint8)
 
+    probs = planted_self_probs(lay, (max(1, h // 2), max(1, w // 2)), generator=gen) if self_probs else None
+
     meta = {"prompt": "a synthetic capture with a planted layout", "seed": int(seed), "model": "synthetic",
             "classes": [class_names[c] for c in cls]}
     return Capture(image=img.to(device), self_attn=self_attn, token_maps=tm.to(device), tokens=tokens,
-                   token_classes=token_classes, class_names=tuple(class_names), meta=meta)
+                   token_classes=token_classes, class_names=tuple(class_names), meta=meta,
+                   self_probs=None if probs is None else probs.to(device))

@@ -19,10 +19,31 @@ from ..errors import InputError
 log = logging.getLogger("pccseg.generate")
 
 
+def _model_defaults(args: argparse.Namespace) -> None:
+    """Fill the options left unset with the model's defaults: steps, guidance, prompt file."""
+    from ..generate import DEFAULT_STEPS
+    from ..prompts import DEFAULT_PROMPTS, TOY_PROMPTS, default_prompts_path
+
+    if args.model == "toy":
+        from ..toy.model import TOY_GUIDANCE, TOY_STEPS
+
+        steps, guidance, prompts = TOY_STEPS, TOY_GUIDANCE, TOY_PROMPTS
+    elif args.model == "tiny":
+        from ..tiny import TINY_STEPS
+
+        steps, guidance, prompts = TINY_STEPS, None, DEFAULT_PROMPTS
+    else:
+        steps, guidance, prompts = DEFAULT_STEPS, None, DEFAULT_PROMPTS
+    args.steps = steps if args.steps is None else args.steps
+    args.guidance = guidance if args.guidance is None else args.guidance
+    args.prompts_name = prompts if args.prompts is None else str(Path(args.prompts).resolve())
+    args.prompts = default_prompts_path(prompts) if args.prompts is None else args.prompts
+
+
 def build_settings(args: argparse.Namespace, *, class_names, label_params, height, width, dtype, steps):
     from ..generate import run_settings
 
-    prompts = "voc_prompts.json" if args.prompts is None else str(Path(args.prompts).resolve())
+    prompts = args.prompts_name
     return run_settings(model=args.model, steps=steps, guidance=7.5 if args.guidance is None else args.guidance,
                         height=height, width=width, dtype=dtype, seed=args.seed, label_params=label_params,
                         class_names=class_names, prompts=prompts, query_half=args.query_half,
@@ -39,11 +60,16 @@ def run(args: argparse.Namespace) -> int:
     from ..vocab import VOC_CLASSES
 
     # 1. inputs, all before any model work
+    _model_defaults(args)
     class_names = parse_classes_option(args.classes) if args.classes else VOC_CLASSES
     records = load_prompts(args.prompts, class_names=class_names)
+    if args.model == "toy":
+        from ..toy.world import check_toy_records
+
+        check_toy_records(records, args.prompts)
     records = select(records, start=args.start, num=args.num)
     if not records:
-        raise InputError(f"no records from --start {args.start}", path=args.prompts or "voc_prompts.json")
+        raise InputError(f"no records from --start {args.start}", path=args.prompts)
     for opt in ("steps", "batch_size", "height", "width"):
         v = getattr(args, opt)
         if v is not None and v < 1:
@@ -61,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise InputError("CUDA is not available on this machine", field="--device")
     dtype = resolve_dtype(args.dtype, device)
-    steps = args.steps if args.steps is not None else (DEFAULT_STEPS if kind != "tiny" else _tiny_steps())
+    steps = args.steps
     label_params = params_from_args(args)
     size = model_default_size(args.model)
     height = args.height or (size[0] if size else None)
@@ -91,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         settings = build_settings(args, class_names=class_names, label_params=label_params, height=height,
                                   width=width, dtype=dtype, steps=steps)
         ds.check_settings(settings)
-    check_lengths(records, pipe.tokenizer, path=args.prompts or "voc_prompts.json")
+    check_lengths(records, pipe.tokenizer, path=args.prompts)
 
     # 3. generate
     report = generate(pipe, records, args.out, steps=steps, guidance=args.guidance, seed=args.seed,
@@ -108,12 +134,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tiny_steps() -> int:
-    from ..tiny import TINY_STEPS
-
-    return TINY_STEPS
-
-
 def register(sub) -> None:
     from ..commands.label import add_label_arguments
     from ..generate import DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_STEPS
@@ -121,34 +141,36 @@ def register(sub) -> None:
     p = sub.add_parser(
         "generate", help="generate a labelled segmentation dataset with Stable Diffusion + PCC",
         description="Generate images for prompt records with Stable Diffusion, capture the attention, label "
-                    "every image with Principal Component Clustering and write a Pascal-VOC-layout dataset "
+                    "every image with Principal Component Clustering (or --labeller dd / attn) and write a "
+                    "Pascal-VOC-layout dataset "
                     "(JPEGImages, SegmentationClass, ImageSets/Segmentation/train.txt, manifest.jsonl, "
                     "settings.json). Running the same command again resumes.")
     g = p.add_argument_group("generation")
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"'tiny' (random weights, offline), a local diffusers folder or a hub id "
-                        f"(default: {DEFAULT_MODEL})")
+                   help=f"'toy' (the shipped toy-world model, offline), 'tiny' (random weights, for tests), "
+                        f"a local diffusers folder or a hub id (default: {DEFAULT_MODEL})")
     g.add_argument("--prompts", default=None, metavar="FILE",
                    help="prompt file: JSON list or JSON lines of {id, prompt_sd, classes} "
-                        "(default: the shipped VOC set, 44,426 records)")
+                        "(default: the shipped VOC set, 44,426 records; with --model toy the shipped toy set)")
     g.add_argument("--out", required=True, metavar="DIR", help="dataset directory (created or resumed)")
     g.add_argument("--num", type=int, default=None, help="number of records (default: all from --start)")
     g.add_argument("--start", type=int, default=0, help="first record (0-based index in the file; default 0)")
     g.add_argument("--steps", type=int, default=None,
-                   help=f"denoising steps (default: {DEFAULT_STEPS}; 4 with --model tiny)")
+                   help=f"denoising steps (default: {DEFAULT_STEPS}; toy 25, tiny 4)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
-                   "pipeline's, 7.5)")
+                   "pipeline's, 7.5; toy 5)")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"record i gets seed SEED + i (default: {DEFAULT_SEED}, the report's)")
     g.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
-    g.add_argument("--height", type=int, default=None, help="image height (default: the model's; tiny 128)")
-    g.add_argument("--width", type=int, default=None, help="image width (default: the model's; tiny 128)")
+    g.add_argument("--height", type=int, default=None, help="image height (default: the model's; toy and tiny 128)")
+    g.add_argument("--width", type=int, default=None, help="image width (default: the model's; toy and tiny 128)")
     g.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
                    help="model dtype (default: float16 on CUDA, float32 on CPU)")
     g.add_argument("--device", default=None, help="torch device (default: CUDA when available; the process's "
                    "GPU under accelerate launch)")
     g.add_argument("--keep-captures", action="store_true",
-                   help="also write captures/<stem>/ (attention capture, ~27.6 MB per image at SD 2.1 shapes)")
+                   help="also write captures/<stem>/ (attention capture with what every labeller needs, so "
+                        "`pccseg label --labeller X` relabels them; ~31.8 MB per image at SD 2.1 shapes)")
     g.add_argument("--classes", default=None, metavar="NAMES",
                    help="custom class list, comma-separated, background first (default: the 21 VOC classes)")
     g.add_argument("--query-half", choices=("uncond", "cond"), default="uncond",

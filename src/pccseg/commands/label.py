@@ -1,15 +1,20 @@
-"""``pccseg label CAPTURE_DIR... --out DIR [--dataset]``: PCC masks for saved captures, or (``--dataset``)
-a whole VOC-layout dataset that ``pccseg train`` and torchvision read, as ``generate`` writes it.
+"""``pccseg label CAPTURE_DIR... --out DIR [--labeller pcc|dd|attn] [--dataset]``: masks for saved
+captures, or (``--dataset``) a whole VOC-layout dataset that ``pccseg train`` and torchvision read, as
+``generate`` writes it.
 
-Also provides the labeller options for other commands (``generate`` reuses them):
+Also provides the labeller options for other commands (``generate`` and ``show`` reuse them):
 
-* :func:`add_label_arguments` adds every :class:`~pccseg.labeller.LabelParams` field as an option plus
-  ``--preset report|authors``. Options left unset take the preset's value.
-* :func:`params_from_args` turns the parsed namespace into a :class:`~pccseg.labeller.LabelParams`.
+* :func:`add_label_arguments` adds ``--labeller``, ``--preset report|authors`` (PCC) and one option per
+  field of every labeller's parameters. Options left unset take the labeller's (PCC: the preset's) value.
+* :func:`params_from_args` turns the parsed namespace into the chosen labeller's parameters
+  (:class:`~pccseg.labeller.LabelParams`, :class:`~pccseg.labeller_dd.DDParams` or
+  :class:`~pccseg.labeller_attn.AttnParams`); an option of another labeller is refused.
 
-Option names are the field names with dashes (``--cluster-connectivity``), except the k-means seed
-``LabelParams.seed``, which is ``--kmeans-seed`` so that it never clashes with a generation seed.
-Every destination is ``label_<field>`` (``args.label_seed``, ``args.label_preset``).
+PCC option names are the field names with dashes (``--cluster-connectivity``), except the k-means seed
+``LabelParams.seed``, which is ``--kmeans-seed`` so that it never clashes with a generation seed; their
+destinations are ``label_<field>`` (``args.label_seed``, ``args.label_preset``). The other labellers'
+options carry the labeller's name: ``--dd-power`` (destination ``label_dd_power``), ``--attn-threshold``.
+The labeller's name is ``args.labeller``.
 """
 
 from __future__ import annotations
@@ -18,13 +23,11 @@ import argparse
 import dataclasses
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 
 from ..errors import InputError
-
-if typing.TYPE_CHECKING:
-    from ..labeller import LabelParams
 
 #: LabelParams field -> option name, where it is not the field name with dashes.
 OPTION_NAMES = {"seed": "kmeans-seed"}
@@ -50,60 +53,123 @@ _HELP = {
     "ring_width": "width in pixels of the uncertain ring",
 }
 
+_DD_HELP = {
+    "power": "power of the self-attention affinity matrix",
+    "class_downsample": "class maps at the latent size divided by this (4: 16x16 for SD at 512)",
+    "threshold": "a pixel takes the class of the largest map where it is >= this",
+    "uncertain_threshold": "uncertain (255) where the largest map is in [this, threshold); set it to the "
+                           "threshold for no uncertain band",
+    "token_merge": "how the tokens of one class name merge",
+    "interpolation": "resize of the class maps to the self-attention grid and of the result to the image",
+}
 
-def _option(name: str) -> str:
-    return "--" + OPTION_NAMES.get(name, name.replace("_", "-"))
+_ATTN_HELP = {
+    "threshold": "background where every normalised class map is below this",
+    "uncertain_threshold": "uncertain (255) where the largest map is in [this, threshold); none: no band",
+    "token_merge": "how the tokens of one class name merge",
+    "interpolation": "resize of the class maps to the image",
+}
+
+#: labeller -> (option help per field, option group title)
+_OPTIONS = {"pcc": (_HELP, "labelling (--labeller pcc, the default)"),
+            "dd": (_DD_HELP, "labelling (--labeller dd)"),
+            "attn": (_ATTN_HELP, "labelling (--labeller attn)")}
+
+
+def _option(labeller: str, name: str) -> str:
+    if labeller == "pcc":
+        return "--" + OPTION_NAMES.get(name, name.replace("_", "-"))
+    return f"--{labeller}-" + name.replace("_", "-")
+
+
+def _dest(labeller: str, name: str) -> str:
+    return f"label_{name}" if labeller == "pcc" else f"label_{labeller}_{name}"
 
 
 def _fmt(v) -> str:
     if isinstance(v, tuple):
         return " ".join(str(x) for x in v)
-    return str(v)
+    return "none" if v is None else str(v)
 
 
-def add_label_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Add ``--preset`` and one option per :class:`LabelParams` field (all defaulting to "unset")."""
-    from ..labeller import LabelParams
-
-    report, authors = LabelParams.preset("report"), LabelParams.preset("authors")
-    group = parser.add_argument_group("labelling (PCC)") if isinstance(parser, argparse.ArgumentParser) \
-        else parser
-    group.add_argument("--preset", dest="label_preset", choices=("report", "authors"), default="report",
-                       help="parameter set: the report's (default) or the authors' code; options below "
-                            "that are left unset take the preset's value")
-    hints = typing.get_type_hints(LabelParams)
-    for f in dataclasses.fields(LabelParams):
-        tp = hints[f.name]
-        default = getattr(report, f.name)
-        dflt = f"default: {_fmt(default)}"
-        if getattr(authors, f.name) != default:
-            dflt += f"; authors preset: {_fmt(getattr(authors, f.name))}"
-        help_ = f"{_HELP.get(f.name, f.name.replace('_', ' '))} ({dflt})"
-        kw: dict = dict(dest=f"label_{f.name}", default=None, help=help_)
+def _option_kwargs(tp) -> dict:
+    """argparse keywords for a dataclass field of type ``tp`` (bool, tuple[X, ...], Literal, X or X | None)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
         origin = typing.get_origin(tp)
-        if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif origin is tuple:
-            item = typing.get_args(tp)[0]
-            kw.update(nargs="+", type=item, metavar={int: "N", float: "X"}.get(item, "V"))
-        elif origin is typing.Literal:
-            choices = typing.get_args(tp)
-            kw.update(choices=choices, type=type(choices[0]))
-        else:
-            kw.update(type=tp, metavar={int: "N", float: "X"}.get(tp, "V"))
-        group.add_argument(_option(f.name), **kw)
+    if tp is bool:
+        return dict(action=argparse.BooleanOptionalAction)
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        return dict(nargs="+", type=item, metavar={int: "N", float: "X"}.get(item, "V"))
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        return dict(choices=choices, type=type(choices[0]))
+    return dict(type=tp, metavar={int: "N", float: "X"}.get(tp, "V"))
+
+
+def add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--labeller``, ``--preset`` and one option per parameter of every labeller (all "unset")."""
+    from ..labeller import LabelParams
+    from ..labellers import DEFAULT_LABELLER, LABELLERS
+
+    parser.add_argument("--labeller", default=DEFAULT_LABELLER, metavar="{" + ",".join(LABELLERS) + "}",
+                        help="; ".join(f"{lab.name}: {lab.summary}" for lab in LABELLERS.values())
+                        + f" (default: {DEFAULT_LABELLER}); see docs/labeller.md")
+    authors = LabelParams.preset("authors")
+    for name, lab in LABELLERS.items():
+        helps, title = _OPTIONS[name]
+        group = parser.add_argument_group(title)
+        if name == "pcc":
+            group.add_argument("--preset", dest="label_preset", choices=("report", "authors"), default=None,
+                               help="parameter set: the report's (default) or the authors' code; options "
+                                    "below that are left unset take the preset's value")
+        defaults = lab.params()
+        hints = typing.get_type_hints(lab.params)
+        for f in dataclasses.fields(lab.params):
+            default = getattr(defaults, f.name)
+            dflt = f"default: {_fmt(default)}"
+            if name == "pcc" and getattr(authors, f.name) != default:
+                dflt += f"; authors preset: {_fmt(getattr(authors, f.name))}"
+            help_ = f"{helps.get(f.name, f.name.replace('_', ' '))} ({dflt})"
+            group.add_argument(_option(name, f.name), dest=_dest(name, f.name), default=None, help=help_,
+                               **_option_kwargs(hints[f.name]))
 
 
 def params_from_args(args: argparse.Namespace):
-    """The :class:`LabelParams` of a namespace parsed with :func:`add_label_arguments`."""
-    from ..labeller import LabelParams
+    """The parameters of the labeller ``args.labeller`` from a namespace parsed with :func:`add_label_arguments`.
 
+    Raises:
+        InputError: an unknown labeller, an option of another labeller, or a value the parameters refuse
+            (each names the option).
+    """
+    from ..labeller import LabelParams
+    from ..labellers import DEFAULT_LABELLER, LABELLERS, get_labeller
+
+    try:
+        chosen = get_labeller(getattr(args, "labeller", None) or DEFAULT_LABELLER)
+    except InputError as e:
+        raise InputError(e.message, field="--labeller") from None
     overrides = {}
-    for f in dataclasses.fields(LabelParams):
-        v = getattr(args, f"label_{f.name}", None)
-        if v is not None:
-            overrides[f.name] = tuple(v) if isinstance(v, list) else v
-    return LabelParams.preset(getattr(args, "label_preset", None) or "report", **overrides)
+    for name, lab in LABELLERS.items():
+        given = {f.name: v for f in dataclasses.fields(lab.params)
+                 if (v := getattr(args, _dest(name, f.name), None)) is not None}
+        if name == "pcc" and getattr(args, "label_preset", None) is not None:
+            given["preset"] = args.label_preset
+        if name == chosen.name:
+            overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+        elif given:
+            opt = "--preset" if "preset" in given else _option(name, next(iter(given)))
+            raise InputError(f"is an option of --labeller {name}, not of --labeller {chosen.name}", field=opt)
+    try:
+        if chosen.name == "pcc":
+            return LabelParams.preset(overrides.pop("preset", "report"), **overrides)
+        return chosen.params(**overrides)
+    except InputError as e:                                  # name the option, not the field
+        known = {f.name for f in dataclasses.fields(chosen.params)}
+        raise InputError(e.message, path=e.path,
+                         field=_option(chosen.name, e.field) if e.field in known else e.field) from None
 
 
 def capture_dirs(paths: list[str | Path]) -> list[Path]:
@@ -131,20 +197,26 @@ def capture_dirs(paths: list[str | Path]) -> list[Path]:
 LABEL_SETTINGS = "label_params.json"
 
 
-def check_label_settings(out: Path, params: "LabelParams", *, overwrite: bool = False) -> None:
-    """Record the parameters in ``out/label_params.json``; refuse to resume a folder labelled with others.
+def check_label_settings(out: Path, params, *, overwrite: bool = False) -> None:
+    """Record the labeller and its parameters in ``out/label_params.json``; refuse to resume a folder
+    labelled with another labeller or other parameters.
 
     Without ``overwrite``, existing masks are kept, so masks of two parameter sets would mix: that is an
     :class:`InputError` naming the differences. With ``overwrite`` every mask is redone and the file replaced.
+    A file without ``labeller`` (written before there were several) is PCC's.
     """
     from .. import __version__
     from ..dataset import settings_diff
     from ..io import read_json, write_json
+    from ..labellers import DEFAULT_LABELLER, params_record
 
-    new = dict(label_params=dataclasses.asdict(params), pccseg_version=__version__)
+    new = dict(params_record(params), pccseg_version=__version__)
     path = out / LABEL_SETTINGS
     if path.is_file() and not overwrite:
-        diff = settings_diff(read_json(path).get("label_params", {}), new["label_params"])
+        old = read_json(path)
+        old_labeller = old.get("labeller", DEFAULT_LABELLER)
+        diff = [f"labeller: {old_labeller!r} -> {new['labeller']!r}"] if old_labeller != new["labeller"] \
+            else settings_diff(old.get("label_params", {}), new["label_params"])
         if diff:
             raise InputError("this folder holds masks made with other label parameters ("
                              + "; ".join(diff) + "): use another --out, the same options, or --overwrite",
@@ -153,20 +225,22 @@ def check_label_settings(out: Path, params: "LabelParams", *, overwrite: bool = 
     write_json(path, new)
 
 
-def open_dataset(out: Path, first_capture: Path, params: "LabelParams", *, val_share: float, overwrite: bool):
+def open_dataset(out: Path, first_capture: Path, params, *, val_share: float, overwrite: bool):
     """The dataset ``label --dataset`` writes into ``out``: its settings.json names the source, the class
-    names (those of ``first_capture``; every capture must have them), the label parameters and the val
-    share. A folder holding other settings is refused, unless ``overwrite`` (then every sample is redone)."""
+    names (those of ``first_capture``; every capture must have them), the labeller and its parameters and
+    the val share. A folder holding other settings is refused, unless ``overwrite`` (then every sample is
+    redone)."""
     from ..capture_format import META_FILE
     from ..dataset import Dataset, check_val_share
     from ..io import read_json, write_json
+    from ..labellers import params_record
     from ..vocab import VOC_CLASSES
 
     check_val_share(val_share, field="--val-share")
     meta_path = first_capture / META_FILE
     class_names = (read_json(meta_path).get("class_names") if meta_path.is_file() else None) or list(VOC_CLASSES)
-    settings = {"source": "pccseg label", "class_names": list(class_names),
-                "label_params": dataclasses.asdict(params), **({"val_share": val_share} if val_share else {})}
+    settings = {"source": "pccseg label", "class_names": list(class_names), **params_record(params),
+                **({"val_share": val_share} if val_share else {})}
     ds = Dataset(out)
     if overwrite and out.is_dir():
         write_json(ds.settings_path, json.loads(json.dumps(settings)))
@@ -203,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..capture_format import load_capture
     from ..io import save_mask
-    from ..labeller import label
+    from ..labellers import label
 
     params = params_from_args(args)
     dirs = capture_dirs(args.captures)
@@ -257,9 +331,10 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "label", help="PCC masks for saved captures",
-        description="Label capture directories with Principal Component Clustering and write VOC palette "
-                    "masks (values 0-20, 255 = uncertain) as <out>/<capture dir name>.png.")
+        "label", help="masks for saved captures (PCC, or another labeller)",
+        description="Label capture directories with Principal Component Clustering (or --labeller dd / "
+                    "attn) and write VOC palette masks (values 0-20, 255 = uncertain) as "
+                    "<out>/<capture dir name>.png.")
     p.add_argument("captures", nargs="+", metavar="CAPTURE_DIR",
                    help="a capture directory, or a directory whose sub-directories are captures")
     p.add_argument("--out", required=True, help="output directory for the masks (or the dataset)")

@@ -46,7 +46,7 @@ def run_show(args: argparse.Namespace) -> int:
     import torch
 
     from ..capture_format import load_capture
-    from ..labeller import label
+    from ..labellers import label
     from ..show import save_stage_figure
 
     out = Path(args.out)
@@ -71,11 +71,13 @@ def run_report(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "show", help="picture of every PCC stage for one image",
-        description="Label one capture and draw every stage in one PNG: the image, principal components of "
-                    "a few heads, the k-means clusters and segments, the class maps with threshold "
-                    "contours, the votes' agreement, the blocky mask, the refinement segments and the "
-                    "final mask over the image, with a legend of class colours.")
+        "show", help="picture of every labeller stage for one image",
+        description="Label one capture and draw every stage in one PNG. PCC: the image, principal "
+                    "components of a few heads, the k-means clusters and segments, the class maps with "
+                    "threshold contours, the votes' agreement, the blocky mask, the refinement segments and "
+                    "the final mask over the image. dd and attn: the class maps (dd: also after the "
+                    "self-attention affinity), the largest map with the thresholds and the final mask. "
+                    "With a legend of class colours.")
     p.add_argument("capture", metavar="CAPTURE_DIR_OR_ID",
                    help="a capture directory, or with --data a sample ID (7 -> DATA/captures/000007)")
     p.add_argument("--out", required=True, help="output PNG file")

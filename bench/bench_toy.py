@@ -1,0 +1,166 @@
+"""Figures of the toy model (not a test): prompt adherence, speed, the judge's own error, a picture.
+
+    .venv/bin/python bench/bench_toy.py [--model toy] [--prompts 200] [--steps 25] [--guidance 5]
+                                        [--picture docs/img/toy_grid.png]
+
+Prints Markdown tables:
+
+* **judge error** — the colour-family ground truth (``pccseg.toy.judge``) against the exact label maps
+  of rendered scenes saved as JPEG (quality 95): pixel accuracy, unknown share, mIoU, and adherence of
+  the rendered scenes themselves;
+* **adherence** — of ``--prompts`` prompts (the shipped toy prompt set, first N records), the share of
+  images showing every prompted class and no other (by the judge), and the shares missing a class or
+  showing an extra one;
+* **speed** — images per second of a plain pipeline call and of a captured + PCC-labelled call (batch
+  ``--batch-size``, same run, median of ``--reps``), and the thread count;
+
+and writes a grid of prompts and images (``--picture``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def judge_error(n: int = 300) -> dict:
+    from PIL import Image
+
+    from pccseg.toy.judge import adherence, colour_labels
+    from pccseg.toy.quality import MaskScore
+    from pccseg.toy.world import render_scene
+
+    score, ok = MaskScore(), 0
+    for s in range(n):
+        sc = render_scene(5_000_000 + s)
+        buf = io.BytesIO()
+        Image.fromarray(sc.image).save(buf, format="JPEG", quality=95)
+        img = np.array(Image.open(buf))
+        score.add(colour_labels(img), sc.labels)
+        ok += adherence(img, sc.classes).ok
+    cm = score.cm
+    return {"pixel_acc": float(np.trace(cm[:, :-1]) / cm.sum()), "unknown": float(cm[:, -1].sum() / cm.sum()),
+            "miou": score.summary()["miou"], "adherence": ok / n, "n": n}
+
+
+def adherence_run(pipe, records, steps, guidance, batch_size, seed=2024):
+    from pccseg.toy.judge import adherence
+
+    rows, images = [], []
+    for i in range(0, len(records), batch_size):
+        b = records[i:i + batch_size]
+        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(b))]
+        out = pipe([r["prompt_sd"] for r in b], num_inference_steps=steps, guidance_scale=guidance,
+                   generator=gens, output_type="np")
+        for r, im in zip(b, out.images):
+            img = (im * 255).round().clip(0, 255).astype(np.uint8)
+            images.append(img)
+            rows.append(adherence(img, r["classes"]))
+    return rows, images
+
+
+def speed(pipe, records, steps, guidance, batch_size, reps):
+    from pccseg.capture import capture
+    from pccseg.labeller import label
+
+    b = records[:batch_size]
+    call = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="np")
+    plain, labelled = [], []
+    for rep in range(reps):
+        gens = [torch.Generator().manual_seed(rep * 100 + j) for j in range(len(b))]
+        t0 = time.perf_counter()
+        pipe([r["prompt_sd"] for r in b], generator=gens, **call)
+        plain.append((time.perf_counter() - t0) / len(b))
+        gens = [torch.Generator().manual_seed(rep * 100 + j) for j in range(len(b))]
+        t0 = time.perf_counter()
+        with capture(pipe, [r["classes"] for r in b]) as cap:
+            out = pipe([r["prompt_sd"] for r in b], generator=gens, **call)
+        for c in cap.captures(out.images):
+            label(c)
+        labelled.append((time.perf_counter() - t0) / len(b))
+    return statistics.median(plain), statistics.median(labelled)
+
+
+def grid(images, prompts, path, cols=6):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.15), dpi=110)
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, im, p in zip(np.ravel(axes), images, prompts):
+        ax.imshow(im)
+        ax.set_title(p if len(p) < 32 else p[:30] + "...", fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="toy")
+    ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--picture", default=None)
+    ap.add_argument("--judge-scenes", type=int, default=300)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    from pccseg.pipeline import load_pipeline
+    from pccseg.prompts import TOY_PROMPTS, default_prompts_path
+
+    records = json.loads(default_prompts_path(TOY_PROMPTS).read_text())[:a.prompts]
+    pipe = load_pipeline(a.model, device="cpu")
+
+    j = judge_error(a.judge_scenes)
+    print(f"\n## Judge error (colour families vs exact labels, {j['n']} rendered scenes, JPEG q95)\n")
+    print("| pixel accuracy | unknown | mIoU | adherence of the rendered scenes |\n|---:|---:|---:|---:|")
+    print(f"| {j['pixel_acc']:.4f} | {j['unknown']:.4f} | {j['miou']:.3f} | {j['adherence']:.3f} |")
+
+    t0 = time.perf_counter()
+    rows, images = adherence_run(pipe, records, a.steps, a.guidance, a.batch_size)
+    t_adh = time.perf_counter() - t0
+    ok = np.mean([r.ok for r in rows])
+    miss = np.mean([bool(r.missing) for r in rows])
+    extra = np.mean([bool(r.extra) for r in rows])
+    by_n = {}
+    for r, rec in zip(rows, records):
+        by_n.setdefault(len(rec["classes"]), []).append(r.ok)
+    print(f"\n## Prompt adherence ({len(rows)} prompts, {a.steps} steps, guidance {a.guidance})\n")
+    print("| adherence | missing a class | an extra class | " + " | ".join(f"{k} class(es)" for k in sorted(by_n))
+          + " |\n|---:|---:|---:|" + "---:|" * len(by_n))
+    print(f"| {ok:.3f} | {miss:.3f} | {extra:.3f} | " + " | ".join(f"{np.mean(v):.3f} (n={len(v)})"
+                                                               for k, v in sorted(by_n.items())) + " |")
+
+    plain, labelled = speed(pipe, records, a.steps, a.guidance, a.batch_size, a.reps)
+    print(f"\n## Speed (CPU, {torch.get_num_threads()} thread(s), batch {a.batch_size}, {a.steps} steps, "
+          f"median of {a.reps})\n")
+    print("| call | s/image | images/s | vs plain |\n|---|---:|---:|---:|")
+    print(f"| plain | {plain:.3f} | {1 / plain:.2f} | 1.000 |")
+    print(f"| captured + PCC-labelled | {labelled:.3f} | {1 / labelled:.2f} | {labelled / plain:.3f} |")
+    print(f"\n(the adherence run took {t_adh:.0f} s; processor: {platform.processor() or platform.machine()})")
+
+    if a.picture:
+        grid(images[:24], [r["prompt_sd"] for r in records[:24]], a.picture)
+        print(f"\npicture: {a.picture}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""How good a toy model is: prompt adherence of its images, and the quality of the masks pccseg makes from
+its attention, scored against the colour-family ground truth of the generated images (:mod:`.judge`).
+
+:func:`score_model` generates images for toy prompts with capture, labels each one with PCC and with the
+class maps alone (attention only), and returns adherence, mIoU of each labeller's masks and the uncertain
+share. Masks are scored two ways: ``miou`` counts an uncertain pixel (255) as wrong, ``miou_certain``
+leaves uncertain pixels out. Ground-truth pixels whose colour is ambiguous (255) are left out of both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..vocab import VOC_CLASSES
+from .judge import adherence, colour_labels
+from .world import toy_prompt_records
+
+N_CLASSES = len(VOC_CLASSES)
+
+
+def attention_mask(capture, threshold: float = 0.5) -> torch.Tensor:
+    """Attention-only mask at image size: each class map min-max normalised, argmax over the prompt's
+    classes, background where every map is below ``threshold``. (H, W) uint8."""
+    import torch.nn.functional as F
+
+    from ..classes import class_maps
+
+    ids, maps = class_maps(capture.token_maps, capture.token_classes)
+    keep = [i for i, c in enumerate(ids) if c != 0]
+    H, W = capture.image_size
+    if not keep:
+        return torch.zeros((H, W), dtype=torch.uint8)
+    m = F.interpolate(maps[keep][None], size=(H, W), mode="bilinear", align_corners=False)[0]
+    best, arg = m.max(0)
+    values = torch.tensor([ids[i] for i in keep], dtype=torch.uint8)
+    out = values[arg]
+    out[best < threshold] = 0
+    return out
+
+
+@dataclass
+class MaskScore:
+    """Confusion counts of one labeller over many images (rows: ground truth, columns: prediction;
+    column 255 is folded into an extra last column for uncertain pixels)."""
+
+    cm: np.ndarray = field(default_factory=lambda: np.zeros((N_CLASSES, N_CLASSES + 1), np.int64))
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        keep = gt != 255
+        p = pred[keep].astype(np.int64)
+        p[p == 255] = N_CLASSES
+        np.add.at(self.cm, (gt[keep].astype(np.int64), p), 1)
+
+    def iou(self, certain_only: bool = False) -> np.ndarray:
+        cm = self.cm[:, :N_CLASSES] if certain_only else self.cm
+        tp = np.diag(cm[:, :N_CLASSES]).astype(np.float64)
+        union = cm.sum(1) + cm[:, :N_CLASSES].sum(0) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, tp / union, np.nan)
+
+    def summary(self) -> dict:
+        iou = self.iou()
+        return {"miou": float(np.nanmean(iou)), "miou_certain": float(np.nanmean(self.iou(True))),
+                "uncertain": float(self.cm[:, N_CLASSES].sum() / max(1, self.cm.sum())),
+                "iou": {VOC_CLASSES[i]: round(float(v), 4) for i, v in enumerate(iou) if not np.isnan(v)}}
+
+
+def score_model(pipe, records: Sequence[dict], *, size: int = 128, steps: int = 20, guidance: float = 5.0,
+                seed: int = 2024, batch_size: int = 8, labellers: dict[str, Callable] | None = None) -> dict:
+    """Generate ``records`` (toy prompt records) with capture and score adherence and masks.
+
+    ``labellers``: name -> function(capture) -> (H, W) uint8 mask; default PCC (report parameters) and
+    attention only. Returns a dict with ``adherence``, per-labeller mask scores, ``images`` (uint8 list)
+    and ``masks`` (name -> list) for pictures.
+    """
+    from ..capture import capture
+    from ..labeller import label
+
+    if labellers is None:
+        labellers = {"pcc": lambda c: label(c).mask, "attn": attention_mask}
+    scores = {k: MaskScore() for k in labellers}
+    ok, images, masks, gts = [], [], {k: [] for k in labellers}, []
+    t0 = time.perf_counter()
+    for i in range(0, len(records), batch_size):
+        batch = records[i:i + batch_size]
+        gens = [torch.Generator("cpu").manual_seed(seed + i + j) for j in range(len(batch))]
+        with capture(pipe, [r["classes"] for r in batch]) as cap:
+            out = pipe([r["prompt_sd"] for r in batch], num_inference_steps=steps, guidance_scale=guidance,
+                       height=size, width=size, generator=gens, output_type="np")
+        caps = cap.captures(out.images)
+        for r, c in zip(batch, caps):
+            img = c.image.numpy()
+            gt = colour_labels(img)
+            ok.append(adherence(img, r["classes"]).ok)
+            images.append(img)
+            gts.append(gt)
+            for name, fn in labellers.items():
+                m = fn(c)
+                m = m.cpu().numpy() if torch.is_tensor(m) else np.asarray(m)
+                scores[name].add(m, gt)
+                masks[name].append(m)
+    return {"adherence": float(np.mean(ok)), "n": len(ok), "seconds": round(time.perf_counter() - t0, 1),
+            "labellers": {k: s.summary() for k, s in scores.items()}, "images": images, "masks": masks, "gts": gts}
+
+
+def picture(images: Sequence[np.ndarray], rows: dict[str, Sequence[np.ndarray]], captions: Sequence[str] | None = None,
+            n: int = 8):
+    """A grid: the images on top, then one row of palette masks per entry of ``rows``. PIL image."""
+    from PIL import Image
+
+    from ..vocab import VOC_PALETTE
+
+    n = min(n, len(images))
+    tiles = [np.concatenate(list(images[:n]), 1)]
+    for masks in rows.values():
+        tiles.append(np.concatenate([VOC_PALETTE[m] for m in masks[:n]], 1))
+    return Image.fromarray(np.concatenate(tiles, 0).astype(np.uint8))
+
+
+def training_eval(pipe, size: int, step: int, cfg) -> dict:
+    """The evaluation run during training: ``cfg.eval_prompts`` fixed prompts at the phase's size."""
+    from pathlib import Path
+
+    from ..io import save_image
+
+    records = toy_prompt_records(cfg.eval_prompts, seed=777)
+    res = score_model(pipe, records, size=size, steps=cfg.eval_steps)
+    pic = picture(res["images"], {"gt": res["gts"], **res["masks"]}, n=12)
+    save_image(Path(cfg.out) / "unet" / f"eval-{step:06d}.png", pic)
+    row = {"step": step, "size": size, "adherence": res["adherence"], "seconds": res["seconds"],
+           **{f"{k}_miou": round(v["miou"], 4) for k, v in res["labellers"].items()},
+           **{f"{k}_miou_certain": round(v["miou_certain"], 4) for k, v in res["labellers"].items()},
+           **{f"{k}_uncertain": round(v["uncertain"], 4) for k, v in res["labellers"].items()}}
+    import logging
+
+    logging.getLogger(__name__).info("eval %s", row)
+    return row

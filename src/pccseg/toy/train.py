@@ -1,0 +1,440 @@
+"""Train the toy model from scratch: the VAE, then the latents of the training scenes, then the UNet and
+the text encoder together, first at 64x64 (16x16 latents), then at 128x128 (32x32 latents).
+
+    pccseg toy train --out runs/toy            # resumes from runs/toy when it is run again
+
+Stages and their folders under ``out``:
+
+* ``vae/`` — AutoencoderKL on freshly rendered scenes (L1 + L1 of image gradients + a small KL term);
+  ``vae/final`` is a diffusers folder whose ``scaling_factor`` makes the latents unit-variance.
+* ``latents/`` — ``n_train`` scenes (seeds 0 .. n_train-1), rendered, captioned and encoded (the
+  posterior mean) at 128 and 64 px, in chunks of :data:`CHUNK` (``chunk-XXXX.safetensors`` + ``.json``).
+* ``unet/`` — epsilon prediction with SD's noise schedule, min-SNR-5 loss weights, 10 % empty captions,
+  AdamW, an EMA of the weights; ``unet/last`` (resume state) every ``ckpt_every`` steps, an evaluation of
+  the EMA weights every ``eval_every`` steps (``eval.jsonl``: prompt adherence and mask quality, and a
+  picture), ``unet/step-XXXXXX`` kept at each evaluation.
+* ``pipeline/`` — the final diffusers folder (EMA weights, safetensors), loadable with
+  ``load_pipeline(path)``.
+
+Every file is written atomically; checkpoints are safetensors + JSON. On CPU one thread per process by
+default (``threads``): torch's default threads oversubscribe a small shared machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..io import atomic_path, read_json, write_json
+from .config import ToyTrainConfig
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000
+EVAL_PROMPTS_SEED = 777
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoint helpers (safetensors + JSON, no pickle)
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict, dict]:
+    """An optimizer's state as (tensors for safetensors, JSON-able meta)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"{prefix}.{pid}.{key}"] = val.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(pid), {})[key] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str = "optimizer") -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, val in tensors.items():
+        if name.startswith(prefix + "."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = val
+    for pid, extra in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(extra)
+    groups = meta["param_groups"]
+    for g in groups:
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _prefixed(prefix: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+class _Stop:
+    """SIGTERM and Ctrl-C set a flag; the loops checkpoint and return at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:   # not the main thread
+                pass
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:       # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: checkpointing at the next step")
+
+    def __exit__(self, *exc):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stage 1: the VAE
+def _batch_images(seeds: list[int], size: int, crop: int | None = None) -> torch.Tensor:
+    """Rendered scenes as a (B, 3, s, s) float tensor in [-1, 1]: resized to ``size``, or a random
+    ``crop`` x ``crop`` window (drawn from the scene's seed) of the full-size scene."""
+    import cv2
+
+    from .world import render_scene
+
+    imgs = []
+    for s in seeds:
+        im = render_scene(s).image
+        if crop is not None:
+            y, x = np.random.default_rng([s, 1]).integers(0, im.shape[0] - crop + 1, 2)
+            im = im[y:y + crop, x:x + crop]
+        elif size != im.shape[0]:
+            im = cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
+        imgs.append(im)
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x
+
+
+def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
+
+
+def train_vae(cfg: ToyTrainConfig, device: torch.device, stop: _Stop) -> Path:
+    """Stage 1; returns the ``vae/final`` folder."""
+    from safetensors.torch import load_file, save_file
+
+    from .model import build_vae
+
+    root = Path(cfg.out) / "vae"
+    final = root / "final"
+    if (final / "config.json").is_file():
+        return final
+    torch.manual_seed(cfg.seed)
+    vae = build_vae().to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    step = 0
+    last = root / "last"
+    if (last / "state.json").is_file():
+        meta = read_json(last / "state.json")
+        t = load_file(str(last / "state.safetensors"))
+        vae.load_state_dict(_unprefixed("vae", t))
+        load_optimizer(opt, t, meta["optimizer"])
+        step = int(meta["step"])
+        log.info("vae: resumed at step %d", step)
+    t0, losses = time.perf_counter(), []
+    while step < cfg.vae_steps and not stop.requested:
+        lr = cfg.vae_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        # 64x64 windows of full-size scenes (the VAE is convolutional; 4x cheaper than whole images), and a
+        # quarter of the batches whole scenes at 64x64 (the first UNet phase)
+        seeds = [10_000_000 + step * cfg.vae_batch + i for i in range(cfg.vae_batch)]
+        x = _batch_images(seeds, 64, crop=None if step % 4 == 3 else 64).to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = (rec - x).abs().mean() + 0.5 * _grad_l1(rec, x) + cfg.vae_kl * kl * x[0].numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log.info("vae step %d/%d loss %.4f (%.2f s/step)", step, cfg.vae_steps, np.mean(losses[-50:]),
+                     (time.perf_counter() - t0) / len(losses))
+        if step % cfg.ckpt_every == 0 or step == cfg.vae_steps or stop.requested:
+            tensors, ometa = optimizer_tensors(opt)
+            with atomic_path(last, directory=True) as tmp:
+                save_file({**_prefixed("vae", vae.state_dict()), **tensors}, str(tmp / "state.safetensors"))
+                (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": ometa}) + "\n")
+    if step < cfg.vae_steps:
+        return final
+    # the scaling factor: unit variance of the latents of fresh scenes
+    vae.eval()
+    with torch.no_grad():
+        zs = [vae.encode(_batch_images([20_000_000 + i * 16 + j for j in range(16)], 128).to(device)).latent_dist.mean
+              for i in range(8)]
+    std = float(torch.cat(zs).float().std())
+    vae.register_to_config(scaling_factor=1.0 / std)
+    with atomic_path(final, directory=True) as tmp:
+        vae.save_pretrained(str(tmp), safe_serialization=True)
+    log.info("vae: done, latent std %.3f", std)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stage 2: the latents of the training scenes
+def encode_scenes(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device, stop: _Stop) -> Path:
+    """Stage 2: render, caption and encode ``n_train`` scenes in chunks; returns the folder."""
+    import cv2
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from .world import render_scene
+
+    root = Path(cfg.out) / "latents"
+    root.mkdir(parents=True, exist_ok=True)
+    vae = AutoencoderKL.from_pretrained(str(vae_dir)).to(device).eval()
+    sf = vae.config.scaling_factor
+    n_chunks = math.ceil(cfg.n_train / CHUNK)
+    for c in range(n_chunks):
+        path = root / f"chunk-{c:04d}.safetensors"
+        if path.is_file() and (root / f"chunk-{c:04d}.json").is_file():
+            continue
+        if stop.requested:
+            break
+        t0 = time.perf_counter()
+        seeds = list(range(c * CHUNK, min((c + 1) * CHUNK, cfg.n_train)))
+        scenes = [render_scene(s) for s in seeds]
+        out = {128: [], 64: []}
+        with torch.no_grad():
+            for i in range(0, len(scenes), 50):
+                imgs = np.stack([s.image for s in scenes[i:i + 50]])
+                for size in (128, 64):
+                    ims = imgs if size == 128 else np.stack([cv2.resize(im, (64, 64), interpolation=cv2.INTER_AREA)
+                                                             for im in imgs])
+                    x = torch.from_numpy(ims).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1.0
+                    out[size].append((vae.encode(x).latent_dist.mean * sf).half().cpu())
+        with atomic_path(path) as tmp:
+            save_file({"latents128": torch.cat(out[128]).contiguous(), "latents64": torch.cat(out[64]).contiguous()},
+                      str(tmp))
+        write_json(root / f"chunk-{c:04d}.json", {"seeds": seeds, "captions": [s.caption for s in scenes],
+                                                   "classes": [list(s.classes) for s in scenes]})
+        log.info("latents: chunk %d/%d in %.1f s", c + 1, n_chunks, time.perf_counter() - t0)
+    return root
+
+
+def load_latents(root: Path, n_train: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    from safetensors.torch import load_file
+
+    lat, caps = [], []
+    for c in range(math.ceil(n_train / CHUNK)):
+        lat.append(load_file(str(root / f"chunk-{c:04d}.safetensors"))[f"latents{size}"])
+        caps += read_json(root / f"chunk-{c:04d}.json")["captions"]
+    return torch.cat(lat), caps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stage 3: UNet + text encoder
+@dataclass
+class _EMA:
+    decay: float
+    shadow: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def update(self, named: list[tuple[str, torch.nn.Parameter]], step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for name, p in named:
+            s = self.shadow.get(name)
+            if s is None:
+                self.shadow[name] = p.detach().clone()
+            else:
+                s.lerp_(p.detach(), 1 - d)
+
+
+def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def _snr_weights(sched, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    ac = sched.alphas_cumprod.to(t.device)[t]
+    snr = ac / (1 - ac)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: torch.device, stop: _Stop,
+               evaluate_fn=None) -> Path | None:
+    """Stage 3; returns the final pipeline folder, or None when stopped early."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file, save_file
+
+    from ..tokenizer import clip_tokenizer
+    from .model import assemble, build_text_encoder, build_unet, noise_scheduler
+
+    root = Path(cfg.out) / "unet"
+    final = Path(cfg.out) / "pipeline"
+    if (final / "model_index.json").is_file():
+        return final
+    torch.manual_seed(cfg.seed)
+    unet, text = build_unet().to(device), build_text_encoder().to(device)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    named = [("unet." + n, p) for n, p in unet.named_parameters()] + [("text." + n, p) for n, p in text.named_parameters()]
+    ema = _EMA(cfg.ema)
+    sched = noise_scheduler()
+    tok = clip_tokenizer()
+    step, log_rows = 0, []
+    last = root / "last"
+    rng_state = None
+    if (last / "state.json").is_file():
+        meta = read_json(last / "state.json")
+        t = load_file(str(last / "state.safetensors"))
+        unet.load_state_dict(_unprefixed("unet", t))
+        text.load_state_dict(_unprefixed("text", t))
+        ema.shadow = {k[4:]: v.to(device) for k, v in t.items() if k.startswith("ema.")}
+        load_optimizer(opt, t, meta["optimizer"])
+        step = int(meta["step"])
+        rng_state = meta["rng"]
+        log.info("unet: resumed at step %d", step)
+    total = cfg.low_steps + cfg.high_steps
+    rng = np.random.default_rng([cfg.seed, 1])
+    if rng_state is not None:
+        rng.bit_generator.state = rng_state
+    data: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    empty = _tokenize(tok, [""])[0]
+
+    def phase_data(size: int):
+        if size not in data:
+            data.clear()
+            lat, caps = load_latents(latents_dir, cfg.n_train, size)
+            data[size] = (lat, _tokenize(tok, caps))
+        return data[size]
+
+    unet.train()
+    text.train()
+    t0, losses = time.perf_counter(), []
+    while step < total and not stop.requested:
+        size, bs = (64, cfg.low_batch) if step < cfg.low_steps else (128, cfg.batch)
+        lat, ids = phase_data(size)
+        idx = torch.from_numpy(rng.integers(0, len(lat), bs))
+        x0 = lat[idx].float().to(device)
+        tokens = ids[idx].clone()
+        drop = torch.from_numpy(rng.random(bs) < cfg.uncond_prob)
+        tokens[drop] = empty
+        noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32)).to(device)
+        t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, bs)).long().to(device)
+        xt = sched.add_noise(x0, noise, t)
+        cond = text(tokens.to(device))[0]
+        pred = unet(xt, t, cond).sample
+        w = _snr_weights(sched, t, cfg.snr_gamma) if cfg.snr_gamma > 0 else torch.ones_like(t, dtype=torch.float32)
+        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(w).mean()
+        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(named, step)
+        step += 1
+        losses.append(loss.item())
+        if step % 25 == 0:
+            row = {"step": step, "size": size, "loss": round(float(np.mean(losses[-25:])), 5), "lr": lr,
+                   "s_per_step": round((time.perf_counter() - t0) / len(losses), 3), "time": round(time.time(), 1)}
+            log.info("unet %s", row)
+            with open(root / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        if step % cfg.ckpt_every == 0 or step == total or stop.requested or step == cfg.low_steps:
+            tensors, ometa = optimizer_tensors(opt)
+            state = {**_prefixed("unet", unet.state_dict()), **_prefixed("text", text.state_dict()),
+                     **{f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.shadow.items()}, **tensors}
+            with atomic_path(last, directory=True) as tmp:
+                save_file(state, str(tmp / "state.safetensors"))
+                (tmp / "state.json").write_text(json.dumps(
+                    {"step": step, "optimizer": ometa, "rng": rng.bit_generator.state,
+                     "config": asdict(cfg)}, default=int) + "\n")
+        if evaluate_fn is not None and (step % cfg.eval_every == 0 or step == cfg.low_steps or step == total):
+            pipe = _ema_pipeline(vae_dir, ema, device)
+            folder = root / f"step-{step:06d}"
+            with atomic_path(folder, directory=True) as tmp:
+                pipe.save_pretrained(str(tmp), safe_serialization=True)
+            res = evaluate_fn(pipe, size, step)
+            with open(root / "eval.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(res) + "\n")
+            unet.train()
+            text.train()
+    if step < total:
+        return None
+    pipe = _ema_pipeline(vae_dir, ema, device)
+    with atomic_path(final, directory=True) as tmp:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+    return final
+
+
+def _ema_pipeline(vae_dir: Path, ema: _EMA, device: torch.device):
+    """A pipeline with the EMA weights (copies; the training models are untouched)."""
+    from diffusers import AutoencoderKL
+
+    from .model import assemble, build_text_encoder, build_unet
+
+    unet, text = build_unet(), build_text_encoder()
+    unet.load_state_dict({k[5:]: v.cpu() for k, v in ema.shadow.items() if k.startswith("unet.")})
+    text.load_state_dict({k[5:]: v.cpu() for k, v in ema.shadow.items() if k.startswith("text.")}, strict=False)
+    vae = AutoencoderKL.from_pretrained(str(vae_dir))
+    return assemble(vae.eval(), unet.eval(), text.eval()).to(device)
+
+
+def train(cfg: ToyTrainConfig, evaluate: bool = True) -> Path | None:
+    """Run (or resume) every stage; returns the final pipeline folder, or None when stopped early."""
+    from ..pipeline import resolve_device
+
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "config.json"
+    if cfg_path.is_file():
+        old = read_json(cfg_path).get("config", {})
+        changed = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
+        if changed:
+            log.warning("settings changed since the last start: %s",
+                        ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    # what this start uses; earlier starts' settings stay in "history"
+    history = read_json(cfg_path).get("history", []) if cfg_path.is_file() else []
+    write_json(cfg_path, {"config": asdict(cfg), "history": history + [{"time": round(time.time()),
+                                                                         "config": asdict(cfg)}]})
+    eval_fn = None
+    if evaluate:
+        from .quality import training_eval
+
+        eval_fn = lambda pipe, size, step: training_eval(pipe, size, step, cfg)  # noqa: E731
+    with _Stop() as stop:
+        vae_dir = train_vae(cfg, device, stop)
+        if stop.requested:
+            return None
+        lat_dir = encode_scenes(cfg, vae_dir, device, stop)
+        if stop.requested:
+            return None
+        return train_unet(cfg, vae_dir, lat_dir, device, stop, eval_fn)

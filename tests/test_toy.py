@@ -1,0 +1,193 @@
+"""The toy world: renderer, colour judge, dataset, prompts, training plumbing, shipped model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pccseg.toy import world
+from pccseg.toy.judge import adherence, colour_labels, majority3, present_classes
+from pccseg.vocab import VOC_CLASSES, class_index
+
+
+def test_render_is_deterministic_and_seed_dependent():
+    a, b, c = world.render_scene(5), world.render_scene(5), world.render_scene(6)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert a.caption == b.caption and a.objects == b.objects
+    assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_labels_match_what_was_drawn(seed):
+    s = world.render_scene(seed)
+    h, sat, v = world.rgb_to_hsv(s.image.astype(np.float32) / 255)
+    bg = s.labels == 0
+    # background pixels are weakly saturated, object pixels strongly saturated in their class's hue
+    assert sat[bg].max() <= world.BG_MAX_SAT + 0.01
+    assert sat[~bg].min() >= world.OBJ_MIN_SAT - 0.02 and v[~bg].min() >= world.OBJ_MIN_VAL - 0.04
+    for cls in {o.cls for o in s.objects}:
+        m = s.labels == class_index(cls)
+        d = np.abs((h[m] - world.HUES[cls] + 180) % 360 - 180)
+        assert m.sum() > 0 and d.max() <= world.HUE_JITTER + 2.0
+    # every object in the caption is visible, and nothing else is labelled
+    present = {VOC_CLASSES[i] for i in np.unique(s.labels) if i}
+    assert present == set(s.classes) == {o.cls for o in s.objects}
+
+
+def test_caption_names_each_class_once_in_order():
+    for seed in range(40):
+        s = world.render_scene(seed)
+        words = [world.prompt_word(c) for c in s.classes]
+        pos = [s.caption.find(w.split()[0]) for w in words]
+        assert all(p >= 0 for p in pos) and pos == sorted(pos), (s.caption, s.classes)
+
+
+def test_pick_and_unknown_class():
+    s = world.render_scene(3, pick=["dog", "dog"])
+    assert s.classes == ("dog",) and s.caption.split()[-1] in ("dogs", "dog")
+    with pytest.raises(KeyError, match="not in the toy world"):
+        world.render_scene(0, pick=["sofa"])
+
+
+def test_judge_reads_rendered_scenes():
+    hits, agree = 0, []
+    for seed in range(30):
+        s = world.render_scene(1000 + seed)
+        lab = colour_labels(s.image)
+        known = lab != 255
+        agree.append((lab[known] == s.labels[known]).mean())
+        hits += adherence(s.image, s.classes).ok
+    assert np.mean(agree) > 0.99 and hits >= 28
+
+
+def test_majority_filter_known_answer():
+    x = np.zeros((5, 5), np.uint8)
+    x[2, 2] = 7                       # an isolated pixel goes
+    x[0:2, 3:5] = 3                   # a 2x2 block in a corner stays
+    y = majority3(x)
+    assert y[2, 2] == 0 and (y[0:2, 3:5] == 3).all()
+
+
+def test_present_classes_threshold():
+    lab = np.zeros((100, 100), np.uint8)
+    lab[:10, :10] = class_index("cat")          # 1 %
+    lab[50, 50:55] = class_index("dog")         # 0.05 %
+    assert present_classes(lab) == {"cat"}
+
+
+def test_prompt_records_and_shipped_file():
+    from pccseg.prompts import TOY_PROMPTS, default_prompts_path, load_prompts
+
+    recs = world.toy_prompt_records(50, seed=3)
+    assert recs == world.toy_prompt_records(50, seed=3) and recs != world.toy_prompt_records(50, seed=4)
+    shipped = load_prompts(default_prompts_path(TOY_PROMPTS))
+    assert len(shipped) == 5000 and all(set(r.classes) <= set(world.HUES) for r in shipped)
+    assert [r.prompt for r in shipped[:50]] == [r["prompt_sd"] for r in world.toy_prompt_records(50, seed=0)]
+
+
+def test_toy_dataset_reads_with_voc_reader(tmp_path):
+    from pccseg.toy.dataset import write_toy_dataset
+    from pccseg.voc import read_split
+
+    out = tmp_path / "gt"
+    res = write_toy_dataset(out, 4, 2, seed=77)
+    assert res == {"train": 4, "val": 2, "rendered": 6}
+    assert read_split(out, "train") == ["000000", "000001", "000002", "000003"]
+    assert read_split(out, "val") == ["000004", "000005"]
+    from pccseg.io import load_mask
+
+    assert np.array_equal(load_mask(out / "SegmentationClass" / "000005.png"), world.render_scene(82).labels)
+    again = write_toy_dataset(out, 4, 2, seed=77)
+    assert again["rendered"] == 0
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(x)["seed"] for x in lines] == list(range(77, 83))
+
+
+def test_toy_records_refuse_unknown_classes(tmp_path):
+    from pccseg.errors import InputError
+    from pccseg.prompts import load_prompts
+
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps([{"id": 1, "prompt_sd": "a dog", "classes": ["dog"]},
+                             {"id": 2, "prompt_sd": "a sofa", "classes": ["sofa"]}]))
+    with pytest.raises(InputError, match=r"record 1: classes: 'sofa' is not in the toy world"):
+        world.check_toy_records(load_prompts(p), p)
+
+
+def test_cli_unknown_toy_class_and_missing_weights(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps([{"id": 1, "prompt_sd": "a sofa", "classes": ["sofa"]}]))
+    r = subprocess.run([sys.executable, "-m", "pccseg", "generate", "--model", "toy", "--prompts", str(p),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "not in the toy world" in r.stderr and r.stderr.count("\n") == 1
+    from pccseg.errors import InputError
+    from pccseg.toy.model import toy_pipeline
+
+    with pytest.raises(InputError, match="weights are missing"):
+        toy_pipeline(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model_index.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot load the toy model"):
+        toy_pipeline(bad)
+
+
+def test_train_config_refuses_bad_values():
+    from pccseg.errors import InputError
+    from pccseg.toy.config import ToyTrainConfig
+
+    for bad in (dict(batch=0), dict(lr=float("nan")), dict(ema=1.0), dict(vae_steps=-1), dict(threads=1.5)):
+        with pytest.raises(InputError):
+            ToyTrainConfig(out="x", **bad)
+
+
+def test_optimizer_state_round_trip():
+    from pccseg.toy.train import load_optimizer, optimizer_tensors
+
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    for _ in range(3):
+        m(torch.randn(4, 3)).pow(2).sum().backward()
+        opt.step()
+    from safetensors.torch import load, save
+
+    tensors, meta = optimizer_tensors(opt)
+    tensors, meta = load(save(tensors)), json.loads(json.dumps(meta))   # through the files' formats
+    m2 = torch.nn.Linear(3, 2)
+    m2.load_state_dict(m.state_dict())
+    opt2 = torch.optim.AdamW(m2.parameters(), lr=1.0)
+    load_optimizer(opt2, tensors, meta)
+    x = torch.randn(4, 3)
+    for mm, oo in ((m, opt), (m2, opt2)):
+        oo.zero_grad()
+        mm(x).pow(2).sum().backward()
+        oo.step()
+    assert torch.equal(m.weight, m2.weight)
+
+
+def test_training_runs_end_to_end_and_resumes(tmp_path):
+    """A few steps of every stage at toy scale; a second call resumes and finds everything done."""
+    from pccseg.toy.config import ToyTrainConfig
+    from pccseg.toy.model import toy_pipeline
+    from pccseg.toy.train import train
+
+    cfg = ToyTrainConfig(out=str(tmp_path / "run"), vae_steps=2, vae_batch=2, n_train=6, low_steps=2,
+                         high_steps=1, low_batch=2, batch=2, ckpt_every=1, eval_every=100)
+    final = train(cfg, evaluate=False)
+    assert final is not None and (final / "model_index.json").is_file()
+    state = json.loads((tmp_path / "run" / "unet" / "last" / "state.json").read_text())
+    assert state["step"] == 3
+    before = (final / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert train(cfg, evaluate=False) == final
+    assert (final / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    pipe = toy_pipeline(final)
+    out = pipe("a dog", num_inference_steps=2, height=64, width=64, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
