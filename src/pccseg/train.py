@@ -511,11 +511,34 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-def _validate(config: TrainConfig, env: _Env, model, val_set, class_names):
-    """mIoU on the validation split at ``short_side`` (images split over the ranks)."""
-    return evaluate(unwrap(model), val_set, class_names=class_names, device=env.device, amp=env.amp,
-                    workers=config.workers, rank=env.rank, world=env.world, progress=False,
-                    short_side=config.short_side)
+def _loader(config: TrainConfig, env: _Env, train_set: VOCSegmentation, start: int, stop: int):
+    """The batches of iterations ``start + 1 .. stop`` for this rank (see the module docstring)."""
+    per_rank = config.batch_size // env.world
+    stream = TrainStream(train_set, config.seed, crop_size=config.crop_size,
+                         scale=(config.scale_min, config.scale_max), short_side=config.short_side,
+                         cat_max_ratio=config.cat_max_ratio, photometric=config.photometric)
+    return torch.utils.data.DataLoader(
+        stream, batch_size=per_rank, num_workers=config.workers, pin_memory=env.device.type == "cuda",
+        sampler=StreamSampler(start, stop, per_rank, env.rank, env.world),
+        generator=torch.Generator().manual_seed(config.seed))  # own generator: keeps the global RNG exact
+
+
+def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progress: _Progress, log) -> None:
+    """Score the validation split as ``evaluate`` does (images split over the ranks), log the scores, and
+    with ``keep_best`` save ``RUN/best`` when the mIoU is the best so far."""
+    scores = evaluate(unwrap(model), val_set, class_names=class_names, device=env.device, amp=env.amp,
+                      workers=config.workers, rank=env.rank, world=env.world, progress=False,
+                      short_side=config.short_side)
+    it, progress.last_miou = progress.iteration, _finite(scores.miou)
+    log.write({"iter": it, "miou": progress.last_miou, "iou": [_finite(x) for x in scores.iou],
+               "acc": [_finite(x) for x in scores.acc]})
+    if env.main:
+        logger.info("iteration %d: mIoU %.2f", it, 100 * scores.miou)
+    if config.keep_best and progress.last_miou is not None \
+            and (progress.best_miou is None or progress.last_miou > progress.best_miou):
+        progress.best_miou, progress.best_iteration = progress.last_miou, it
+        if env.main:
+            _save(config, env, BEST, model, progress, class_names, miou=progress.last_miou)
 
 
 def _save(config: TrainConfig, env: _Env, name: str, model, progress: _Progress, class_names, *,
@@ -588,14 +611,7 @@ def train(config: TrainConfig) -> dict:
             model, **({"device_ids": [env.device.index]} if env.device.type == "cuda" else {}))
 
     stop = config.iters if config.stop_after is None else min(config.iters, config.stop_after)
-    per_rank = config.batch_size // env.world
-    stream = TrainStream(train_set, config.seed, crop_size=config.crop_size,
-                         scale=(config.scale_min, config.scale_max), short_side=config.short_side,
-                         cat_max_ratio=config.cat_max_ratio, photometric=config.photometric)
-    loader = torch.utils.data.DataLoader(
-        stream, batch_size=per_rank, num_workers=config.workers, pin_memory=env.device.type == "cuda",
-        sampler=StreamSampler(progress.iteration, stop, per_rank, env.rank, env.world),
-        generator=torch.Generator().manual_seed(config.seed))  # own generator: keeps the global RNG exact
+    batches = iter(_loader(config, env, train_set, progress.iteration, stop))
     log = _Log(config, env, class_names, progress.iteration)
     bar = None
     if env.main and config.progress:
@@ -604,7 +620,6 @@ def train(config: TrainConfig) -> dict:
 
     start, before, t0 = progress.iteration, progress.seconds, time.perf_counter()
     loss_sum = torch.tensor(progress.loss_sum, device=env.device)
-    batches = iter(loader)
     while progress.iteration < stop:
         try:
             images, masks = next(batches)
@@ -629,17 +644,7 @@ def train(config: TrainConfig) -> dict:
 
         validated = val_set is not None and (it % config.val_every == 0 or it == config.iters)
         if validated:
-            scores = _validate(config, env, model, val_set, class_names)
-            progress.last_miou = _finite(scores.miou)
-            log.write({"iter": it, "miou": progress.last_miou, "iou": [_finite(x) for x in scores.iou],
-                       "acc": [_finite(x) for x in scores.acc]})
-            if env.main:
-                logger.info("iteration %d: mIoU %.2f", it, 100 * scores.miou)
-            if config.keep_best and progress.last_miou is not None \
-                    and (progress.best_miou is None or progress.last_miou > progress.best_miou):
-                progress.best_miou, progress.best_iteration = progress.last_miou, it
-                if env.main:
-                    _save(config, env, BEST, model, progress, class_names, miou=progress.last_miou)
+            _validate(config, env, model, val_set, class_names, progress, log)
         if validated or it % (config.save_every or config.val_every) == 0 or it == stop:
             progress.loss_sum = _mean_over_ranks(loss_sum, env).item()
             progress.seconds = seconds
