@@ -149,6 +149,35 @@ def test_label_val_share_needs_dataset(captures, tmp_path, capsys):
     assert rc == 2 and "--val-share: a val split needs --dataset" in err
 
 
+def test_label_dataset_writes_nothing_before_the_first_sample_and_repairs_a_killed_run(tmp_path, capsys):
+    """``label --dataset`` as ``generate``: a bad capture first leaves the folder empty (no settings.json);
+    a rerun removes what a kill left (a temporary file, a torn manifest line) and makes that sample again."""
+    import shutil
+
+    from pccseg.dataset import read_manifest
+
+    caps = tmp_path / "captures"
+    make_bad(caps, "nan", "000000")
+    save_capture(caps / "000001", small_capture(seed=1))
+    out = tmp_path / "ds"
+    argv = ["label", str(caps), "--out", str(out), "--dataset", "-q"]
+    assert main(argv) == 2 and "000000" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+    shutil.rmtree(caps / "000000")
+    save_capture(caps / "000000", small_capture(seed=0))
+    assert main(argv) == 0
+    mask = (out / "SegmentationClass/000001.png").read_bytes()
+    shard = out / "manifest.d/rank-0000.jsonl"
+    first, second = shard.read_text().splitlines(keepends=True)
+    shard.write_text(first + second[:30])                      # killed while appending sample 1's line
+    leftover = out / "JPEGImages/.000001.jpg.0123abcd.pccseg.tmp"
+    leftover.write_bytes(b"half")
+    assert main(argv) == 0
+    assert not leftover.exists() and [e["id"] for e in read_manifest(out)] == ["000000", "000001"]
+    assert [json.loads(x)["id"] for x in shard.read_text().splitlines()] == ["000000", "000001"]
+    assert (out / "SegmentationClass/000001.png").read_bytes() == mask
+
+
 # ------------------------------------------------------------------ --labeller pcc|dd|attn
 
 def test_params_from_args_for_each_labeller():

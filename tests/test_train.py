@@ -143,6 +143,10 @@ def test_checkpoints(overfit):
     state = load_file(str(run / "last" / "training.safetensors"))
     assert "rng.torch" in state and any(k.endswith(".exp_avg_sq") for k in state)
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no leftovers of atomic writes
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("model.safetensors", "training.safetensors", "checkpoint.json"):  # not safetensors' own 0600
+        assert (run / "last" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
     # evaluating a checkpoint reproduces the mIoU logged at its iteration
     scores = evaluate(run / "best", data, split="train", device="cpu", workers=0, progress=False, short_side=None)
@@ -193,11 +197,11 @@ def test_resume_matches_uninterrupted(tmp_path):
     # a kill after iteration 6 left extra log lines and a half-written checkpoint folder behind
     with open(tmp_path / "part" / "log.jsonl", "a") as f:
         f.write(json.dumps({"iter": 7, "loss": 99.0, "lr": 0.0}) + "\n")
-    (tmp_path / "part" / ".last.k1ll3d.tmp").mkdir()
-    (tmp_path / "part" / ".last.k1ll3d.tmp" / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / "part" / ".last.k1ll3d.pccseg.tmp").mkdir()
+    (tmp_path / "part" / ".last.k1ll3d.pccseg.tmp" / "model.safetensors").write_bytes(b"partial")
     resumed = train(small_config(data, tmp_path / "part", **kw))  # RUN/last exists -> resume
     assert resumed["iteration"] == 10
-    assert not (tmp_path / "part" / ".last.k1ll3d.tmp").exists()
+    assert not (tmp_path / "part" / ".last.k1ll3d.pccseg.tmp").exists()
 
     log_full, log_part = read_log(tmp_path / "full"), read_log(tmp_path / "part")
     assert [r["iter"] for r in log_part if "loss" in r] == [4, 8, 10]

@@ -130,7 +130,7 @@ def test_split_lines_are_stems_not_paths(tmp_path, capsys, checkpoint, line):
     split.write_text("\n".join([stems[0], line, stems[1]]) + "\n")
     with pytest.raises(InputError) as e:
         VOCSegmentation(tmp_path / "d", "train")
-    assert str(e.value).startswith(f"{split}: line 2: {line!r} is not a file stem")
+    assert str(e.value).startswith(f"{split}: line 2: {line!r} is not a plain file name")
     rc = main(["evaluate", "--checkpoint", str(checkpoint), "--voc", str(tmp_path / "d"), "--split", "train",
                "--out", str(tmp_path / "out"), "--save-predictions", "--device", "cpu"])
     err = capsys.readouterr().err.strip()
@@ -140,6 +140,18 @@ def test_split_lines_are_stems_not_paths(tmp_path, capsys, checkpoint, line):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "train.txt: line 2:" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+def test_out_that_cannot_be_created_is_one_line(tmp_path, capsys, checkpoint):
+    """``evaluate --out`` and ``train --out`` under a file: one line naming --out, exit 2."""
+    make_voc_tree(tmp_path / "d")
+    (tmp_path / "file").write_text("x")
+    for argv in (["evaluate", "--checkpoint", str(checkpoint), "--voc", str(tmp_path / "d"), "--split", "train"],
+                 ["train", "--data", str(tmp_path / "d"), "--model", "mobilenet_v3_large", "--backbone-weights",
+                  "none", "--device", "cpu", "--workers", "0", "--no-progress", "--no-tensorboard"]):
+        rc = main([*argv, "--out", str(tmp_path / "file" / "out")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "--out: cannot create the folder" in err, err
 
 
 def test_non_utf8_split_file(tmp_path):

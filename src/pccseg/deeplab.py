@@ -26,18 +26,18 @@ from urllib.parse import urlparse
 import torch
 import torchvision.transforms.v2.functional as TF
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import InputError
-from .io import atomic_path, read_json
+from .io import atomic_path, read_json, save_tensors
+from .train_config import ARCHS
 
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "pccseg-deeplabv3/1"
-ARCHS = ("resnet50", "resnet101", "mobilenet_v3_large")
 
 
 #: The long side may be at most this times ``short_side`` (mmsegmentation's scale (2048, 512)).
@@ -187,9 +187,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, *, optimizer
         meta["scaler"] = scaler.state_dict()
     weights = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
     with atomic_path(path, directory=True) as tmp:
-        save_file(weights, str(tmp / "model.safetensors"))
+        save_tensors(tmp / "model.safetensors", weights)
         if tensors:
-            save_file(tensors, str(tmp / "training.safetensors"))
+            save_tensors(tmp / "training.safetensors", tensors)
         (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from .deeplab import load_model, normalize, read_checkpoint_meta, rescale_factor, rescaled_size
 from .errors import InputError, unwrap_worker_error
-from .io import save_mask
+from .io import make_dir, remove_temps, save_mask
 from .metrics import Scores, confusion_matrix, scores_from_confusion
 from .voc import VOCSegmentation
 
@@ -126,8 +126,8 @@ def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.uti
     use_amp = device.type == "cuda" if amp is None else bool(amp)
     amp_dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
     if predictions_dir is not None:
-        predictions_dir = Path(predictions_dir)
-        predictions_dir.mkdir(parents=True, exist_ok=True)
+        predictions_dir = make_dir(predictions_dir, field="predictions_dir")
+        remove_temps(predictions_dir)
 
     was_training = model.training
     model.eval()

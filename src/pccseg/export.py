@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .dataset import MANIFEST, read_manifest
 from .errors import InputError
-from .io import atomic_path
+from .io import atomic_path, make_dir, remove_temps
 from .voc import SPLIT_DIR, VOCSegmentation, voc_root
 
 #: pccseg split name -> Hugging Face split name, where they differ.
@@ -43,6 +43,9 @@ def export_hf(root: str | Path, out: str | Path, *, splits: Sequence[str] | None
     except ImportError:
         raise InputError("the Hugging Face export needs the 'datasets' package: pip install 'pccseg[hf]'",
                          field="--format") from None
+    out = Path(out)
+    make_dir(out.parent)
+    remove_temps(out.parent, name=out.name)   # what a killed export left
     root = voc_root(root)
     if splits is None:
         splits = sorted(p.stem for p in (root / SPLIT_DIR).glob("*.txt")) if (root / SPLIT_DIR).is_dir() else []

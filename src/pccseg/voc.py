@@ -24,16 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .dataset import IMAGES as IMAGE_DIR, MASKS as MASK_DIR, SETS as SPLIT_DIR, TORCHVISION_VOC_DIR
 from .errors import InputError
-from .io import check_stem, load_image, load_mask, read_json
-from .vocab import IGNORE_INDEX, VOC_CLASSES
+from .io import check_stem, load_image, load_mask, read_json, read_text
+from .vocab import IGNORE_INDEX, VOC_CLASSES, check_class_names
 
-IMAGE_DIR = "JPEGImages"
-MASK_DIR = "SegmentationClass"
-SPLIT_DIR = "ImageSets/Segmentation"
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
-#: Where torchvision's ``VOCSegmentation(root)`` looks for the VOC 2012 tree.
-TORCHVISION_VOC_DIR = "VOCdevkit/VOC2012"
 
 
 def voc_root(root: str | Path) -> Path:
@@ -51,12 +47,7 @@ def read_class_names(root: str | Path) -> list[str]:
     if settings.is_file():
         names = read_json(settings).get("class_names")
         if names is not None:
-            if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-                raise InputError("must be a non-empty list of strings", path=settings, field="class_names")
-            if len(names) > IGNORE_INDEX:
-                raise InputError(f"at most {IGNORE_INDEX} classes, got {len(names)}", path=settings,
-                                 field="class_names")
-            return list(names)
+            return list(check_class_names(names, path=settings))
     return list(VOC_CLASSES)
 
 
@@ -70,11 +61,8 @@ def read_split(root: str | Path, split: str) -> list[str]:
     split_file = root / SPLIT_DIR / f"{split}.txt"
     if not split_file.is_file():
         raise InputError(f"split file not found (a VOC root holds {SPLIT_DIR}/{split}.txt)", path=split_file)
-    try:
-        lines = split_file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 text (byte {e.start})", path=split_file) from None
-    stems = [check_stem(line, split_file, n) for n, line in enumerate(lines, 1) if line.strip()]
+    lines = read_text(split_file).splitlines()
+    stems = [check_stem(line.strip(), path=split_file, line=n) for n, line in enumerate(lines, 1) if line.strip()]
     if not stems:
         raise InputError("split file lists no images", path=split_file)
     return stems
@@ -138,16 +126,19 @@ class VOCSegmentation(torch.utils.data.Dataset):
             raise InputError(f"values {bad.tolist()} outside 0..{self.num_classes - 1} and {IGNORE_INDEX}",
                              path=self.masks[i], field="mask values")
 
+    def _load_mask(self, i: int) -> np.ndarray:
+        try:
+            return load_mask(self.masks[i])
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read mask ({e})", path=self.masks[i]) from None
+
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` as numpy: image (H, W, 3) uint8 RGB, mask (H, W) uint8; checked."""
         try:
             image = load_image(self.images[i])
         except OSError as e:
             raise InputError(f"cannot read image ({e})", path=self.images[i]) from None
-        try:
-            mask = load_mask(self.masks[i])
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read mask ({e})", path=self.masks[i]) from None
+        mask = self._load_mask(i)
         if image.shape[:2] != mask.shape:
             raise InputError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
                              f"{image.shape[1]}x{image.shape[0]} ({self.images[i].name})", path=self.masks[i])
@@ -164,11 +155,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
 
         def one(i: int) -> None:
             if values:
-                try:
-                    mask = load_mask(self.masks[i])
-                except (OSError, ValueError) as e:
-                    raise InputError(f"cannot read mask ({e})", path=self.masks[i]) from None
-                self._check_values(mask, i)
+                self._check_values(self._load_mask(i), i)
             self._check_sizes(i)
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
