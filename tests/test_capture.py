@@ -1,4 +1,4 @@
-"""Attention capture (SPEC 1a, 1b) on the tiny SD pipeline: the image is unchanged, the captured tensors
+"""Attention capture (method §1a, §1b) on the tiny SD pipeline: the image is unchanged, the captured tensors
 equal a direct recomputation, buffers do not grow with steps, processors come back."""
 
 import numpy as np

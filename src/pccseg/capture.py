@@ -1,4 +1,4 @@
-"""Capture during generation (SPEC.md section 1): a DAAM-style context manager around a diffusers pipeline.
+"""Capture during generation (docs/method.md section 1): a DAAM-style context manager around a diffusers pipeline.
 
     with capture(pipe, [["person", "car"], ["cat"]]) as cap:
         out = pipe(prompts, num_inference_steps=80, generator=generators, output_type="np")
@@ -148,12 +148,12 @@ def layer_grid(n: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
 
 
 def is_self_layer(name: str) -> bool:
-    """SPEC 1a: the ``attn1`` layers of the up blocks."""
+    """Method section 1a: the ``attn1`` layers of the up blocks."""
     return name.startswith("up_blocks.") and name.endswith(".attn1")
 
 
 def is_cross_layer(name: str, include_mid: bool = False) -> bool:
-    """SPEC 1b: the ``attn2`` layers (down and up blocks; the mid block only with ``include_mid``)."""
+    """Method section 1b: the ``attn2`` layers (down and up blocks; the mid block only with ``include_mid``)."""
     return name.endswith(".attn2") and (include_mid or not name.startswith("mid_block"))
 
 
@@ -197,8 +197,8 @@ class CaptureAttnProcessor:
     """Wraps the processor installed on one attention layer and computes that layer's side captures.
 
     The layer's output is the installed processor's (``inner``), bit for bit; the captures are computed
-    from the layer's own projections on the same inputs. Roles: ``keep`` (SPEC 1a: the per-head output at
-    the final step), ``ovam`` (SPEC 1b: accumulate class maps), ``probs`` (self-attention probabilities at
+    from the layer's own projections on the same inputs. Roles: ``keep`` (method 1a: the per-head output at
+    the final step), ``ovam`` (method 1b: accumulate class maps), ``probs`` (self-attention probabilities at
     the half-latent grid, when the recorder asks for them).
     """
 
@@ -543,7 +543,7 @@ def _images_uint8(images: Any) -> list[torch.Tensor]:
 def capture(pipe, classes: Sequence[Sequence[str]], *, steps: int | None = None, query_half: Half = "uncond",
             include_mid: bool = False, class_names: Sequence[str] = VOC_CLASSES,
             renames: dict[str, str] | None = None, self_probs: bool = False) -> Recorder:
-    """Context manager that records SPEC 1a and 1b during one pipeline call; see the module docstring.
+    """Context manager that records method sections 1a and 1b during one pipeline call; see the module docstring.
 
     Args:
         pipe: a diffusers ``StableDiffusionPipeline`` (any SD 1.x / 2.x UNet) or ``StableDiffusionXLPipeline``,

@@ -4,33 +4,42 @@
     DIR/JPEGImages/<stem>.jpg
     DIR/SegmentationClass/<stem>.png        VOC palette PNG, values 0..20, 255 = uncertain
     DIR/ImageSets/Segmentation/train.txt    one stem per line, sorted
+    DIR/ImageSets/Segmentation/val.txt      with a ``val_share`` in settings.json: the held-out stems
     DIR/manifest.jsonl                      one JSON object per sample (see :func:`manifest_entry`)
     DIR/manifest.d/rank-<r>.jsonl           the per-process shards manifest.jsonl is rebuilt from
     DIR/settings.json                       the run's settings
     DIR/captures/<stem>/                    with --keep-captures: capture directories
+    DIR/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets}   relative links to the folders
+                                            above, where torchvision's ``VOCSegmentation(DIR)`` looks
 
-A sample is complete when its mask exists: per sample the image is written first, then the capture
-(optional), then the manifest line, then the mask, each file atomically. ``manifest.jsonl`` and
-``train.txt`` are rebuilt from the shards and the files on disk (:meth:`Dataset.rebuild`), so an
-interrupted or multi-process run repairs them.
+A sample is complete when its mask exists and its manifest line is whole: per sample the image is
+written first, then the capture (optional), then the manifest line, then the mask, each file
+atomically. ``manifest.jsonl`` and ``train.txt`` are rebuilt from the shards and the files on disk
+(:meth:`Dataset.rebuild`), so an interrupted or multi-process run repairs them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import InputError
-from .io import atomic_path, read_json, read_jsonl, write_json
-from .voc import IMAGE_DIR, MASK_DIR, SPLIT_DIR
+from .io import atomic_path, read_json, read_jsonl, remove_temps, write_json
 
 log = logging.getLogger(__name__)
 
-IMAGES, MASKS, SETS = IMAGE_DIR, MASK_DIR, SPLIT_DIR      # the VOC layout that voc.py reads
+IMAGES = "JPEGImages"                    # the VOC layout (voc.py reads it)
+MASKS = "SegmentationClass"
+SETS = "ImageSets/Segmentation"
+#: Where torchvision's ``VOCSegmentation(root)`` looks for the VOC 2012 tree.
+TORCHVISION_VOC_DIR = "VOCdevkit/VOC2012"
+JPEG_QUALITY = 95
 TRAIN_LIST = "train.txt"
+VAL_LIST = "val.txt"
 MANIFEST = "manifest.jsonl"
 SHARDS = "manifest.d"
 SETTINGS = "settings.json"
@@ -45,9 +54,47 @@ def _canon(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+#: Largest record id (int64): an id is a file stem here and may be a tensor value elsewhere.
+MAX_ID = 2**63 - 1
+
+
 def sample_stem(record_id: int) -> str:
-    """File stem of a prompt record's sample: the record id, zero-padded to six digits."""
-    return f"{int(record_id):06d}"
+    """File stem of a prompt record's sample: the record id, zero-padded to six digits.
+
+    Raises:
+        ValueError: ``record_id`` is not an integer from 0 to :data:`MAX_ID` (a digit string is taken).
+    """
+    try:
+        rid = int(record_id)
+    except (TypeError, ValueError):
+        rid = -1
+    if isinstance(record_id, bool) or not 0 <= rid <= MAX_ID:
+        shown = repr(record_id) if len(repr(record_id)) <= 40 else repr(record_id)[:37] + "..."
+        raise ValueError(f"expected an integer from 0 to 2**63 - 1, got {shown}")
+    return f"{rid:06d}"
+
+
+def check_val_share(share: Any, *, path: Path | None = None, field: str = "val_share") -> float:
+    """``share`` when it is a number in [0, 1), else :class:`InputError`."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise InputError(f"must be a number in [0, 1), got {share!r}", path=path, field=field)
+    return share
+
+
+def val_stems(stems: list[str], share: float) -> set[str]:
+    """The stems held out for validation: ``round(share * len(stems))`` of them, those whose SHA-256
+    comes first. Fixed by the stems alone (no seed, no order), so every rebuild picks the same ones."""
+    n = round(share * len(stems))
+    return set(sorted(stems, key=lambda s: hashlib.sha256(s.encode()).hexdigest())[:n])
+
+
+def mask_stats(mask, class_names: Sequence[str]) -> tuple[float, dict[str, int]]:
+    """(share of 255 pixels, {class name: pixels} for the classes present) of an (H, W) uint8 mask tensor."""
+    import torch
+
+    counts = torch.bincount(mask.reshape(-1).long(), minlength=256)
+    pixels = {class_names[v]: int(counts[v]) for v in range(min(len(class_names), 255)) if counts[v] > 0}
+    return round(int(counts[255]) / mask.numel(), 6), pixels
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:
@@ -85,14 +132,25 @@ class Dataset:
     def train_list_path(self) -> Path:
         return self.root / SETS / TRAIN_LIST
 
+    @property
+    def val_list_path(self) -> Path:
+        return self.root / SETS / VAL_LIST
+
     def shard_path(self, rank: int) -> Path:
         return self.root / SHARDS / f"rank-{rank:04d}.jsonl"
 
     def is_done(self, stem: str, *, capture: bool = False) -> bool:
-        """A sample is done when its image and its mask (written last) both exist, and with ``capture``
-        also its capture directory (a rerun with ``--keep-captures`` redoes samples made without)."""
+        """The files of a sample are there: its image and its mask (written last), and with ``capture``
+        also its capture directory (a rerun with ``--keep-captures`` redoes samples made without).
+        :meth:`todo` also asks for the manifest line."""
         done = self.mask_path(stem).is_file() and self.image_path(stem).is_file()
         return done and (not capture or (self.capture_dir(stem) / "capture.json").is_file())
+
+    def todo(self, stems: list[str], *, capture: bool = False) -> list[str]:
+        """The ``stems`` (in order) whose sample is not done: files missing (:meth:`is_done`), or no
+        whole manifest line (a torn line from a kill): such a sample is made again."""
+        entries = self.read_shards()
+        return [s for s in stems if s not in entries or not self.is_done(s, capture=capture)]
 
     # settings
     def check_settings(self, settings: dict) -> None:
@@ -115,31 +173,47 @@ class Dataset:
 
     # manifest
     def append_manifest(self, rank: int, entry: dict) -> None:
-        """Append one line to this process's shard (flushed and synced before returning)."""
+        """Append one line to this process's shard (flushed and synced before returning). The line starts
+        on a fresh line even when the shard ends in a line torn by a kill."""
         path = self.shard_path(rank)
         path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(entry, ensure_ascii=False)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        data = _jsonl([entry]).encode("utf-8")
+        with open(path, "a+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
 
-    def read_shards(self) -> dict[str, dict]:
-        """stem -> latest manifest entry over all shards (a torn last line from a kill is skipped)."""
-        entries: dict[str, dict] = {}
+    def _shards(self) -> list[Path]:
         shard_dir = self.root / SHARDS
-        if not shard_dir.is_dir():
-            return entries
-        for shard in sorted(shard_dir.glob("rank-*.jsonl")):
-            for n, line in enumerate(shard.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    e = json.loads(line)
-                    entries[str(e["id"])] = e
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    log.warning("%s: line %d is not a manifest entry (torn write?); skipped", shard, n)
-        return entries
+        return sorted(shard_dir.glob("rank-*.jsonl")) if shard_dir.is_dir() else []
+
+    def read_shards(self) -> dict[str, dict]:
+        """stem -> latest manifest entry over all shards; lines that are not whole entries are left out."""
+        return {str(e["id"]): e for shard in self._shards() for e in _read_shard(shard)[0]}
+
+    def repair(self) -> None:
+        """Undo what kills leave behind; call it before a run, while no process writes into the dataset.
+
+        Deletes the temporary files and folders (:func:`pccseg.io.remove_temps`) in the dataset's folders,
+        and drops the shard lines that a kill tore: their samples count as not done (:meth:`todo`) and are
+        made again.
+        """
+        for d in (self.root, self.root / IMAGES, self.root / MASKS, self.root / SETS, self.root / CAPTURES):
+            n = remove_temps(d)
+            if n:
+                log.info("%s: removed %d temporary file(s) of an interrupted run", d, n)
+        for shard in self._shards():
+            entries, torn = _read_shard(shard)
+            if torn:
+                log.warning("%s: line(s) %s torn by a kill: dropped, their samples are made again", shard,
+                            ", ".join(map(str, torn)))
+                with atomic_path(shard) as tmp:
+                    tmp.write_text(_jsonl(entries), encoding="utf-8")
 
     def stems_on_disk(self) -> list[str]:
         """Stems whose image and mask both exist, sorted."""
@@ -150,21 +224,67 @@ class Dataset:
         return sorted(s for s in stems if self.image_path(s).is_file())
 
     def rebuild(self) -> tuple[int, int]:
-        """Rewrite manifest.jsonl and train.txt (atomically) from the shards and the files on disk.
+        """Rewrite manifest.jsonl, train.txt and (with a ``val_share`` in settings.json) val.txt atomically
+        from the shards and the files on disk, and link the torchvision layout (:meth:`link_voc_layout`).
 
-        Returns (samples in train.txt, samples in manifest.jsonl).
+        Returns (samples in the split files, samples in manifest.jsonl).
         """
         stems = self.stems_on_disk()
+        share = read_json(self.settings_path).get("val_share", 0) if self.settings_path.is_file() else 0
+        check_val_share(share, path=self.settings_path)
+        held_out = val_stems(stems, share) if share else set()
         entries = self.read_shards()
         manifest = [entries[s] for s in stems if s in entries]
         missing = len(stems) - len(manifest)
         if missing:
-            log.warning("%s: %d complete sample(s) have no manifest entry", self.root, missing)
+            log.warning("%s: %d complete sample(s) have no manifest entry (a rerun makes them again)", self.root,
+                        missing)
         with atomic_path(self.manifest_path) as tmp:
-            tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in manifest), encoding="utf-8")
+            tmp.write_text(_jsonl(manifest), encoding="utf-8")
         with atomic_path(self.train_list_path) as tmp:
-            tmp.write_text("".join(s + "\n" for s in stems))
+            tmp.write_text("".join(s + "\n" for s in stems if s not in held_out))
+        if share:
+            with atomic_path(self.val_list_path) as tmp:
+                tmp.write_text("".join(s + "\n" for s in stems if s in held_out))
+        self.link_voc_layout()
         return len(stems), len(manifest)
+
+    def link_voc_layout(self) -> None:
+        """Make ``VOCdevkit/VOC2012/`` hold relative links to ``JPEGImages``, ``SegmentationClass`` and
+        ``ImageSets``, so that ``torchvision.datasets.VOCSegmentation(root)`` reads the dataset unchanged
+        (it looks there). Links that exist are kept; where links cannot be made, a warning."""
+        inner = self.root / TORCHVISION_VOC_DIR
+        for name in (IMAGES, MASKS, SETS.split("/")[0]):
+            link = inner / name
+            if link.is_symlink() or link.exists():
+                continue
+            try:
+                inner.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(Path("..", "..", name), target_is_directory=True)
+            except OSError as e:
+                log.warning("%s: cannot link %s for torchvision's VOCSegmentation (%s)", self.root, link, e)
+                return
+
+
+def _jsonl(entries: list[dict]) -> str:
+    return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+
+
+def _read_shard(shard: Path) -> tuple[list[dict], list[int]]:
+    """The manifest entries of a shard, and the numbers of its lines that are not whole entries."""
+    entries, torn = [], []
+    for n, line in enumerate(shard.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # ValueError: not UTF-8 or not JSON
+            e = None
+        if isinstance(e, dict) and "id" in e:
+            entries.append(e)
+        else:
+            torn.append(n)
+    return entries, torn
 
 
 def read_manifest(root: str | Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Prompts -> images + PCC masks, straight to a VOC-layout dataset (SPEC.md sections 0-4).
+"""Prompts -> images + PCC masks, straight to a VOC-layout dataset (docs/method.md sections 0-4).
 
 :func:`generate` runs the pipeline on batches of prompt records with :func:`pccseg.capture.capture`
 around each call, labels every image right after its batch with :func:`pccseg.labeller.label`, and writes
@@ -12,27 +12,29 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .capture import capture
-from .dataset import Dataset
-from .io import save_image, save_mask
+from .dataset import JPEG_QUALITY, Dataset, check_val_share, mask_stats
+from .errors import InputError
+from .io import make_dir, save_image, save_mask
 from .prompts import PromptRecord
+from .signals import hold_interrupts
 from .vocab import VOC_CLASSES
+
+if TYPE_CHECKING:  # imported where used, so that the CLI's --help does not load torch
+    import torch
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_STEPS = 80
 DEFAULT_SEED = 2024
-JPEG_QUALITY = 95
 
 
 @dataclass
@@ -68,19 +70,36 @@ def default_size(pipe) -> tuple[int, int]:
 
 def run_settings(*, model: str, steps: int, guidance: float, height: int, width: int, dtype: str, seed: int,
                  label_params: Any, class_names: Sequence[str], prompts: str, query_half: str = "uncond",
-                 include_mid: bool = False, **info: Any) -> dict:
+                 include_mid: bool = False, val_share: float = 0.0, **info: Any) -> dict:
     """The settings.json of a run: everything that changes the dataset's content, plus ``info`` keys.
 
     ``label_params``: any labeller's parameters (None: PCC's defaults); recorded as ``labeller`` and
-    ``label_params``.
+    ``label_params``. ``val_share`` (the share of samples held out in val.txt) is recorded only when it
+    is not 0.
     """
     from .labellers import default_params, params_record
 
+    check_val_share(val_share)
     return dict(model=model, steps=int(steps), guidance=float(guidance), height=int(height), width=int(width),
                 dtype=str(dtype).replace("torch.", ""), seed=int(seed), prompts=str(prompts),
                 class_names=list(class_names), query_half=query_half, include_mid=bool(include_mid),
                 **params_record(default_params() if label_params is None else label_params),
-                pccseg_version=__version__, **info)
+                pccseg_version=__version__, **({"val_share": val_share} if val_share else {}), **info)
+
+
+def check_options(*, steps: int | None = None, guidance: float | None = None, batch_size: int | None = None,
+                  height: int | None = None, width: int | None = None) -> None:
+    """:class:`InputError` naming the first bad option (None: not given, the default): ``steps``,
+    ``batch_size``, ``height`` and ``width`` must be integers >= 1, the sizes multiples of 8, and
+    ``guidance`` a finite number (NaN and inf are never valid settings)."""
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("height", height), ("width", width)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"must be an integer >= 1, got {v!r}", field=name)
+        if v is not None and name in ("height", "width") and v % 8:
+            raise InputError(f"must be a multiple of 8 (64 for SD's full UNet depth), got {v}", field=name)
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                 or not math.isfinite(guidance)):
+        raise InputError(f"must be a finite number, got {guidance!r}", field="guidance")
 
 
 def split_records(records: Sequence[PromptRecord], rank: int, world_size: int) -> list[PromptRecord]:
@@ -92,6 +111,8 @@ def split_records(records: Sequence[PromptRecord], rank: int, world_size: int) -
 
 def distributed_state() -> tuple[int, int, bool, Any]:
     """(rank, world size, is main process, accelerate ``PartialState`` or None)."""
+    import torch
+
     try:
         from accelerate import PartialState
 
@@ -113,10 +134,9 @@ def manifest_entry(rec: PromptRecord, seed: int, mask: torch.Tensor, class_names
 
     ``mask``: the (H, W) uint8 final mask, on the host.
     """
-    counts = torch.bincount(mask.reshape(-1).long(), minlength=256)
-    pixels = {class_names[v]: int(counts[v]) for v in range(min(len(class_names), 255)) if counts[v] > 0}
+    uncertain, pixels = mask_stats(mask, class_names)
     return {"id": rec.stem, "record_id": rec.id, "prompt": rec.prompt, "classes": list(rec.classes),
-            "seed": seed, "uncertain_share": round(int(counts[255]) / mask.numel(), 6), "class_pixels": pixels,
+            "seed": seed, "uncertain_share": uncertain, "class_pixels": pixels,
             "timings": {"generate": round(t_gen, 4), "label": round(t_label, 4)}}
 
 
@@ -125,8 +145,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
              height: int | None = None, width: int | None = None, keep_captures: bool = False,
              label_params=None, class_names: Sequence[str] = VOC_CLASSES, settings: dict | None = None,
              model_name: str | None = None, prompts_name: str = "voc_prompts.json", query_half: str = "uncond",
-             include_mid: bool = False, rank: int | None = None, world_size: int | None = None,
-             progress: bool = True, label_fn=None) -> GenerateReport:
+             include_mid: bool = False, val_share: float = 0.0, rank: int | None = None,
+             world_size: int | None = None, progress: bool = True, label_fn=None) -> GenerateReport:
     """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``.
 
     Args:
@@ -134,26 +154,31 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         records: prompt records (see :mod:`pccseg.prompts`); the seed of a record is ``seed + record.index``.
         steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5 for SD).
         height, width: image size (None: the pipeline's default, 512 for SD 2.1-base).
-        keep_captures: also write ``captures/<stem>/`` (SPEC capture format, float16 self-attention), with
+        keep_captures: also write ``captures/<stem>/`` (capture directories, float16 self-attention), with
             the self-attention probabilities too, so that every labeller can relabel them.
         label_params: the parameters of a labeller (:mod:`pccseg.labellers`); their type picks the labeller
             (None: PCC with the report's values).
         class_names: label value -> class name (index 0 background).
         settings: settings.json content (None: built from the arguments); an existing folder whose
             settings differ raises :class:`InputError` before any model work.
+        val_share: hold this share of the samples out of train.txt, in val.txt (see
+            :func:`pccseg.dataset.val_stems`).
         rank, world_size: this process's share (None: from accelerate's ``PartialState``).
         label_fn: the labelling function (default :func:`pccseg.labellers.label`), for tests.
 
     Returns:
         a :class:`GenerateReport` of this process.
     """
+    import torch
+
+    from .capture import capture
+    from .capture_format import as_saved, save_capture
     from .labellers import default_params, label, labeller_of
 
+    check_options(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width)
     label_fn = label_fn or label
     label_params = label_params if label_params is not None else default_params()
     self_probs = labeller_of(label_params).needs_self_probs or keep_captures   # kept: what every labeller needs
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
     dh, dw = default_size(pipe)
     height, width = height or dh, width or dw
     guidance = default_guidance(pipe) if guidance is None else float(guidance)
@@ -162,7 +187,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     if settings is None:
         settings = run_settings(model=model_name, steps=steps, guidance=guidance, height=height, width=width,
                                 dtype=dtype, seed=seed, label_params=label_params, class_names=class_names,
-                                prompts=prompts_name, query_half=query_half, include_mid=include_mid)
+                                prompts=prompts_name, query_half=query_half, include_mid=include_mid,
+                                val_share=val_share)
     settings = dict(settings)
     settings.setdefault("scheduler", type(pipe.scheduler).__name__)
 
@@ -172,14 +198,18 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     else:
         is_main = rank == 0
     ds = Dataset(out_dir)
-    if is_main:
+    if is_main:                     # alone in the folder until the others pass the barrier
+        ds.check_settings(settings)
+        make_dir(out_dir)
+        ds.repair()
         ds.write_settings(settings)
     if st is not None and world_size > 1:
         st.wait_for_everyone()
     ds.check_settings(settings)
 
     mine = split_records(records, rank, world_size)
-    todo = [r for r in mine if not ds.is_done(r.stem, capture=keep_captures)]
+    open_stems = set(ds.todo([r.stem for r in mine], capture=keep_captures))
+    todo = [r for r in mine if r.stem in open_stems]
     report = GenerateReport(skipped=len(mine) - len(todo), rank=rank, world_size=world_size)
     if report.skipped:
         log.info("rank %d: %d of %d sample(s) already done, skipped", rank, report.skipped, len(mine))
@@ -190,6 +220,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
                disable=not progress)
     t_start = time.perf_counter()
     call = dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width, output_type="np")
+    finished = False
     try:
         for batch in _chunks(todo, batch_size):
             seeds = [seed + r.index for r in batch]
@@ -205,24 +236,25 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
             t_gen = (time.perf_counter() - t0) / len(batch)
             for r, s, c in zip(batch, seeds, caps):
                 t1 = time.perf_counter()
+                c = as_saved(c)         # label what --keep-captures saves: `pccseg label` gives the same masks
                 res = label_fn(c, label_params)
                 mask = res.mask.cpu()
                 t_label = time.perf_counter() - t1
-                save_image(ds.image_path(r.stem), c.image.cpu().numpy(), quality=JPEG_QUALITY)
-                if keep_captures:
-                    from .capture_format import save_capture
-
-                    save_capture(ds.capture_dir(r.stem), c)
-                ds.append_manifest(rank, manifest_entry(r, s, mask, class_names, t_gen, t_label))
-                save_mask(ds.mask_path(r.stem), mask)  # last: its presence marks the sample done
+                with hold_interrupts():  # SIGTERM / Ctrl-C: this sample's files are finished first
+                    save_image(ds.image_path(r.stem), c.image.cpu().numpy(), quality=JPEG_QUALITY)
+                    if keep_captures:
+                        save_capture(ds.capture_dir(r.stem), c)
+                    ds.append_manifest(rank, manifest_entry(r, s, mask, class_names, t_gen, t_label))
+                    save_mask(ds.mask_path(r.stem), mask)  # last: its presence marks the sample done
                 report.generated += 1
                 report.stems.append(r.stem)
                 bar.update(1)
             del caps
+        finished = True
     finally:
         bar.close()
         report.seconds = time.perf_counter() - t_start
-        if world_size == 1 and is_main:
+        if is_main and (world_size == 1 or not finished):   # interrupted: index what is on disk now
             report.dataset_size = ds.rebuild()[0]
     if world_size > 1:
         if st is not None:
