@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path, read_json, save_tensors, write_json
 from .config import ToyTrainConfig
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def train_vae(cfg: ToyTrainConfig, device: torch.device, stop: _Stop) -> Path:
     """Stage 1; returns the ``vae/final`` folder."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from .model import build_vae
 
@@ -185,7 +185,7 @@ def train_vae(cfg: ToyTrainConfig, device: torch.device, stop: _Stop) -> Path:
         if step % cfg.ckpt_every == 0 or step == cfg.vae_steps or stop.requested:
             tensors, ometa = optimizer_tensors(opt)
             with atomic_path(last, directory=True) as tmp:
-                save_file({**_prefixed("vae", vae.state_dict()), **tensors}, str(tmp / "state.safetensors"))
+                save_tensors(tmp / "state.safetensors", {**_prefixed("vae", vae.state_dict()), **tensors})
                 (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": ometa}) + "\n")
     if step < cfg.vae_steps:
         return final
@@ -208,7 +208,6 @@ def encode_scenes(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device, stop
     """Stage 2: render, caption and encode ``n_train`` scenes in chunks; returns the folder."""
     import cv2
     from diffusers import AutoencoderKL
-    from safetensors.torch import save_file
 
     from .world import render_scene
 
@@ -235,9 +234,8 @@ def encode_scenes(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device, stop
                                                              for im in imgs])
                     x = torch.from_numpy(ims).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1.0
                     out[size].append((vae.encode(x).latent_dist.mean * sf).half().cpu())
-        with atomic_path(path) as tmp:
-            save_file({"latents128": torch.cat(out[128]).contiguous(), "latents64": torch.cat(out[64]).contiguous()},
-                      str(tmp))
+        save_tensors(path, {"latents128": torch.cat(out[128]).contiguous(),
+                            "latents64": torch.cat(out[64]).contiguous()})
         write_json(root / f"chunk-{c:04d}.json", {"seeds": seeds, "captions": [s.caption for s in scenes],
                                                    "classes": [list(s.classes) for s in scenes]})
         log.info("latents: chunk %d/%d in %.1f s", c + 1, n_chunks, time.perf_counter() - t0)
@@ -287,7 +285,7 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
                evaluate_fn=None) -> Path | None:
     """Stage 3; returns the final pipeline folder, or None when stopped early."""
     from diffusers import AutoencoderKL
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from ..tokenizer import clip_tokenizer
     from .model import assemble, build_text_encoder, build_unet, noise_scheduler
@@ -370,7 +368,7 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
             state = {**_prefixed("unet", unet.state_dict()), **_prefixed("text", text.state_dict()),
                      **{f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.shadow.items()}, **tensors}
             with atomic_path(last, directory=True) as tmp:
-                save_file(state, str(tmp / "state.safetensors"))
+                save_tensors(tmp / "state.safetensors", state)
                 (tmp / "state.json").write_text(json.dumps(
                     {"step": step, "optimizer": ometa, "rng": rng.bit_generator.state,
                      "config": asdict(cfg)}, default=int) + "\n")
