@@ -258,13 +258,15 @@ def stage_render(cfg: ExperimentConfig, lay: Layout) -> bool:
 def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str, progress: bool = False):
     """The :class:`~pccseg.train.TrainConfig` of one training set: DeepLabv3-MobileNetV3, random init
     (no ImageNet weights: the toy world is its own domain), no auxiliary head, no validation during
-    training (the final weights are scored)."""
+    training (the final weights are scored). The toy world's class cue is colour at 128 px, so no
+    photometric distortion (it shifts hues) and no resize to a 512 short side."""
     from ..train import TrainConfig
 
     return TrainConfig(data=str(data), out=str(out), arch="mobilenet_v3_large", backbone_weights="none",
                        aux_loss=False, iters=cfg.iters, batch_size=cfg.train_batch_size, lr=cfg.lr,
                        backbone_lr_mult=1.0, crop_size=cfg.crop_size, scale_min=0.75, scale_max=1.25,
-                       bn_momentum=0.1, workers=0, save_every=max(1, min(100, cfg.iters)), log_every=20,
+                       bn_momentum=0.1, photometric=False, short_side=None, workers=0,
+                       save_every=max(1, min(100, cfg.iters)), log_every=20,
                        seed=cfg.train_seed, device=device, progress=progress)
 
 
@@ -280,7 +282,7 @@ def train_and_score(cfg: ExperimentConfig, name: str, device: str, progress: boo
     train(train_config(cfg, lay.training_set(name), lay.run(name), device, progress=progress and cfg.progress))
     seconds = time.perf_counter() - t0
     scores = evaluate(lay.run(name) / "last", VOCSegmentation(lay.rendered, "val"), device=device, workers=0,
-                      progress=False)
+                      progress=False, short_side=None)
     result = {"set": name, **scores.to_dict(), "train_seconds": round(seconds, 1)}
     write_json(lay.scores(name), result)
     log.info("%s: mIoU %.2f %% on the rendered val split (trained in %.0f s)", name, 100 * scores.miou, seconds)
