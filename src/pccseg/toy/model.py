@@ -107,6 +107,19 @@ def weights_dir() -> Path:
     return Path(str(resources.files("pccseg") / "toy" / "weights"))
 
 
+def export_weights(src: str | Path, dst: str | Path | None = None, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the pipeline folder ``src`` as the shipped weights (default :func:`weights_dir`), stored in
+    ``dtype`` (float16: about 15 MB), atomically. Loading casts to the dtype asked for."""
+    from ..io import atomic_path
+
+    dst = Path(dst) if dst is not None else weights_dir()
+    pipe = toy_pipeline(src)
+    pipe.to(dtype=dtype)
+    with atomic_path(dst, directory=True) as tmp:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+    return dst
+
+
 def count_parameters(pipe) -> dict[str, int]:
     return {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "vae", "text_encoder")}
 
