@@ -296,6 +296,7 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
     final = Path(cfg.out) / "pipeline"
     if (final / "model_index.json").is_file():
         return final
+    root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     unet, text = build_unet().to(device), build_text_encoder().to(device)
     params = list(unet.parameters()) + list(text.parameters())
