@@ -47,6 +47,15 @@ CORRUPTIONS = {
                             "capture.json", "token_classes[1]"),
     "empty_tokens": (lambda d: _edit_meta(d, lambda m: m.update(tokens=[], token_classes=[])), "capture.json",
                      "tokens"),
+    "class_names_not_a_list": (lambda d: _edit_meta(d, lambda m: m.update(class_names=5)), "capture.json",
+                               "class_names"),
+    "meta_not_utf8": (lambda d: (d / "capture.json").write_bytes(b'{"tokens": ["\xff"]}'), "capture.json", None),
+    "meta_nested_too_deeply": (lambda d: (d / "capture.json").write_text("[" * 100_000 + "]" * 100_000),
+                               "capture.json", None),
+    "integer_self_attn": (lambda d: _edit_tensors(d, lambda t: t.update({LAYER: (t[LAYER] * 100).to(torch.int32)})),
+                          "capture.safetensors", LAYER),
+    "integer_token_maps": (lambda d: _edit_tensors(d, lambda t: t.update(token_maps=t["token_maps"].to(torch.int64))),
+                           "capture.safetensors", "token_maps"),
     "self_probs_rows": (lambda d: _edit_tensors(d, lambda t: t["self_probs"].mul_(1.5)), "capture.safetensors",
                         "self_probs"),
     "self_probs_shape": (lambda d: _edit_tensors(d, lambda t: t.update(self_probs=t["self_probs"][:, :, :-1].contiguous())),
@@ -120,3 +129,16 @@ def test_bad_self_probs_refused(bad, message):
         Capture(image=cap.image, self_attn=cap.self_attn, token_maps=cap.token_maps, tokens=cap.tokens,
                 token_classes=cap.token_classes, self_probs=bad(cap.self_probs), source="cap")
     assert e.value.field == "self_probs" and e.value.path.endswith("capture.safetensors")
+
+
+def test_as_saved_labels_like_the_saved_capture(tmp_path):
+    from pccseg.capture_format import as_saved
+    from pccseg.labeller import label
+
+    cap = small_capture()
+    rounded = as_saved(cap)
+    loaded = load_capture(save_capture(tmp_path / "c", cap))
+    for k, v in cap.self_attn.items():
+        assert rounded.self_attn[k].dtype == v.dtype and not torch.equal(rounded.self_attn[k], v)
+        assert torch.equal(rounded.self_attn[k], loaded.self_attn[k])   # float16 values, as saved
+    assert torch.equal(label(rounded).mask, label(loaded).mask)

@@ -58,10 +58,10 @@ def test_errors_name_file_record_and_field(tmp_path, records, field, message):
 def test_malformed_json_and_missing_file(tmp_path):
     p = tmp_path / "bad.json"
     p.write_text('[{"id": 1, "prompt_sd": "x", "classes": ["cat"]},]')
-    with pytest.raises(InputError, match=r"bad.json: malformed JSON at line 1"):
+    with pytest.raises(InputError, match=r"bad.json: not valid JSON \(.* at column 50\)"):
         load_prompts(p)
     p.write_text('{"id": 1, "prompt_sd": "x", "classes": ["cat"]}\n{"id": 2, oops}\n')
-    with pytest.raises(InputError, match=r"malformed JSON line 2 \(record 1\)"):
+    with pytest.raises(InputError, match=r"bad.json: line 2: not valid JSON"):
         load_prompts(p)
     with pytest.raises(InputError, match="no such prompt file"):
         load_prompts(tmp_path / "nope.json")

@@ -29,7 +29,7 @@ _EXPORTS = {
     "AttnParams": "pccseg.labeller_attn",
     "MapsResult": "pccseg.labeller_attn",
     # -> train -> evaluate
-    "TrainConfig": "pccseg.train",
+    "TrainConfig": "pccseg.train_config",
     # pictures
     "stage_figure": "pccseg.show",
     "make_report": "pccseg.report",

@@ -20,24 +20,26 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError as SafetensorsError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import InputError
-from .io import atomic_path, load_image, read_json, save_image
-from .vocab import VOC_CLASSES
+from .io import atomic_path, load_image, read_json, save_image, save_tensors
+from .vocab import VOC_CLASSES, check_class_names
 
 IMAGE_FILE = "image.png"
 TENSOR_FILE = "capture.safetensors"
 META_FILE = "capture.json"
 SELF_ATTN_PREFIX = "self_attn."
 TOKEN_MAPS_KEY = "token_maps"
+#: The dtype :func:`save_capture` writes self-attention in by default (half the bytes of float32).
+SAVED_DTYPE = torch.float16
 SELF_PROBS_KEY = "self_probs"
 #: how far a self_probs row may sum from 1 (float16 softmax on a GPU, averaged, stays well inside)
 ROW_SUM_TOLERANCE = 1e-2
@@ -130,6 +132,8 @@ def validate(cap: Capture) -> None:
         raise _err(src, META_FILE, "token_classes", "no token stands for a class")
 
     tm = cap.token_maps
+    if not tm.is_floating_point():
+        raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY, f"expected a float tensor, got {tm.dtype}")
     if tm.ndim != 3:
         raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY, f"expected rank 3 (tokens, h, w), got shape {tuple(tm.shape)}")
     if tm.shape[0] != len(cap.tokens):
@@ -185,7 +189,16 @@ def _validate_self_probs(p: torch.Tensor, aspect: float, src: str | None) -> Non
         raise err(f"rows must sum to 1 (attention probabilities), one is off by {off:.3g}")
 
 
-def save_capture(directory: str | Path, cap: Capture, *, dtype: torch.dtype = torch.float16) -> Path:
+def as_saved(cap: Capture) -> Capture:
+    """``cap`` with the values :func:`save_capture` writes: self-attention rounded to :data:`SAVED_DTYPE`
+    (kept in its own dtype), token maps and self_probs in float32. Labelling it gives exactly the masks
+    that labelling its saved and loaded capture gives."""
+    return replace(cap, self_attn={k: v.to(SAVED_DTYPE).to(v.dtype) for k, v in cap.self_attn.items()},
+                   token_maps=cap.token_maps.float(),
+                   self_probs=None if cap.self_probs is None else cap.self_probs.float())
+
+
+def save_capture(directory: str | Path, cap: Capture, *, dtype: torch.dtype = SAVED_DTYPE) -> Path:
     """Write ``cap`` as a capture directory (atomically: a temporary directory renamed at the end).
 
     Self-attention is stored in ``dtype``; token maps and self_probs always in float32.
@@ -201,7 +214,7 @@ def save_capture(directory: str | Path, cap: Capture, *, dtype: torch.dtype = to
                 class_names=list(cap.class_names))
     with atomic_path(directory, directory=True) as tmp:
         save_image(tmp / IMAGE_FILE, cap.image.cpu().numpy())
-        save_file(tensors, str(tmp / TENSOR_FILE))
+        save_tensors(tmp / TENSOR_FILE, tensors)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
 
@@ -228,6 +241,9 @@ def load_capture(directory: str | Path, *, device: str | torch.device = "cpu",
         raise _err(src, TENSOR_FILE, None, f"unreadable safetensors file ({e})") from None
     if TOKEN_MAPS_KEY not in tensors:
         raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY, "missing tensor")
+    for key, t in tensors.items():
+        if not t.is_floating_point():
+            raise _err(src, TENSOR_FILE, key, f"expected a float tensor, got {t.dtype}")
     try:
         image = torch.from_numpy(load_image(directory / IMAGE_FILE)).to(device)
     except OSError as e:
@@ -235,9 +251,11 @@ def load_capture(directory: str | Path, *, device: str | torch.device = "cpu",
     self_attn = {k[len(SELF_ATTN_PREFIX):]: v.to(dtype) for k, v in tensors.items() if k.startswith(SELF_ATTN_PREFIX)}
     tokens = meta.pop("tokens")
     token_classes = meta.pop("token_classes")
-    class_names = meta.pop("class_names", None) or VOC_CLASSES
+    class_names = meta.pop("class_names", None)
+    class_names = VOC_CLASSES if class_names is None else \
+        check_class_names(class_names, path=str(directory / META_FILE))
     self_probs = tensors.get(SELF_PROBS_KEY)
     return Capture(image=image, self_attn=self_attn, token_maps=tensors[TOKEN_MAPS_KEY].float(),
                    tokens=[str(t) for t in tokens], token_classes=token_classes,
-                   class_names=tuple(class_names), meta=meta, source=src,
+                   class_names=class_names, meta=meta, source=src,
                    self_probs=None if self_probs is None else self_probs.float())

@@ -1,8 +1,9 @@
 """``pccseg`` command line: a thin layer over the Python API.
 
 Each sub-command lives in ``pccseg/commands/<name>.py`` with ``register(subparsers)``, which adds its
-parser and sets ``func(args) -> int``. Bad input (:class:`~pccseg.errors.InputError`) becomes one line on
-stderr and exit code 2.
+parser and sets ``func(args) -> int``; it imports torch and other heavy modules inside ``func`` only, so
+that ``--help`` is quick. Bad input (:class:`~pccseg.errors.InputError`) becomes one line on stderr and
+exit code 2; Ctrl-C exit code 130 and SIGTERM 143 (:mod:`pccseg.signals`), each with one line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 from . import __version__
 from .errors import InputError
+from .signals import Terminated, handle_interrupts
 
 COMMAND_MODULES = ("generate", "label", "train", "pictures", "toy")
 
@@ -36,10 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        with handle_interrupts():
+            return int(args.func(args) or 0)
     except InputError as e:
         print(f"pccseg {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"pccseg {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"pccseg {args.command}: interrupted", file=sys.stderr)
         return 130

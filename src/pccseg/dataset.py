@@ -9,10 +9,10 @@
     DIR/settings.json                       the run's settings
     DIR/captures/<stem>/                    with --keep-captures: capture directories
 
-A sample is complete when its mask exists: per sample the image is written first, then the capture
-(optional), then the manifest line, then the mask, each file atomically. ``manifest.jsonl`` and
-``train.txt`` are rebuilt from the shards and the files on disk (:meth:`Dataset.rebuild`), so an
-interrupted or multi-process run repairs them.
+A sample is complete when its mask exists and its manifest line is whole: per sample the image is
+written first, then the capture (optional), then the manifest line, then the mask, each file
+atomically. ``manifest.jsonl`` and ``train.txt`` are rebuilt from the shards and the files on disk
+(:meth:`Dataset.rebuild`), so an interrupted or multi-process run repairs them.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .io import atomic_path, read_json, read_jsonl, write_json
-from .voc import IMAGE_DIR, MASK_DIR, SPLIT_DIR
+from .io import atomic_path, read_json, read_jsonl, remove_temps, write_json
 
 log = logging.getLogger(__name__)
 
-IMAGES, MASKS, SETS = IMAGE_DIR, MASK_DIR, SPLIT_DIR      # the VOC layout that voc.py reads
+IMAGES = "JPEGImages"                    # the VOC layout (voc.py reads it)
+MASKS = "SegmentationClass"
+SETS = "ImageSets/Segmentation"
 TRAIN_LIST = "train.txt"
 MANIFEST = "manifest.jsonl"
 SHARDS = "manifest.d"
@@ -45,9 +46,24 @@ def _canon(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+#: Largest record id (int64): an id is a file stem here and may be a tensor value elsewhere.
+MAX_ID = 2**63 - 1
+
+
 def sample_stem(record_id: int) -> str:
-    """File stem of a prompt record's sample: the record id, zero-padded to six digits."""
-    return f"{int(record_id):06d}"
+    """File stem of a prompt record's sample: the record id, zero-padded to six digits.
+
+    Raises:
+        ValueError: ``record_id`` is not an integer from 0 to :data:`MAX_ID` (a digit string is taken).
+    """
+    try:
+        rid = int(record_id)
+    except (TypeError, ValueError):
+        rid = -1
+    if isinstance(record_id, bool) or not 0 <= rid <= MAX_ID:
+        shown = repr(record_id) if len(repr(record_id)) <= 40 else repr(record_id)[:37] + "..."
+        raise ValueError(f"expected an integer from 0 to 2**63 - 1, got {shown}")
+    return f"{rid:06d}"
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:
@@ -89,10 +105,17 @@ class Dataset:
         return self.root / SHARDS / f"rank-{rank:04d}.jsonl"
 
     def is_done(self, stem: str, *, capture: bool = False) -> bool:
-        """A sample is done when its image and its mask (written last) both exist, and with ``capture``
-        also its capture directory (a rerun with ``--keep-captures`` redoes samples made without)."""
+        """The files of a sample are there: its image and its mask (written last), and with ``capture``
+        also its capture directory (a rerun with ``--keep-captures`` redoes samples made without).
+        :meth:`todo` also asks for the manifest line."""
         done = self.mask_path(stem).is_file() and self.image_path(stem).is_file()
         return done and (not capture or (self.capture_dir(stem) / "capture.json").is_file())
+
+    def todo(self, stems: list[str], *, capture: bool = False) -> list[str]:
+        """The ``stems`` (in order) whose sample is not done: files missing (:meth:`is_done`), or no
+        whole manifest line (a torn line from a kill): such a sample is made again."""
+        entries = self.read_shards()
+        return [s for s in stems if s not in entries or not self.is_done(s, capture=capture)]
 
     # settings
     def check_settings(self, settings: dict) -> None:
@@ -115,31 +138,47 @@ class Dataset:
 
     # manifest
     def append_manifest(self, rank: int, entry: dict) -> None:
-        """Append one line to this process's shard (flushed and synced before returning)."""
+        """Append one line to this process's shard (flushed and synced before returning). The line starts
+        on a fresh line even when the shard ends in a line torn by a kill."""
         path = self.shard_path(rank)
         path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(entry, ensure_ascii=False)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        data = _jsonl([entry]).encode("utf-8")
+        with open(path, "a+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
 
-    def read_shards(self) -> dict[str, dict]:
-        """stem -> latest manifest entry over all shards (a torn last line from a kill is skipped)."""
-        entries: dict[str, dict] = {}
+    def _shards(self) -> list[Path]:
         shard_dir = self.root / SHARDS
-        if not shard_dir.is_dir():
-            return entries
-        for shard in sorted(shard_dir.glob("rank-*.jsonl")):
-            for n, line in enumerate(shard.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    e = json.loads(line)
-                    entries[str(e["id"])] = e
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    log.warning("%s: line %d is not a manifest entry (torn write?); skipped", shard, n)
-        return entries
+        return sorted(shard_dir.glob("rank-*.jsonl")) if shard_dir.is_dir() else []
+
+    def read_shards(self) -> dict[str, dict]:
+        """stem -> latest manifest entry over all shards; lines that are not whole entries are left out."""
+        return {str(e["id"]): e for shard in self._shards() for e in _read_shard(shard)[0]}
+
+    def repair(self) -> None:
+        """Undo what kills leave behind; call it before a run, while no process writes into the dataset.
+
+        Deletes the temporary files and folders (:func:`pccseg.io.remove_temps`) in the dataset's folders,
+        and drops the shard lines that a kill tore: their samples count as not done (:meth:`todo`) and are
+        made again.
+        """
+        for d in (self.root, self.root / IMAGES, self.root / MASKS, self.root / SETS, self.root / CAPTURES):
+            n = remove_temps(d)
+            if n:
+                log.info("%s: removed %d temporary file(s) of an interrupted run", d, n)
+        for shard in self._shards():
+            entries, torn = _read_shard(shard)
+            if torn:
+                log.warning("%s: line(s) %s torn by a kill: dropped, their samples are made again", shard,
+                            ", ".join(map(str, torn)))
+                with atomic_path(shard) as tmp:
+                    tmp.write_text(_jsonl(entries), encoding="utf-8")
 
     def stems_on_disk(self) -> list[str]:
         """Stems whose image and mask both exist, sorted."""
@@ -159,12 +198,34 @@ class Dataset:
         manifest = [entries[s] for s in stems if s in entries]
         missing = len(stems) - len(manifest)
         if missing:
-            log.warning("%s: %d complete sample(s) have no manifest entry", self.root, missing)
+            log.warning("%s: %d complete sample(s) have no manifest entry (a rerun makes them again)", self.root,
+                        missing)
         with atomic_path(self.manifest_path) as tmp:
-            tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in manifest), encoding="utf-8")
+            tmp.write_text(_jsonl(manifest), encoding="utf-8")
         with atomic_path(self.train_list_path) as tmp:
             tmp.write_text("".join(s + "\n" for s in stems))
         return len(stems), len(manifest)
+
+
+def _jsonl(entries: list[dict]) -> str:
+    return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+
+
+def _read_shard(shard: Path) -> tuple[list[dict], list[int]]:
+    """The manifest entries of a shard, and the numbers of its lines that are not whole entries."""
+    entries, torn = [], []
+    for n, line in enumerate(shard.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # ValueError: not UTF-8 or not JSON
+            e = None
+        if isinstance(e, dict) and "id" in e:
+            entries.append(e)
+        else:
+            torn.append(n)
+    return entries, torn
 
 
 def read_manifest(root: str | Path) -> list[dict]:

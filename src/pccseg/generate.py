@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .capture import capture
 from .dataset import Dataset
 from .errors import InputError
-from .io import save_image, save_mask
+from .io import make_dir, save_image, save_mask
 from .prompts import PromptRecord
+from .signals import hold_interrupts
 from .vocab import VOC_CLASSES
+
+if TYPE_CHECKING:  # imported where used, so that the CLI's --help does not load torch
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,21 @@ def run_settings(*, model: str, steps: int, guidance: float, height: int, width:
                 pccseg_version=__version__, **info)
 
 
+def check_options(*, steps: int | None = None, guidance: float | None = None, batch_size: int | None = None,
+                  height: int | None = None, width: int | None = None) -> None:
+    """:class:`InputError` naming the first bad option (None: not given, the default): ``steps``,
+    ``batch_size``, ``height`` and ``width`` must be integers >= 1, the sizes multiples of 8, and
+    ``guidance`` a finite number (NaN and inf are never valid settings)."""
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("height", height), ("width", width)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"must be an integer >= 1, got {v!r}", field=name)
+        if v is not None and name in ("height", "width") and v % 8:
+            raise InputError(f"must be a multiple of 8 (64 for SD's full UNet depth), got {v}", field=name)
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                 or not math.isfinite(guidance)):
+        raise InputError(f"must be a finite number, got {guidance!r}", field="guidance")
+
+
 def split_records(records: Sequence[PromptRecord], rank: int, world_size: int) -> list[PromptRecord]:
     """The records process ``rank`` of ``world_size`` handles: those whose file index is rank mod world."""
     if world_size < 1 or not 0 <= rank < world_size:
@@ -93,6 +110,8 @@ def split_records(records: Sequence[PromptRecord], rank: int, world_size: int) -
 
 def distributed_state() -> tuple[int, int, bool, Any]:
     """(rank, world size, is main process, accelerate ``PartialState`` or None)."""
+    import torch
+
     try:
         from accelerate import PartialState
 
@@ -114,6 +133,8 @@ def manifest_entry(rec: PromptRecord, seed: int, mask: torch.Tensor, class_names
 
     ``mask``: the (H, W) uint8 final mask, on the host.
     """
+    import torch
+
     counts = torch.bincount(mask.reshape(-1).long(), minlength=256)
     pixels = {class_names[v]: int(counts[v]) for v in range(min(len(class_names), 255)) if counts[v] > 0}
     return {"id": rec.stem, "record_id": rec.id, "prompt": rec.prompt, "classes": list(rec.classes),
@@ -128,6 +149,8 @@ def _self_probs_option(needed: bool, wanted: bool) -> dict:
     Transitional: until ``capture(..., self_probs=)`` exists, nothing is passed (captures are kept without
     them), and a labeller that needs them stops with one line.
     """
+    from .capture import capture
+
     if "self_probs" in inspect.signature(capture).parameters:
         return {"self_probs": wanted}
     if needed:
@@ -163,14 +186,17 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     Returns:
         a :class:`GenerateReport` of this process.
     """
+    import torch
+
+    from .capture import capture
+    from .capture_format import as_saved, save_capture
     from .labellers import default_params, label, labeller_of
 
+    check_options(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width)
     label_fn = label_fn or label
     label_params = label_params if label_params is not None else default_params()
     needed = labeller_of(label_params).needs_self_probs
     capture_options = _self_probs_option(needed, needed or keep_captures)  # kept: what every labeller needs
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
     dh, dw = default_size(pipe)
     height, width = height or dh, width or dw
     guidance = default_guidance(pipe) if guidance is None else float(guidance)
@@ -189,14 +215,18 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     else:
         is_main = rank == 0
     ds = Dataset(out_dir)
-    if is_main:
+    if is_main:                     # alone in the folder until the others pass the barrier
+        ds.check_settings(settings)
+        make_dir(out_dir)
+        ds.repair()
         ds.write_settings(settings)
     if st is not None and world_size > 1:
         st.wait_for_everyone()
     ds.check_settings(settings)
 
     mine = split_records(records, rank, world_size)
-    todo = [r for r in mine if not ds.is_done(r.stem, capture=keep_captures)]
+    open_stems = set(ds.todo([r.stem for r in mine], capture=keep_captures))
+    todo = [r for r in mine if r.stem in open_stems]
     report = GenerateReport(skipped=len(mine) - len(todo), rank=rank, world_size=world_size)
     if report.skipped:
         log.info("rank %d: %d of %d sample(s) already done, skipped", rank, report.skipped, len(mine))
@@ -207,6 +237,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
                disable=not progress)
     t_start = time.perf_counter()
     call = dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width, output_type="np")
+    finished = False
     try:
         for batch in _chunks(todo, batch_size):
             seeds = [seed + r.index for r in batch]
@@ -222,24 +253,25 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
             t_gen = (time.perf_counter() - t0) / len(batch)
             for r, s, c in zip(batch, seeds, caps):
                 t1 = time.perf_counter()
+                c = as_saved(c)         # label what --keep-captures saves: `pccseg label` gives the same masks
                 res = label_fn(c, label_params)
                 mask = res.mask.cpu()
                 t_label = time.perf_counter() - t1
-                save_image(ds.image_path(r.stem), c.image.cpu().numpy(), quality=JPEG_QUALITY)
-                if keep_captures:
-                    from .capture_format import save_capture
-
-                    save_capture(ds.capture_dir(r.stem), c)
-                ds.append_manifest(rank, manifest_entry(r, s, mask, class_names, t_gen, t_label))
-                save_mask(ds.mask_path(r.stem), mask)  # last: its presence marks the sample done
+                with hold_interrupts():  # SIGTERM / Ctrl-C: this sample's files are finished first
+                    save_image(ds.image_path(r.stem), c.image.cpu().numpy(), quality=JPEG_QUALITY)
+                    if keep_captures:
+                        save_capture(ds.capture_dir(r.stem), c)
+                    ds.append_manifest(rank, manifest_entry(r, s, mask, class_names, t_gen, t_label))
+                    save_mask(ds.mask_path(r.stem), mask)  # last: its presence marks the sample done
                 report.generated += 1
                 report.stems.append(r.stem)
                 bar.update(1)
             del caps
+        finished = True
     finally:
         bar.close()
         report.seconds = time.perf_counter() - t_start
-        if world_size == 1 and is_main:
+        if is_main and (world_size == 1 or not finished):   # interrupted: index what is on disk now
             report.dataset_size = ds.rebuild()[0]
     if world_size > 1:
         if st is not None:

@@ -1,12 +1,17 @@
-"""Files: atomic writes (temporary name, then rename), palette PNG masks, RGB images."""
+"""Files: atomic writes (temporary name, then rename), palette PNG masks, RGB images, JSON, plain stems.
+
+Every file and folder is created with the modes ``open()`` and ``mkdir`` give (0666 / 0777 less the
+umask). A temporary name is ``.<final name>.<random>.pccseg.tmp`` (:data:`TEMP_SUFFIX`) beside the final
+name; :func:`remove_temps` deletes those that a killed run left behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,36 +20,133 @@ from PIL import Image
 
 from .vocab import VOC_PALETTE
 
+#: Every temporary file or folder name ends so (and starts with a dot).
+TEMP_SUFFIX = ".pccseg.tmp"
+
+
+def _new_temp(path: Path, directory: bool) -> Path:
+    """Create a fresh temporary file (mode 0666) or folder (0777) beside ``path``, less the umask."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error remove it.
 
-    A crash or a kill never leaves a half-written file under the final name. With ``directory=True``
-    the temporary path is an (empty, created) directory and an existing ``path`` directory is replaced.
+    A crash or a kill never leaves a half-written file under the final name (a kill may leave the
+    temporary name, which :func:`remove_temps` recognises). With ``directory=True`` the temporary path is
+    an (empty, created) directory and an existing ``path`` directory is replaced.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    tmp = _new_temp(path, directory)
     try:
         yield tmp
-        if directory:
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        else:
-            os.replace(tmp, path)
+        if directory and path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_temps(directory: str | Path, *, name: str | None = None) -> int:
+    """Delete the temporary files and folders (:data:`TEMP_SUFFIX`) directly in ``directory`` that killed
+    runs left behind, or with ``name`` only those of that final name; returns how many. Call it only
+    while no other process writes them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    prefix = "." if name is None else f".{name}."
+    n = 0
+    for entry in os.scandir(directory):
+        if entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def make_dir(path: str | Path, *, field: str | None = "--out") -> Path:
+    """Create the output folder ``path`` (and its parents) or raise :class:`InputError` naming it: under
+    a file, on a read-only or virtual file system (``/proc``), without permission."""
+    from .errors import InputError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the folder ({e.strerror or e})", path=path, field=field) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError("the folder is not writable", path=path, field=field)
+    return path
+
+
+def check_stem(stem: str, *, path: str | Path | None = None, line: int | None = None,
+               key: str | None = None) -> str:
+    """``stem`` if it is a plain file stem, else :class:`InputError` naming ``path``, ``line`` and ``key``.
+
+    A stem read from a data file (a split-file line, a manifest id) names a file inside the folder it
+    belongs to: it is not empty, holds no path separator or NUL, and does not start with a dot (so it is
+    neither ``.`` nor ``..``, nor a hidden or temporary name). An absolute path holds a separator.
+    """
+    from .errors import InputError
+
+    if not isinstance(stem, str) or not stem or stem.startswith(".") or any(c in stem for c in "/\\\0"):
+        where = ": ".join(x for x in (None if line is None else f"line {line}", key) if x) or None
+        raise InputError(f"{stem!r} is not a plain file name (no path separators, no leading dot, not empty)",
+                         path=path, field=where)
+    return stem
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's content; :class:`InputError` naming it when it is unreadable or not UTF-8."""
+    from .errors import InputError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"unreadable ({e.strerror or e})", path=path) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", path=path) from None
+
+
+def parse_json(text: str, *, path: str | Path | None = None, field: str | None = None) -> Any:
+    """``json.loads(text)``; :class:`InputError` naming ``path`` and ``field`` when it is not valid JSON
+    or nested too deeply for the parser."""
+    from .errors import InputError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}"
+        raise InputError(f"not valid JSON ({e.msg} at {where})", path=path, field=field) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply", path=path, field=field) from None
+
+
+def save_tensors(path: str | Path, tensors: dict) -> None:
+    """Write a dict of tensors as a safetensors file, atomically (safetensors' own ``save_file`` creates
+    its files 0600, whatever the umask)."""
+    from safetensors.torch import save
+
+    data = save(tensors)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -57,17 +159,12 @@ def read_json(path: str | Path) -> dict:
     """The JSON object in a file.
 
     Raises:
-        InputError: the file is unreadable, not valid JSON, or not a JSON object (the message names it).
+        InputError: the file is unreadable, not UTF-8, not valid JSON, or not a JSON object (the message
+            names it).
     """
     from .errors import InputError
 
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise InputError(f"unreadable ({e})", path=path) from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e})", path=path) from None
+    obj = parse_json(read_text(path), path=path)
     if not isinstance(obj, dict):
         raise InputError("expected a JSON object", path=path)
     return obj
@@ -77,23 +174,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
     """Objects of a JSON-lines file (blank lines skipped).
 
     Raises:
-        InputError: the file is unreadable, or a line is not a JSON object (the message names the line).
+        InputError: the file is unreadable or not UTF-8, or a line is not a JSON object (the message names
+            the line).
     """
     from .errors import InputError
 
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"unreadable ({e})", path=path) from None
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e.msg})", path=path, field=f"line {n}") from None
+        obj = parse_json(line, path=path, field=f"line {n}")
         if not isinstance(obj, dict):
             raise InputError("expected a JSON object", path=path, field=f"line {n}")
         out.append(obj)

@@ -6,15 +6,19 @@ their parameters, runs them in order and keeps every intermediate for pictures.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
-from .capture_format import Capture
 from .errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
+    import torch
+
+    from .capture_format import Capture
 
 Preset = Literal["report", "authors"]
 
@@ -49,6 +53,19 @@ class LabelParams:
     artefact_ring: bool = True                 # authors' code: morphology + 2-px uncertain ring
     ring_width: int = 2
 
+    def __post_init__(self) -> None:
+        """Check every field against :data:`CHECKS` (lists become tuples); :class:`InputError` names the
+        field. So the API refuses what the command line refuses."""
+        for f in fields(self):
+            try:
+                value = CHECKS[f.name](getattr(self, f.name))
+            except ValueError as e:
+                raise InputError(str(e), field=f.name) from None
+            object.__setattr__(self, f.name, value)
+        if 0 < self.refine_subsample < self.refine_k:
+            raise InputError(f"must be 0 (all pixels) or at least refine_k ({self.refine_k}), got "
+                             f"{self.refine_subsample}", field="refine_subsample")
+
     @classmethod
     def preset(cls, name: Preset = "report", **overrides) -> "LabelParams":
         """The report's defaults, or the authors' code (``"authors"``), with ``overrides`` on top."""
@@ -59,6 +76,70 @@ class LabelParams:
         else:
             raise ValueError(f"unknown preset {name!r} (report, authors)")
         return replace(base, **overrides)
+
+
+def _bounds(lo: float, hi: float | None, op: str) -> str:
+    return f"{op[0]} {lo}" + ("" if hi is None else f" and {op[1]} {hi}")
+
+
+def _integer(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
+            raise ValueError(f"must be an integer {_bounds(lo, hi, ('>=', '<='))}, got {v!r}")
+        return int(v)
+    return check
+
+
+def _number(lo: float, hi: float | None = None) -> Callable[[Any], float]:
+    """A finite number in the open interval (lo, hi)."""
+    def check(v: Any) -> float:
+        inside = isinstance(v, numbers.Real) and math.isfinite(v) and v > lo and (hi is None or v < hi)
+        if isinstance(v, bool) or not inside:
+            raise ValueError(f"must be a number {_bounds(lo, hi, ('>', '<'))}, got {v!r}")
+        return float(v)
+    return check
+
+
+def _one_of(*choices: Any) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if not any(v == c and type(v) is type(c) for c in choices):
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {v!r}")
+        return v
+    return check
+
+
+def _several(item: Callable[[Any], Any]) -> Callable[[Any], tuple]:
+    """A non-empty list or tuple, every item checked by ``item``."""
+    def check(v: Any) -> tuple:
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError(f"must be a non-empty list, got {v!r}")
+        try:
+            return tuple(item(x) for x in v)
+        except ValueError as e:
+            raise ValueError(f"each value {e}") from None
+    return check
+
+
+#: LabelParams field -> its check (raises ValueError, returns the value to keep). Every field has one.
+CHECKS: dict[str, Callable[[Any], Any]] = {
+    "n_components": _integer(1),
+    "ks": _several(_integer(2)),
+    "seed": _integer(0, 2**63 - 1),
+    "kmeans_iters": _integer(1),
+    "cluster_connectivity": _one_of(4, 8),
+    "thresholds": _several(_number(0, 1)),
+    "background_factor": _number(0),
+    "vote_rule": _one_of("report", "authors"),
+    "refine": _one_of(True, False),
+    "refine_k": _integer(2),
+    "refine_connectivity": _one_of(4, 8),
+    "refine_min_segment": _integer(0),
+    "refine_subsample": _integer(0),
+    "dominance_rule": _one_of("report", "authors"),
+    "dominance_share": _number(0, 1),
+    "artefact_ring": _one_of(True, False),
+    "ring_width": _integer(0),
+}
 
 
 @dataclass
@@ -107,13 +188,15 @@ class _Timer:
     """Seconds per stage; synchronises CUDA so that the numbers are the stages' own."""
 
     def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+        import torch
+
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else None
         self.times: dict[str, float] = {}
         self.t0 = self.start = self._now()
 
     def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
+        if self.sync is not None:
+            self.sync()
         return time.perf_counter()
 
     def lap(self, name: str) -> None:
@@ -136,6 +219,9 @@ def label(capture: Capture, params: LabelParams | None = None, **overrides) -> L
     Raises:
         InputError: a layer's head_dim is smaller than ``params.n_components`` (names the layer).
     """
+    import torch
+    import torch.nn.functional as F
+
     from . import classes as C
     from . import clusters as K
     from . import features as Fe

@@ -12,6 +12,7 @@ only used when the model is not cached and ``HF_HUB_OFFLINE`` is not set. Works 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -27,13 +28,17 @@ _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float1
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU."""
+    """``None`` -> CUDA when available, else CPU; :class:`InputError` for a name that is not a device, or
+    CUDA on a machine without it."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise InputError(f"not a torch device: {device!r} ({e})", field="--device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA is not available on this machine", field="--device")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -65,7 +70,8 @@ def check_model(model: str) -> str:
     """Validate a model name without loading it; returns its kind: "tiny", "folder" or "hub".
 
     Raises :class:`InputError` (one line) for a folder that is not a diffusers pipeline, a malformed hub
-    id, or a hub id that is neither cached nor reachable.
+    id, or a hub id that is neither cached nor on the hub; an unreachable hub is found out within
+    :data:`HUB_TIMEOUT` seconds (one request, no retries).
     """
     if model in (TINY, TOY):
         return model
@@ -82,26 +88,62 @@ def check_model(model: str) -> str:
                          field="--model")
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(model, "model_index.json")
+    try:
+        cached = try_to_load_from_cache(model, "model_index.json")
+    except ValueError as e:  # huggingface_hub's HFValidationError
+        raise InputError(f"{model!r} is not a hub id ({str(e).splitlines()[0]})", field="--model") from None
     if isinstance(cached, str):
         return "hub"
     if offline():
         raise InputError(f"{model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
                          field="--model")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     try:
-        hf_hub_download(model, "model_index.json", etag_timeout=10)
-    except LocalEntryNotFoundError:
-        raise InputError(f"{model!r} is not in the local Hugging Face cache and the hub cannot be reached "
-                         "(set HF_HUB_OFFLINE=1 to skip the network)", field="--model") from None
+        _ask_hub(model)
+    except GatedRepoError:
+        raise InputError(f"{model!r} is gated on the Hugging Face hub: accept its licence there and log in "
+                         "(hf auth login)", field="--model") from None
     except (RepositoryNotFoundError, EntryNotFoundError):
         raise InputError(f"{model!r}: no such diffusers model on the Hugging Face hub", field="--model") from None
-    except Exception as e:  # network down, gated model, ...
-        raise InputError(f"{model!r} is not cached locally and could not be fetched ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})", field="--model") from None
+    except HfHubHTTPError as e:
+        raise InputError(f"{model!r} is not cached locally and the hub refused it ({str(e).splitlines()[0]})",
+                         field="--model") from None
+    except Exception:  # no network, no DNS, a proxy that does not answer, the timeout
+        raise InputError(f"{model!r} is not in the local Hugging Face cache and the hub cannot be reached "
+                         "(set HF_HUB_OFFLINE=1 to skip the network)", field="--model") from None
     return "hub"
+
+
+#: Seconds to wait for the Hugging Face hub's answer, name resolution included, before giving up.
+HUB_TIMEOUT = 5.0
+
+
+def _ask_hub(model: str) -> None:
+    """Ask the hub once, without retries, for the metadata of ``model``'s ``model_index.json``.
+
+    Returns when the hub has it; raises the hub client's error, or ``TimeoutError`` after
+    :data:`HUB_TIMEOUT` seconds (the request runs in a daemon thread, because name resolution has no
+    timeout of its own).
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    outcome: list[BaseException | None] = []
+
+    def ask() -> None:
+        try:
+            get_hf_file_metadata(hf_hub_url(model, "model_index.json"), timeout=HUB_TIMEOUT)
+            outcome.append(None)
+        except BaseException as e:  # handed to the caller's thread
+            outcome.append(e)
+
+    thread = threading.Thread(target=ask, name="pccseg-hub-query", daemon=True)
+    thread.start()
+    thread.join(HUB_TIMEOUT)
+    if not outcome:
+        raise TimeoutError(f"no answer in {HUB_TIMEOUT:g} s")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype: str | torch.dtype | None = None,

@@ -8,7 +8,6 @@ the file, the record (by its 0-based index in the file) and the field.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from .dataset import sample_stem
 from .errors import InputError
+from .io import parse_json, read_text
 from .vocab import VOC_CLASSES
 
 log = logging.getLogger(__name__)
@@ -66,31 +66,16 @@ def parse_classes_option(text: str) -> tuple[str, ...]:
 
 
 def _raw_records(path: Path) -> list:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("no such prompt file", path=path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"unreadable prompt file ({e})", path=path) from None
+    if not path.exists():
+        raise InputError("no such prompt file", path=path)
+    text = read_text(path)
     stripped = text.lstrip()
     if not stripped:
         raise InputError("empty prompt file", path=path)
     if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", path=path) from None
-        return data
-    records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise InputError(f"malformed JSON line {lineno} (record {len(records)}), column {e.colno}: {e.msg}",
-                             path=path) from None
-    return records
+        return parse_json(text, path=path)
+    return [parse_json(line, path=path, field=f"line {n}") for n, line in enumerate(text.splitlines(), 1)
+            if line.strip()]
 
 
 def load_prompts(path: str | Path | None = None, *, class_names: Sequence[str] = VOC_CLASSES
@@ -115,8 +100,12 @@ def load_prompts(path: str | Path | None = None, *, class_names: Sequence[str] =
             if key not in rec:
                 raise InputError("missing field", path=path, field=f"{where}: {key}")
         rid = rec["id"]
-        if isinstance(rid, bool) or not isinstance(rid, int) or rid < 0:
-            raise InputError(f"expected a non-negative integer, got {rid!r}", path=path, field=f"{where}: id")
+        try:
+            if not isinstance(rid, int):
+                raise ValueError(f"expected an integer, got {rid!r}")
+            sample_stem(rid)
+        except ValueError as e:
+            raise InputError(str(e), path=path, field=f"{where}: id") from None
         prompt = rec["prompt_sd"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"expected a non-empty string, got {prompt!r}", path=path, field=f"{where}: prompt_sd")

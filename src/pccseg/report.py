@@ -39,9 +39,10 @@ from PIL import Image  # noqa: E402
 
 from .dataset import IMAGES, MANIFEST, MASKS, SETTINGS, sample_stem  # noqa: E402
 from .errors import InputError  # noqa: E402
-from .io import atomic_path, load_image, load_mask, read_json, read_jsonl  # noqa: E402
+from .io import atomic_path, check_stem, load_image, load_mask, make_dir, read_json, read_jsonl  # noqa: E402
+from .io import remove_temps  # noqa: E402
 from .show import legend_handles, overlay, save_figure  # noqa: E402
-from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
+from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE, check_class_names  # noqa: E402
 
 LOG = "log.jsonl"
 
@@ -67,11 +68,20 @@ def _read_settings(directory: Path) -> dict | None:
 
 
 def _stem(record: dict, path: Path, n: int) -> str:
+    """The sample stem of manifest record ``n``: a plain file name, never a path out of the dataset."""
     if "id" in record:
-        return str(record["id"])
+        return check_stem(str(record["id"]), path=path, key=f"record {n}: id")
     if "record_id" in record:
-        return sample_stem(record["record_id"])
+        try:
+            return sample_stem(record["record_id"])
+        except ValueError as e:
+            raise InputError(str(e), path=path, field=f"record {n}: record_id") from None
     raise InputError("record has neither 'id' nor 'record_id'", path=path, field=f"record {n}")
+
+
+def _count(n: int, word: str, plural: str | None = None) -> str:
+    """``1 image``, ``2 images`` (``plural``: when it is not ``word + "s"``)."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def dataset_stats(directory: str | Path) -> dict[str, Any]:
@@ -84,7 +94,8 @@ def dataset_stats(directory: str | Path) -> dict[str, Any]:
     """
     directory = Path(directory)
     settings = _read_settings(directory)
-    names = tuple((settings or {}).get("class_names") or VOC_CLASSES)
+    names = (settings or {}).get("class_names")
+    names = VOC_CLASSES if names is None else check_class_names(names, path=str(directory / SETTINGS))
     index = {n: i for i, n in enumerate(names)}
     manifest = directory / MANIFEST
     if manifest.is_file():
@@ -167,7 +178,7 @@ def images_per_class_figure(pixels: np.ndarray, named: np.ndarray, names: Sequen
     ax.set_ylabel("images")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, max(max(present.max(), in_prompt.max()) * 1.15, 1))
-    ax.set_title(f"Images per class ({pixels.shape[0]} images)", fontsize=10)
+    ax.set_title(f"Images per class ({_count(pixels.shape[0], 'image')})", fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     return fig
 
@@ -273,6 +284,12 @@ def _page(title: str, body: list[str]) -> str:
             f"<h1>{_e(title)}</h1>\n" + "\n".join(body) + "\n</body>\n</html>\n")
 
 
+def _prepare(out: Path) -> None:
+    """Create the output folder (one line when it cannot be) and remove what a killed run left there."""
+    make_dir(out)
+    remove_temps(out)
+
+
 def _write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -290,12 +307,14 @@ def dataset_report(directory: str | Path, out: str | Path, *, samples_per_class:
                    thumb: int = 192) -> Path:
     """Write ``out/index.html`` and its PNGs for a dataset directory; returns the page's path."""
     directory, out = Path(directory), Path(out)
+    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
+        raise InputError(f"must be an integer >= 1, got {samples_per_class!r}", field="samples")
     st = dataset_stats(directory)
     names, ids, pixels, unc, named = st["class_names"], st["ids"], st["pixels"], st["uncertain"], st["named"]
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare(out)
     N, C = pixels.shape
-    body = [f'<p>Dataset <code>{_e(directory.resolve())}</code>: {N} images, '
-            f'{C} classes; mean uncertain share {100 * unc.mean():.2f}%.</p>']
+    body = [f'<p>Dataset <code>{_e(directory.resolve())}</code>: {_count(N, "image")}, '
+            f'{_count(C, "class", "classes")}; mean uncertain share {100 * unc.mean():.2f}%.</p>']
 
     times = [r.get("timings") for r in st["records"] if isinstance(r.get("timings"), dict)]
     if times:
@@ -337,7 +356,8 @@ def dataset_report(directory: str | Path, out: str | Path, *, samples_per_class:
         fname = f"samples_{c:02d}_{_safe(names[c])}.png"
         save_figure(samples_figure(directory, _spread(sorted(have), samples_per_class), c, names, thumb=thumb),
                     out / fname)
-        body += [f"<h3>{_swatch(c)}{_e(names[c])} ({len(have)} images)</h3>", _img(fname, f"samples of {names[c]}")]
+        body += [f"<h3>{_swatch(c)}{_e(names[c])} ({_count(len(have), 'image')})</h3>",
+                 _img(fname, f"samples of {names[c]}")]
     if missing:
         body.append(f"<p>No image has: {_e(', '.join(missing))}.</p>")
 
@@ -365,11 +385,10 @@ def _run_class_names(run: Path, n: int) -> tuple[str, ...]:
         p = run / fname
         if p.is_file():
             try:
-                obj = json.loads(p.read_text())
-            except (json.JSONDecodeError, OSError):
+                obj = read_json(p)
+            except InputError:
                 continue
-            if isinstance(obj, dict) and isinstance(obj.get("class_names"), list) \
-                    and len(obj["class_names"]) == n:
+            if isinstance(obj.get("class_names"), list) and len(obj["class_names"]) == n:
                 return tuple(map(str, obj["class_names"]))
     if n == len(VOC_CLASSES):
         return VOC_CLASSES
@@ -387,10 +406,10 @@ def training_report(run: str | Path, out: str | Path) -> Path:
         raise InputError("no loss or mIoU entries", path=log)
     n_checks = len(checks)
     checks = [e for e in checks if _num(e["miou"])]          # a check can log miou null (no class seen)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare(out)
     pct = 100.0 if checks and all(float(e["miou"]) <= 1.0 for e in checks) else 1.0
-    body = [f"<p>Training run <code>{_e(run.resolve())}</code>: {len(losses)} loss entries, "
-            f"{n_checks} checks.</p>"]
+    entries = _count(len(losses), "loss entry", "loss entries")
+    body = [f"<p>Training run <code>{_e(run.resolve())}</code>: {entries}, {_count(n_checks, 'check')}.</p>"]
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100, layout="constrained")
     ax = axes[0]

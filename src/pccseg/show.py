@@ -39,6 +39,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from scipy.ndimage import binary_dilation  # noqa: E402
 
+from .errors import InputError  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
 
@@ -195,6 +196,13 @@ def _label_panel(ax, rgb: np.ndarray, title: str) -> None:
     _off(ax)
 
 
+def check_figure_options(*, n_heads: int = 3, dpi: int = 100) -> None:
+    """:class:`InputError` naming the option when ``n_heads`` < 0 or ``dpi`` < 1 (or not integers)."""
+    for name, value, lo in (("heads", n_heads, 0), ("dpi", dpi, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise InputError(f"must be an integer >= {lo}, got {value!r}", field=f"--{name}")
+
+
 def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int = 5, alpha: float = 0.55,
                  dpi: int = 100) -> Figure:
     """One figure, one panel per PCC stage, for one image.
@@ -209,6 +217,7 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
     Returns:
         A matplotlib Figure (Agg); save it with ``fig.savefig`` or use :func:`save_stage_figure`.
     """
+    check_figure_options(n_heads=n_heads, dpi=dpi)
     image = to_numpy(capture.image).astype(np.uint8)
     H, W = image.shape[:2]
     names = tuple(getattr(capture, "class_names", None) or VOC_CLASSES)

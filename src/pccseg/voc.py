@@ -22,13 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .dataset import IMAGES as IMAGE_DIR, MASKS as MASK_DIR, SETS as SPLIT_DIR
 from .errors import InputError
 from .io import load_image, load_mask, read_json
-from .vocab import IGNORE_INDEX, VOC_CLASSES
+from .vocab import IGNORE_INDEX, VOC_CLASSES, check_class_names
 
-IMAGE_DIR = "JPEGImages"
-MASK_DIR = "SegmentationClass"
-SPLIT_DIR = "ImageSets/Segmentation"
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
@@ -38,12 +36,7 @@ def read_class_names(root: str | Path) -> list[str]:
     if settings.is_file():
         names = read_json(settings).get("class_names")
         if names is not None:
-            if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-                raise InputError("must be a non-empty list of strings", path=settings, field="class_names")
-            if len(names) > IGNORE_INDEX:
-                raise InputError(f"at most {IGNORE_INDEX} classes, got {len(names)}", path=settings,
-                                 field="class_names")
-            return list(names)
+            return list(check_class_names(names, path=settings))
     return list(VOC_CLASSES)
 
 

@@ -54,3 +54,15 @@ def class_index(name: str, classes: Sequence[str] = VOC_CLASSES) -> int:
         return list(classes).index(name)
     except ValueError:
         raise KeyError(f"unknown class {name!r} (known: {', '.join(classes[1:])})") from None
+
+
+def check_class_names(names: object, *, path: str | None = None, field: str = "class_names") -> tuple[str, ...]:
+    """``names`` as a class list if it is a non-empty list of at most 255 strings (255 is the uncertain
+    value), else :class:`~pccseg.errors.InputError` naming ``path`` and ``field``."""
+    from .errors import InputError
+
+    if not (isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names)):
+        raise InputError("must be a non-empty list of strings", path=path, field=field)
+    if len(names) > IGNORE_INDEX:
+        raise InputError(f"at most {IGNORE_INDEX} classes, got {len(names)}", path=path, field=field)
+    return tuple(names)

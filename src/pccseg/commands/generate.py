@@ -54,7 +54,8 @@ def build_settings(args: argparse.Namespace, *, class_names, label_params, heigh
 def run(args: argparse.Namespace) -> int:
     from ..commands.label import params_from_args
     from ..dataset import Dataset
-    from ..generate import DEFAULT_STEPS, distributed_state, generate
+    from ..generate import check_options, distributed_state, generate
+    from ..io import make_dir
     from ..pipeline import check_model, model_default_size, resolve_device, resolve_dtype
     from ..prompts import check_lengths, load_prompts, parse_classes_option, select
     from ..vocab import VOC_CLASSES
@@ -70,25 +71,17 @@ def run(args: argparse.Namespace) -> int:
     records = select(records, start=args.start, num=args.num)
     if not records:
         raise InputError(f"no records from --start {args.start}", path=args.prompts)
-    for opt in ("steps", "batch_size", "height", "width"):
-        v = getattr(args, opt)
-        if v is not None and v < 1:
-            raise InputError(f"must be >= 1, got {v}", field="--" + opt.replace("_", "-"))
-    for opt in ("height", "width"):
-        v = getattr(args, opt)
-        if v is not None and v % 8:
-            raise InputError(f"must be a multiple of 8 (64 for SD's full UNet depth), got {v}", field="--" + opt)
+    try:
+        check_options(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, height=args.height,
+                      width=args.width)
+    except InputError as e:
+        raise InputError(e.message, field="--" + e.field.replace("_", "-")) from None
+    label_params = params_from_args(args)
     kind = check_model(args.model)
     rank, world, is_main, state = distributed_state()
     device = resolve_device(args.device if args.device is not None or world == 1 or state is None else state.device)
-    if device.type == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("CUDA is not available on this machine", field="--device")
     dtype = resolve_dtype(args.dtype, device)
     steps = args.steps
-    label_params = params_from_args(args)
     size = model_default_size(args.model)
     height = args.height or (size[0] if size else None)
     width = args.width or (size[1] if size else None)
@@ -98,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
         settings = build_settings(args, class_names=class_names, label_params=label_params, height=height,
                                   width=width, dtype=dtype, steps=steps)
         ds.check_settings(settings)
+    make_dir(args.out)
 
-    if settings is not None and world == 1 and all(ds.is_done(r.stem, capture=args.keep_captures) for r in records):
+    if settings is not None and world == 1 and not ds.todo([r.stem for r in records], capture=args.keep_captures):
+        ds.repair()
         n = ds.rebuild()[0]
         print(f"pccseg generate: all {len(records)} sample(s) already done; {n} sample(s) in {args.out}",
               file=sys.stderr)

@@ -194,9 +194,10 @@ def capture_dirs(paths: list[str | Path]) -> list[Path]:
 LABEL_SETTINGS = "label_params.json"
 
 
-def check_label_settings(out: Path, params, *, overwrite: bool = False) -> None:
-    """Record the labeller and its parameters in ``out/label_params.json``; refuse to resume a folder
-    labelled with another labeller or other parameters.
+def check_label_settings(out: Path, params, *, overwrite: bool = False) -> dict:
+    """Refuse to resume a folder labelled with another labeller or other parameters; returns what
+    ``out/label_params.json`` is to hold (written with the first mask, so that a run that stops before
+    has written nothing).
 
     Without ``overwrite``, existing masks are kept, so masks of two parameter sets would mix: that is an
     :class:`InputError` naming the differences. With ``overwrite`` every mask is redone and the file replaced.
@@ -204,7 +205,7 @@ def check_label_settings(out: Path, params, *, overwrite: bool = False) -> None:
     """
     from .. import __version__
     from ..dataset import settings_diff
-    from ..io import read_json, write_json
+    from ..io import read_json
     from ..labellers import DEFAULT_LABELLER, params_record
 
     new = dict(params_record(params), pccseg_version=__version__)
@@ -218,17 +219,17 @@ def check_label_settings(out: Path, params, *, overwrite: bool = False) -> None:
             raise InputError("this folder holds masks made with other label parameters ("
                              + "; ".join(diff) + "): use another --out, the same options, or --overwrite",
                              path=path)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(path, new)
+    return new
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from ..capture_format import load_capture
-    from ..io import save_mask
+    from ..io import make_dir, remove_temps, save_mask, write_json
     from ..labellers import label
+    from ..pipeline import resolve_device
+    from ..signals import hold_interrupts
 
     params = params_from_args(args)
     dirs = capture_dirs(args.captures)
@@ -238,8 +239,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"two captures would write the same mask name(s): {', '.join(sorted(dup))}",
                          path=args.out)
     out = Path(args.out)
-    check_label_settings(out, params, overwrite=args.overwrite)
-    device = torch.device(args.device)
+    settings = check_label_settings(out, params, overwrite=args.overwrite)
+    device = resolve_device(args.device)
+    make_dir(out)
+    remove_temps(out)
     failed = 0
     skipped = 0
     bar = tqdm(dirs, desc="label", unit="img", disable=args.quiet)
@@ -258,7 +261,11 @@ def run(args: argparse.Namespace) -> int:
             if not args.keep_going:
                 return 2
             continue
-        save_mask(target, res.mask.cpu())
+        with hold_interrupts():                 # SIGTERM / Ctrl-C: this mask is finished first
+            if settings is not None:
+                write_json(out / LABEL_SETTINGS, settings)
+                settings = None
+            save_mask(target, res.mask.cpu())
         bar.set_postfix(uncertain=f"{res.uncertain_share:.3f}")
     bar.close()
     if skipped and not args.quiet:

@@ -17,23 +17,35 @@ def resolve_capture(target: str, data: str | None) -> Path:
     """The capture directory ``target`` names: a path, or with ``data`` an ID of that dataset.
 
     With ``data``: ``DATA/captures/<stem>``, stem = the ID zero-padded to 6 digits when it is a number
-    (``7`` -> ``000007``); a path that is itself a directory is taken as is.
+    (``7`` -> ``000007``), else the ID itself when it is a plain file name; a path that is itself a
+    directory is taken as is. An ID never leads out of ``DATA/captures``.
     """
     if data is not None:
-        from ..dataset import Dataset, sample_stem
+        from ..dataset import CAPTURES, sample_stem
+        from ..io import check_stem
 
         droot = Path(data)
         if not droot.is_dir():
             raise InputError("not a dataset directory", path=droot)
-        stem = sample_stem(target) if target.strip().isdigit() else target.strip()
-        cdir = Dataset(droot).capture_dir(stem)
-        if cdir.is_dir():
-            return cdir
-        if Path(target).is_dir() and not target.strip().isdigit():
+        t = target.strip()
+        if t.isdigit():
+            try:
+                stem = sample_stem(t)
+            except ValueError as e:
+                raise InputError(str(e), field="CAPTURE_DIR_OR_ID") from None
+        else:
+            try:
+                stem = check_stem(t)
+            except InputError:                            # not an ID: a path, or nothing
+                stem = None
+        captures = droot / CAPTURES
+        if stem is not None and (captures / stem).is_dir():
+            return captures / stem
+        if Path(target).is_dir() and not t.isdigit():
             return Path(target)
-        hint = "" if cdir.parent.is_dir() else \
-            " (the dataset has no captures/: generate it with --keep-captures)"
-        raise InputError(f"no capture for sample {target!r}{hint}", path=cdir)
+        hint = "" if captures.is_dir() else " (the dataset has no captures/: generate it with --keep-captures)"
+        raise InputError(f"no capture for sample {target!r}{hint}",
+                         path=captures if stem is None else captures / stem)
     p = Path(target)
     if not p.is_dir():
         hint = " (to name a sample of a dataset by its ID, add --data DATASET_DIR)" \
@@ -43,18 +55,22 @@ def resolve_capture(target: str, data: str | None) -> Path:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    import torch
-
     from ..capture_format import load_capture
+    from ..io import make_dir, remove_temps
     from ..labellers import label
-    from ..show import save_stage_figure
+    from ..pipeline import resolve_device
+    from ..show import check_figure_options, save_stage_figure
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise InputError("the picture is written as PNG: give a .png file name", path=out, field="--out")
+    check_figure_options(n_heads=args.heads, dpi=args.dpi)
     params = params_from_args(args)
     cdir = resolve_capture(args.capture, args.data)
-    cap = load_capture(cdir, device=torch.device(args.device))
+    device = resolve_device(args.device)
+    make_dir(out.parent)
+    remove_temps(out.parent, name=out.name)
+    cap = load_capture(cdir, device=device)
     res = label(cap, params)
     save_stage_figure(cap, res, out, n_heads=args.heads, dpi=args.dpi)
     print(out)
@@ -95,7 +111,9 @@ def register(sub) -> None:
                     "frequencies, images per class, the uncertain share, sample overlays per class and "
                     "the generation settings; for a training run folder (log.jsonl) the loss and mIoU "
                     "curves and the per-class IoU of the best check.")
-    r.add_argument("directory", metavar="DATASET_OR_RUN_DIR")
+    r.add_argument("directory", metavar="DATASET_OR_RUN_DIR",
+                   help="a dataset directory (manifest.jsonl or SegmentationClass/) or a training run "
+                        "directory (log.jsonl)")
     r.add_argument("--out", required=True, help="output directory (index.html and PNGs)")
     r.add_argument("--samples", type=int, default=4, help="sample images per class (default 4)")
     r.set_defaults(func=run_report)

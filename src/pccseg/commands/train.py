@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    from ..train import ARCHS, TrainConfig
+    from ..train_config import ARCHS, TrainConfig
 
     d = TrainConfig(data="", out="")
     p = sub.add_parser("train", help="train DeepLabv3 on a VOC-layout dataset, validate on VOC val",
@@ -94,7 +94,8 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
-    from ..train import TrainConfig, train
+    from ..train import train
+    from ..train_config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = {k: v for k, v in vars(args).items() if k in names}

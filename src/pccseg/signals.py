@@ -1,0 +1,69 @@
+"""Stopping cleanly: SIGTERM (what Slurm and Kubernetes send before they kill) is handled like Ctrl-C.
+
+Inside :func:`handle_interrupts` both signals raise in the main thread (SIGTERM as :class:`Terminated`, a
+``KeyboardInterrupt``), so the code unwinds as on Ctrl-C: temporary files are removed and ``finally``
+blocks run. A :func:`hold_interrupts` block (the writes of one sample, a checkpoint) is finished first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+_held = 0                                   # depth of hold_interrupts() blocks
+_pending: KeyboardInterrupt | None = None   # what a signal held back will raise
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM (exit code 143 on the command line)."""
+
+
+def _unwind(exc: KeyboardInterrupt) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second SIGTERM must not cut the clean-up short
+    raise exc
+
+
+def _raise_for(signum: int, frame) -> None:
+    global _pending
+    exc = Terminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
+    if _held and _pending is None:
+        _pending = exc
+        return
+    _unwind(exc)
+
+
+@contextlib.contextmanager
+def handle_interrupts() -> Iterator[None]:
+    """Inside the block SIGINT raises ``KeyboardInterrupt`` and SIGTERM :class:`Terminated`, or, in a
+    :func:`hold_interrupts` block, at its end. The previous handlers come back after. Outside the main
+    thread (where Python cannot set handlers) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_for) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def hold_interrupts() -> Iterator[None]:
+    """A signal that arrives inside the block is raised when the block ends, so that what the block writes
+    is finished; a second signal raises at once. Needs :func:`handle_interrupts` around it to hold
+    anything."""
+    global _held, _pending
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        exc = None if _held else _pending
+        if exc is not None:
+            _pending = None
+    if exc is not None:
+        _unwind(exc)

@@ -1,0 +1,473 @@
+"""Nothing escapes the output folder, nothing is left behind (issue 12), and a first minute without
+surprises (issue 10): plain stems, one line and exit 2 before anything is written, temporary names that a
+rerun removes, the umask, SIGTERM, torn manifest lines, relabelling that reproduces generate, a light
+``--help``, a quick answer when the hub cannot be reached. Kills of real processes: test_kill.py."""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pccseg import cli
+from pccseg.capture_format import load_capture, save_capture
+from pccseg.dataset import Dataset, read_manifest
+from pccseg.errors import InputError
+from pccseg.generate import generate
+from pccseg.io import TEMP_SUFFIX, atomic_path, check_stem, load_mask, read_json, read_jsonl, remove_temps
+from pccseg.labeller import CHECKS, LabelParams
+from pccseg.prompts import load_prompts
+from pccseg.signals import Terminated, handle_interrupts, hold_interrupts
+
+from test_capture_format import small_capture
+from test_generate import pipe, records  # noqa: F401 (fixtures: the tiny pipeline, three VOC records)
+from test_pictures import make_dataset
+
+KW = dict(steps=2, height=64, width=64, seed=2024, progress=False, rank=0, world_size=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, records):
+    """CLI options for a quick tiny-model run on ``records`` (a small prompt file: no 44k-record parse)."""
+    p = tmp_path_factory.mktemp("prompts") / "three.jsonl"
+    p.write_text("".join(json.dumps({"id": r.id, "prompt_sd": r.prompt, "classes": list(r.classes)}) + "\n"
+                         for r in records))
+    return ["--model", "tiny", "--prompts", str(p), "--height", "64", "--width", "64", "--steps", "1", "-q"]
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _temps(root: Path) -> list[str]:
+    return [f for f in _files(root) if f.endswith(TEMP_SUFFIX) or "/." in "/" + f]
+
+
+def _one_line(capsys, argv: list[str], *needles: str, code: int = 2) -> str:
+    """Run the CLI: ``code``, and exactly one line on stderr holding every needle."""
+    capsys.readouterr()
+    assert cli.main(argv) == code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and all(n in err[0] for n in needles), err
+    return err[0]
+
+
+# --------------------------------------------------------------------------- plain stems
+
+
+@pytest.mark.parametrize("stem", ["", ".", "..", "../../escape/evil", "a/b", "/etc/passwd", "a\\b", ".hidden",
+                                  "a\0b", 7])
+def test_check_stem_refuses_anything_but_a_file_name(stem):
+    with pytest.raises(InputError) as e:
+        check_stem(stem, path="ds/ImageSets/Segmentation/train.txt", line=3)
+    assert str(e.value).startswith("ds/ImageSets/Segmentation/train.txt: line 3: ")
+    assert "\n" not in str(e.value)
+
+
+def test_check_stem_keeps_file_names():
+    for stem in ("2007_000032", "000001", "a..b", "cat photo", "ü"):
+        assert check_stem(stem, path="x", line=1) == stem
+
+
+def test_report_refuses_a_manifest_id_that_is_a_path(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", n=2)
+    target = tmp_path / "escape"
+    entries = read_jsonl(root / "manifest.jsonl")
+    entries[1]["id"] = "../../escape/evil"
+    (root / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    _one_line(capsys, ["report", str(root), "--out", str(tmp_path / "rep")], "manifest.jsonl", "record 2: id",
+              "../../escape/evil")
+    entries[1] = {"record_id": 10**300}
+    (root / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    _one_line(capsys, ["report", str(root), "--out", str(tmp_path / "rep")], "record 2: record_id")
+    assert not target.exists() and not (tmp_path / "rep").exists()
+
+
+def test_show_id_never_leads_out_of_the_captures_folder(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "ds"
+    (data / "captures").mkdir(parents=True)
+    save_capture(data / "outside", small_capture())           # DATA/captures/../outside would reach it
+    monkeypatch.chdir(tmp_path)                               # where ../outside is no directory
+    _one_line(capsys, ["show", "../outside", "--data", str(data), "--out", str(tmp_path / "x.png")],
+              "no capture for sample '../outside'")
+    _one_line(capsys, ["show", "9" * 400, "--data", str(data), "--out", str(tmp_path / "x.png")],
+              "CAPTURE_DIR_OR_ID")
+    assert not (tmp_path / "x.png").exists()
+
+
+# --------------------------------------------------------------------------- readers: one line, never a traceback
+
+
+def test_json_readers_name_the_file_for_bytes_that_are_not_text_or_too_deep(tmp_path):
+    bad = tmp_path / "settings.json"
+    bad.write_bytes(b'{"a": "\xff\xfe"}')
+    with pytest.raises(InputError, match=r"settings.json: not UTF-8 text"):
+        read_json(bad)
+    bad.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match=r"settings.json: JSON nested too deeply"):
+        read_json(bad)
+    lines = tmp_path / "manifest.jsonl"
+    lines.write_text('{"id": "a"}\n' + "[" * 100_000 + "\n")
+    with pytest.raises(InputError, match=r"manifest.jsonl: line 2: JSON nested too deeply"):
+        read_jsonl(lines)
+    lines.write_bytes(b'{"id": "a"}\n{"id": "\xff"}\n')
+    with pytest.raises(InputError, match=r"manifest.jsonl: not UTF-8 text"):
+        read_jsonl(lines)
+
+
+@pytest.mark.parametrize("text,field", [
+    ('[{"id": 1' + "0" * 300 + ', "prompt_sd": "a cat", "classes": ["cat"]}]', "record 0: id"),
+    ('[{"id": -1, "prompt_sd": "a cat", "classes": ["cat"]}]', "record 0: id"),
+    ('[{"id": true, "prompt_sd": "a cat", "classes": ["cat"]}]', "record 0: id"),
+    ("[" * 100_000 + "]" * 100_000, None),
+])
+def test_prompt_ids_and_depth(tmp_path, capsys, text, field, tiny):
+    p = tmp_path / "p.json"
+    p.write_text(text)
+    with pytest.raises(InputError) as e:
+        load_prompts(p)
+    assert e.value.path == str(p) and e.value.field == field and len(str(e.value)) < 300
+    _one_line(capsys, ["generate", "--out", str(tmp_path / "o"), *tiny, "--prompts", str(p)], "p.json")
+    assert not (tmp_path / "o").exists()
+
+
+def test_report_bad_files_are_one_line_and_write_nothing(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", n=2)
+    out = tmp_path / "rep"
+    manifest = (root / "manifest.jsonl").read_bytes()
+    (root / "manifest.jsonl").write_bytes(manifest.replace(b'"cat"', b'"\xffcat"', 1))
+    _one_line(capsys, ["report", str(root), "--out", str(out)], "manifest.jsonl", "not UTF-8")
+    (root / "manifest.jsonl").write_bytes(manifest)
+    settings = json.loads((root / "settings.json").read_text())
+    (root / "settings.json").write_text(json.dumps(dict(settings, class_names=5)))
+    _one_line(capsys, ["report", str(root), "--out", str(out)], "settings.json", "class_names")
+    (root / "settings.json").write_text(json.dumps(settings))
+    _one_line(capsys, ["report", str(root), "--out", str(out), "--samples", "0"], "samples")
+    assert not out.exists()
+    (tmp_path / "file").write_text("x")
+    _one_line(capsys, ["report", str(root), "--out", str(tmp_path / "file" / "rep")], "--out", "cannot create")
+    if Path("/proc/self").is_dir():
+        _one_line(capsys, ["report", str(root), "--out", "/proc/pccseg-report"], "--out")
+
+
+def test_show_bad_options_write_nothing(tmp_path, capsys):
+    cdir = save_capture(tmp_path / "cap", small_capture())
+    out = tmp_path / "pics" / "stages.png"
+    _one_line(capsys, ["show", str(cdir), "--out", str(out), "--dpi", "0"], "--dpi")
+    _one_line(capsys, ["show", str(cdir), "--out", str(out), "--heads", "-1"], "--heads")
+    _one_line(capsys, ["show", str(cdir), "--out", str(out), "--thresholds", "1.5"], "--thresholds")
+    assert not out.parent.exists()
+    (tmp_path / "file").write_text("x")
+    _one_line(capsys, ["show", str(cdir), "--out", str(tmp_path / "file" / "s.png")], "--out")
+
+
+def test_generate_bad_out_and_settings_file(tmp_path, capsys, tiny):
+    (tmp_path / "file").write_text("x")
+    _one_line(capsys, ["generate", "--num", "1", "--out", str(tmp_path / "file" / "ds"), *tiny], "--out",
+              "cannot create")
+    if Path("/proc/self").is_dir():
+        _one_line(capsys, ["generate", "--num", "1", "--out", "/proc/pccseg-ds", *tiny], "--out")
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "settings.json").write_bytes(b'{"model": "\xff"}')
+    _one_line(capsys, ["generate", "--num", "1", "--out", str(out), *tiny], "settings.json", "not UTF-8")
+    assert _files(out) == ["settings.json"]
+
+
+# --------------------------------------------------------------------------- parameters, checked where they are defined
+
+
+@pytest.mark.parametrize("name,value", [
+    ("ks", (0,)), ("ks", (1,)), ("ks", (-3,)), ("ks", ()), ("ks", (4, 2.5)), ("thresholds", (1.5,)),
+    ("thresholds", (-0.5,)), ("thresholds", (float("nan"),)), ("refine_k", 0), ("n_components", 0),
+    ("ring_width", -1), ("kmeans_iters", 0), ("background_factor", -1.0), ("background_factor", math.inf),
+    ("refine_subsample", -1), ("refine_subsample", 5), ("refine_min_segment", -1), ("dominance_share", 1.5),
+    ("dominance_share", math.nan), ("cluster_connectivity", 6), ("vote_rule", "mine"), ("refine", 1),
+    ("seed", -1),
+])
+def test_label_params_refuse_bad_values(name, value):
+    with pytest.raises(InputError) as e:
+        LabelParams(**{name: value})
+    assert e.value.field == name
+    with pytest.raises(InputError):
+        LabelParams.preset("authors", **{name: value})
+
+
+def test_every_label_param_is_checked_and_lists_become_tuples():
+    assert set(CHECKS) == {f.name for f in dataclasses.fields(LabelParams)}
+    p = LabelParams(ks=[4, 7], thresholds=[0.4, 0.6])
+    assert p.ks == (4, 7) and p.thresholds == (0.4, 0.6) and p == LabelParams(ks=(4, 7), thresholds=(0.4, 0.6))
+    assert LabelParams.preset("authors") != LabelParams()
+
+
+def test_cli_refuses_label_params_before_writing(tmp_path, capsys, tiny):
+    caps = tmp_path / "caps"
+    save_capture(caps / "000000", small_capture())
+    for argv, option in ((["--ks", "4", "1"], "--ks"), (["--refine-k", "0"], "--refine-k"),
+                         (["--kmeans-seed", "-1"], "--kmeans-seed"), (["--thresholds", "nan"], "--thresholds")):
+        line = _one_line(capsys, ["label", str(caps), "--out", str(tmp_path / "masks"), *argv], option)
+        assert line.startswith(f"pccseg label: error: {option}: ")
+        _one_line(capsys, ["generate", "--num", "1", "--out", str(tmp_path / "ds"), *tiny, *argv], option)
+    assert not (tmp_path / "masks").exists() and not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_guidance_must_be_finite_before_anything_is_written(tmp_path, capsys, pipe, records, value, tiny):
+    out = tmp_path / "ds"
+    _one_line(capsys, ["generate", "--num", "1", "--out", str(out), f"--guidance={value}", *tiny], "--guidance")
+    with pytest.raises(InputError, match="guidance: must be a finite number"):
+        generate(pipe, records[:1], out, **dict(KW, guidance=float(value)))
+    with pytest.raises(InputError, match="batch_size"):
+        generate(pipe, records[:1], out, **dict(KW, batch_size=0))
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- temporary names, the umask
+
+
+def test_temporary_names_are_recognised_and_removed(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "m.png") as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".m.png.") and tmp.name.endswith(TEMP_SUFFIX)
+            raise RuntimeError
+    # what a kill leaves: a file, a folder, and names that are not ours
+    (tmp_path / f".m.png.1234abcd{TEMP_SUFFIX}").write_bytes(b"")
+    (tmp_path / f".x.json.1234abcd{TEMP_SUFFIX}").write_bytes(b"")
+    (tmp_path / f".000001.5678ef01{TEMP_SUFFIX}").mkdir()
+    (tmp_path / f".000001.5678ef01{TEMP_SUFFIX}" / "image.png").write_bytes(b"x")
+    (tmp_path / ".keep.tmp").write_text("another tool's")
+    (tmp_path / f"visible{TEMP_SUFFIX}").write_text("not hidden")
+    assert remove_temps(tmp_path, name="m.png") == 1
+    assert remove_temps(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep.tmp", f"visible{TEMP_SUFFIX}"]
+
+
+def _modes(root: Path) -> set[tuple[str, int]]:
+    return {("d" if p.is_dir() else "f", stat.S_IMODE(p.stat().st_mode)) for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_and_folders_respect_the_umask(tmp_path, pipe, records, umask):
+    old = os.umask(umask)
+    try:
+        generate(pipe, records[:1], tmp_path / "ds", keep_captures=True, **KW)
+        assert cli.main(["label", str(tmp_path / "ds" / "captures"), "--out", str(tmp_path / "m"), "-q"]) == 0
+    finally:
+        os.umask(old)
+    want = {("f", 0o666 & ~umask), ("d", 0o777 & ~umask)}
+    assert _modes(tmp_path / "ds") == want and _modes(tmp_path / "m") == want
+
+
+# --------------------------------------------------------------------------- generate: reruns repair
+
+
+def test_torn_manifest_lines_are_dropped_and_their_samples_made_again(tmp_path, pipe, records):
+    out = tmp_path / "ds"
+    generate(pipe, records, out, **KW)
+    masks = {s: (out / "SegmentationClass" / f"{s}.png").read_bytes() for s in ("000000", "000001", "000002")}
+    shard = out / "manifest.d" / "rank-0000.jsonl"
+    lines = shard.read_text().splitlines(keepends=True)
+    # a kill while sample 1's line was being appended (its mask was not written yet) ...
+    (out / "SegmentationClass" / "000001.png").unlink()
+    # ... and sample 2's line lost while its files are there (e.g. torn in the middle of the shard)
+    shard.write_text(lines[0] + lines[2][:25] + "\n" + lines[1][:40])
+    rep = generate(pipe, records, out, **KW)
+    assert sorted(rep.stems) == ["000001", "000002"]
+    assert [e["id"] for e in read_manifest(out)] == ["000000", "000001", "000002"]
+    assert [json.loads(x)["id"] for x in shard.read_text().splitlines()] == ["000000", "000001", "000002"]
+    assert {s: (out / "SegmentationClass" / f"{s}.png").read_bytes() for s in masks} == masks
+    # an append after a torn last line starts on a fresh line
+    with open(shard, "a") as f:
+        f.write('{"id": "0000')
+    Dataset(out).append_manifest(0, {"id": "000009"})
+    assert shard.read_text().splitlines()[-1] == '{"id": "000009"}'
+
+
+def test_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path, tiny):
+    out = tmp_path / "ds"
+    argv = ["generate", "--num", "2", "--out", str(out), "--keep-captures", *tiny]
+    assert cli.main(argv) == 0
+    planted = [out / "SegmentationClass" / f".000001.png.0badf00d{TEMP_SUFFIX}",
+               out / "JPEGImages" / f".000001.jpg.0badf00d{TEMP_SUFFIX}",
+               out / f".manifest.jsonl.0badf00d{TEMP_SUFFIX}",
+               out / "ImageSets" / "Segmentation" / f".train.txt.0badf00d{TEMP_SUFFIX}"]
+    for p in planted:
+        p.write_bytes(b"")
+    (out / "captures" / f".000001.0badf00d{TEMP_SUFFIX}").mkdir()
+    assert cli.main(argv) == 0                                      # all done: no model, still cleaned
+    assert _temps(out) == []
+    planted[0].write_bytes(b"")
+    assert cli.main(argv[:2] + ["3"] + argv[3:]) == 0              # a run with work to do cleans too
+    assert _temps(out) == [] and len(read_manifest(out)) == 3
+    masks = tmp_path / "masks"
+    assert cli.main(["label", str(out / "captures"), "--out", str(masks), "-q"]) == 0
+    (masks / f".000000.png.0badf00d{TEMP_SUFFIX}").write_bytes(b"")
+    assert cli.main(["label", str(out / "captures"), "--out", str(masks), "-q"]) == 0
+    assert _temps(masks) == []
+
+
+# --------------------------------------------------------------------------- label
+
+
+def test_relabelling_saved_captures_gives_the_dataset_masks(tmp_path, pipe, records):
+    from pccseg.labeller import label
+
+    seen = {}
+
+    def recording(cap, params):
+        seen[cap.meta["record_id"]] = cap
+        return label(cap, params)
+
+    out = tmp_path / "ds"
+    generate(pipe, records, out, keep_captures=True, label_fn=recording, **KW)
+    for r in records:
+        saved = load_capture(out / "captures" / r.stem)
+        for k, v in seen[r.id].self_attn.items():
+            assert torch.equal(v, saved.self_attn[k]), k                # labelled what was saved
+    assert cli.main(["label", str(out / "captures"), "--out", str(tmp_path / "relabel"), "-q"]) == 0
+    for r in records:
+        np.testing.assert_array_equal(load_mask(tmp_path / "relabel" / f"{r.stem}.png"),
+                                      load_mask(out / "SegmentationClass" / f"{r.stem}.png"))
+
+
+def test_label_params_json_is_written_with_the_first_mask(tmp_path, capsys):
+    caps = tmp_path / "caps"
+    save_capture(caps / "000000", small_capture())
+    (caps / "000000" / "capture.json").write_bytes(b"\xff")
+    out = tmp_path / "masks"
+    _one_line(capsys, ["label", str(caps), "--out", str(out), "-q"], "capture.json", "not UTF-8")
+    assert _files(out) == []
+    save_capture(caps / "000001", small_capture(seed=1))
+    assert cli.main(["label", str(caps), "--out", str(out), "-q", "--keep-going"]) == 2
+    assert _files(out) == ["000001.png", "label_params.json"]
+    (tmp_path / "file").write_text("x")
+    _one_line(capsys, ["label", str(caps), "--out", str(tmp_path / "file" / "m")], "--out")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_one_line(tmp_path, capsys):
+    cdir = save_capture(tmp_path / "caps" / "000000", small_capture())
+    _one_line(capsys, ["label", str(cdir), "--out", str(tmp_path / "m"), "--device", "cuda"], "--device", "CUDA")
+    _one_line(capsys, ["show", str(cdir), "--out", str(tmp_path / "s.png"), "--device", "cuda:1"], "--device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["caps"]
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_is_raised_like_ctrl_c_after_the_held_block():
+    before = signal.getsignal(signal.SIGTERM)
+    steps = []
+    with pytest.raises(Terminated):
+        with handle_interrupts():
+            with hold_interrupts():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+                steps.append("finished the write")
+            steps.append("not reached")
+    assert steps == ["finished the write"]
+    with pytest.raises(Terminated):
+        with handle_interrupts():
+            try:
+                with hold_interrupts():
+                    os.kill(os.getpid(), signal.SIGTERM)
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)        # a second one, during the clean-up: ignored
+                time.sleep(0.01)
+                steps.append("cleaned up")
+    assert steps == ["finished the write", "cleaned up"]
+    with pytest.raises(KeyboardInterrupt):
+        with handle_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+            steps.append("not reached")
+    assert steps == ["finished the write", "cleaned up"] and signal.getsignal(signal.SIGTERM) is before
+    with hold_interrupts():                                     # no handler installed: holds nothing
+        pass
+
+
+# --------------------------------------------------------------------------- the first minute (issue 10)
+
+
+def test_help_imports_no_heavy_module():
+    code = """if True:
+        import sys
+        from pccseg.cli import main
+        for cmd in ([], ["generate"], ["label"], ["train"], ["evaluate"], ["show"], ["report"]):
+            try:
+                main(cmd + ["--help"])
+            except SystemExit as e:
+                assert e.code == 0, cmd
+        heavy = ("torch", "torchvision", "diffusers", "transformers", "matplotlib", "safetensors", "accelerate")
+        print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+    """
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_report_help_and_counts(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--help"])
+    out = capsys.readouterr().out
+    assert "DATASET_OR_RUN_DIR a dataset directory" in " ".join(out.split())
+    root = make_dataset(tmp_path / "ds", n=1)
+    assert cli.main(["report", str(root), "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert ": 1 image, 21 classes;" in html and "1 images" not in html
+
+
+@pytest.fixture()
+def no_hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_unreachable_hub_fails_fast_with_one_line(no_hub_cache, monkeypatch, tmp_path, capsys):
+    import huggingface_hub
+
+    import pccseg.pipeline as P
+
+    asked = []
+
+    def refused(url, timeout=None, **kw):
+        asked.append(timeout)
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    def no_download(*a, **k):
+        raise AssertionError("downloaded with retries")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", refused)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match="hub cannot be reached"):
+        P.check_model("someone/some-model")
+    assert time.perf_counter() - t0 < 2 and asked == [P.HUB_TIMEOUT] and P.HUB_TIMEOUT <= 10
+    _one_line(capsys, ["generate", "--model", "someone/some-model", "--out", str(tmp_path / "o")],
+              "--model", "hub cannot be reached")
+    assert not (tmp_path / "o").exists()
+
+    # a hub that never answers (a resolver or proxy that hangs): given up after HUB_TIMEOUT
+    release = threading.Event()
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kw: release.wait(30))
+    monkeypatch.setattr(P, "HUB_TIMEOUT", 0.3)
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(InputError, match="hub cannot be reached"):
+            P.check_model("someone/some-model")
+    finally:
+        release.set()
+    assert time.perf_counter() - t0 < 2
