@@ -259,7 +259,7 @@ def model_default_size(model: str) -> tuple[int, int] | None:
 
         return TINY_HEIGHT, TINY_WIDTH
     if kind == "toy":
-        from .toy.model import TOY_SIZE
+        from .toy.config import TOY_SIZE
 
         return TOY_SIZE, TOY_SIZE
     unet, vae = _model_json(model, kind, "unet/config.json"), _model_json(model, kind, "vae/config.json")

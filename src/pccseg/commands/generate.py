@@ -25,7 +25,7 @@ def _model_defaults(args: argparse.Namespace) -> None:
     from ..prompts import DEFAULT_PROMPTS, TOY_PROMPTS, default_prompts_path
 
     if args.model == "toy":
-        from ..toy.model import TOY_GUIDANCE, TOY_STEPS
+        from ..toy.config import TOY_GUIDANCE, TOY_STEPS
 
         steps, guidance, prompts = TOY_STEPS, TOY_GUIDANCE, TOY_PROMPTS
     elif args.model in ("tiny", "tiny-sdxl"):
