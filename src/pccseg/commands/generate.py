@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     except InputError as e:
         raise InputError(e.message, field="--" + e.field.replace("_", "-")) from None
     label_params = params_from_args(args)
-    kind = check_model(args.model)
+    check_model(args.model)
     rank, world, is_main, state = distributed_state()
     device = resolve_device(args.device if args.device is not None or world == 1 or state is None else state.device)
     dtype = resolve_dtype(args.dtype, device)
