@@ -24,7 +24,7 @@ class ToyTrainConfig:
     threads: int = 1                     # torch threads on CPU
     seed: int = 0
     # VAE
-    vae_steps: int = 2000
+    vae_steps: int = 3000
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
