@@ -148,7 +148,7 @@ def test_train_config_refuses_bad_values():
 
 
 def test_optimizer_state_round_trip():
-    from pccseg.toy.train import load_optimizer, optimizer_tensors
+    from pccseg.deeplab import load_optimizer, optimizer_tensors
 
     torch.manual_seed(0)
     m = torch.nn.Linear(3, 2)
@@ -213,3 +213,69 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
     out = pipe("a dog", num_inference_steps=2, height=64, width=64, output_type="np",
                generator=torch.Generator().manual_seed(0))
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
+
+
+# --- the shipped model (src/pccseg/toy/weights) ---------------------------------------------------------
+# Measured on the shipped weights with these prompts and seeds (CPU, float32); the bounds leave a margin
+# for other CPUs' float rounding. Retraining the model means measuring them again.
+SHIPPED_N, SHIPPED_SEED = 4, 0          # the first records of the shipped prompt set
+SHIPPED_ADHERENCE = 0.5
+SHIPPED_PCC_MIOU = 0.3
+SHIPPED_FOUND = 3                        # prompted classes found in the masks of 3 generated samples
+
+def test_shipped_weights_are_small_fp16_safetensors():
+    from safetensors import safe_open
+
+    from pccseg.toy.model import weights_dir
+
+    files = [f for f in weights_dir().rglob("*") if f.is_file()]
+    assert (weights_dir() / "model_index.json") in files
+    assert sum(f.stat().st_size for f in files) <= 25 * 2**20
+    assert {f.suffix for f in files} <= {".json", ".safetensors"}          # no pickle
+    tensors = [f for f in files if f.suffix == ".safetensors"]
+    assert {f.parent.name for f in tensors} == {"unet", "vae", "text_encoder"}
+    for f in tensors:
+        with safe_open(str(f), "pt") as st:
+            assert {st.get_slice(k).get_dtype() for k in st.keys()} == {"F16"}, f
+
+
+def test_shipped_model_draws_the_prompted_classes_and_pcc_finds_them():
+    """Fixed prompts and seeds on the CPU: the images show what was asked for (by the colour judge), the
+    capture leaves them bit-identical, and PCC's masks overlap the judge's ground truth."""
+    from pccseg.pipeline import load_pipeline
+    from pccseg.toy.config import TOY_GUIDANCE, TOY_SIZE, TOY_STEPS
+    from pccseg.toy.quality import score_model
+
+    pipe = load_pipeline("toy")
+    records = world.toy_prompt_records(SHIPPED_N, seed=SHIPPED_SEED)
+    res = score_model(pipe, records, size=TOY_SIZE, steps=TOY_STEPS, guidance=TOY_GUIDANCE, seed=2024,
+                      batch_size=len(records))
+    print("shipped:", res["adherence"], res["labellers"]["pcc"]["miou"], res["labellers"]["attn"]["miou"])
+    assert res["adherence"] >= SHIPPED_ADHERENCE
+    pcc = res["labellers"]["pcc"]
+    assert pcc["miou"] >= SHIPPED_PCC_MIOU
+    plain = pipe([r["prompt_sd"] for r in records], num_inference_steps=TOY_STEPS, guidance_scale=TOY_GUIDANCE,
+                 height=TOY_SIZE, width=TOY_SIZE, output_type="np",
+                 generator=[torch.Generator("cpu").manual_seed(2024 + j) for j in range(len(records))]).images
+    plain = (plain * 255).round().clip(0, 255).astype(np.uint8)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, res["images"]))
+
+
+def test_generate_on_the_shipped_model_labels_prompted_classes(tmp_path):
+    """The README's first command, small: every mask holds its prompt's classes."""
+    from PIL import Image
+
+    from pccseg.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["generate", "--model", "toy", "--num", "3", "--out", str(out), "-q"]) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    found = 0
+    for row in rows:
+        mask = np.asarray(Image.open(out / "SegmentationClass" / f"{row['id']}.png"))
+        wanted = {class_index(c) for c in row["classes"]}
+        assert set(np.unique(mask)) <= wanted | {0, 255}
+        found += len(wanted & set(np.unique(mask).tolist()))
+    print("found:", found, sum(len(r["classes"]) for r in rows))
+    assert found >= SHIPPED_FOUND

@@ -162,21 +162,44 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict, dict]:
+    """An optimizer's state as (tensors ``{prefix}.{param}.{key}`` for safetensors, JSON-able meta)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"{prefix}.{pid}.{key}"] = val.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(pid), {})[key] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str = "optimizer") -> None:
+    """Restore what :func:`optimizer_tensors` gave (other tensors in ``tensors`` are ignored)."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, val in tensors.items():
+        if name.startswith(prefix + "."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = val
+    for pid, extra in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(extra)
+    groups = meta["param_groups"]
+    for g in groups:
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, *, optimizer=None, scheduler=None,
                     scaler=None) -> None:
     """Write a checkpoint directory atomically (see the module docstring for its files)."""
     meta = dict(meta, format=CHECKPOINT_FORMAT)
     tensors: dict[str, torch.Tensor] = {}
     if optimizer is not None:
-        sd = optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for pid, st in sd["state"].items():
-            for key, val in st.items():
-                if torch.is_tensor(val):
-                    tensors[f"optimizer.{pid}.{key}"] = val.detach().contiguous().cpu()
-                else:
-                    scalars.setdefault(str(pid), {})[key] = val
-        meta["optimizer"] = {"param_groups": sd["param_groups"], "scalars": scalars}
+        opt_tensors, meta["optimizer"] = optimizer_tensors(optimizer)
+        tensors.update(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -244,18 +267,7 @@ def load_training_state(ckpt: Path, meta: dict, model, optimizer, scheduler, sca
     try:
         unwrap(model).load_state_dict(load_file(str(ckpt / "model.safetensors")))
         tensors = load_file(str(ckpt / "training.safetensors"))
-        state: dict[int, dict[str, Any]] = {}
-        for name, val in tensors.items():
-            if name.startswith("optimizer."):
-                _, pid, key = name.split(".", 2)
-                state.setdefault(int(pid), {})[key] = val
-        for pid, extra in meta["optimizer"].get("scalars", {}).items():
-            state.setdefault(int(pid), {}).update(extra)
-        groups = meta["optimizer"]["param_groups"]
-        for g in groups:
-            if isinstance(g.get("betas"), list):
-                g["betas"] = tuple(g["betas"])
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        load_optimizer(optimizer, tensors, meta["optimizer"])
         scheduler.load_state_dict(meta["scheduler"])
     except (RuntimeError, OSError, SafetensorError, KeyError, ValueError, TypeError) as e:
         raise InputError(f"cannot resume from this checkpoint ({type(e).__name__}: "

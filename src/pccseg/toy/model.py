@@ -108,13 +108,14 @@ def weights_dir() -> Path:
 def export_weights(src: str | Path, dst: str | Path | None = None, dtype: torch.dtype = torch.float16) -> Path:
     """Write the pipeline folder ``src`` as the shipped weights (default :func:`weights_dir`), stored in
     ``dtype`` (float16: about 15 MB), atomically. Loading casts to the dtype asked for."""
-    from ..io import atomic_path
+    from ..io import atomic_path, respect_umask
 
     dst = Path(dst) if dst is not None else weights_dir()
     pipe = toy_pipeline(src)
     pipe.to(dtype=dtype)
     with atomic_path(dst, directory=True) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
+        respect_umask(tmp)
     return dst
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..deeplab import load_optimizer, optimizer_tensors
 from ..io import atomic_path, read_json, respect_umask, save_tensors, write_json
 from ..signals import hold_interrupts
 from .config import ToyTrainConfig
@@ -47,34 +48,6 @@ EVAL_PROMPTS_SEED = 777
 
 # ----------------------------------------------------------------------------------------------------------
 # checkpoint helpers (safetensors + JSON, no pickle)
-def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict, dict]:
-    """An optimizer's state as (tensors for safetensors, JSON-able meta)."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for key, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"{prefix}.{pid}.{key}"] = val.detach().contiguous().cpu()
-            else:
-                scalars.setdefault(str(pid), {})[key] = val
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str = "optimizer") -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, val in tensors.items():
-        if name.startswith(prefix + "."):
-            _, pid, key = name.split(".", 2)
-            state.setdefault(int(pid), {})[key] = val
-    for pid, extra in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(extra)
-    groups = meta["param_groups"]
-    for g in groups:
-        if isinstance(g.get("betas"), list):
-            g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
 def _prefixed(prefix: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in sd.items()}
 
