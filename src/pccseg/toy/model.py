@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..tiny import SD_SCHEDULER
+from ..capture.tiny import SD_SCHEDULER
 from .config import TOY_SIZE
 
 LATENT_FACTOR = 4     #: VAE downsampling
@@ -91,7 +91,7 @@ def assemble(vae, unet, text_encoder):
     """A ``StableDiffusionPipeline`` from the three models (no safety checker, progress bar off)."""
     from diffusers import StableDiffusionPipeline
 
-    from ..tokenizer import clip_tokenizer
+    from ..capture.tokenizer import clip_tokenizer
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=clip_tokenizer(), unet=unet,
                                    scheduler=scheduler(), safety_checker=None, feature_extractor=None,
@@ -129,8 +129,8 @@ def toy_pipeline(path: str | Path | None = None, *, dtype: torch.dtype = torch.f
     from diffusers import StableDiffusionPipeline
 
     from ..errors import InputError
-    from ..pipeline import _dtype_kwarg
-    from ..tokenizer import clip_tokenizer
+    from ..capture.pipeline import _dtype_kwarg
+    from ..capture.tokenizer import clip_tokenizer
 
     folder = Path(path) if path is not None else weights_dir()
     if not (folder / "model_index.json").is_file():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import InputError
+from ..errors import InputError
 
 ARCHS = ("resnet50", "resnet101", "mobilenet_v3_large")
 

@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import labeller as pcc
-from . import labeller_attn as attn
-from . import labeller_dd as dd
-from .errors import InputError
+from . import attn, dd, pcc
+from ..errors import InputError
 
 if TYPE_CHECKING:
-    from .capture_format import Capture
+    from ..capture.format import Capture
 
 
 @dataclass(frozen=True)

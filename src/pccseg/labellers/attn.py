@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from .errors import InputError
-from .labeller import _Timer
-from .vocab import IGNORE_INDEX
+from ..errors import InputError
+from .pcc import _Timer
+from ..vocab import IGNORE_INDEX
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
     import torch
 
-    from .capture_format import Capture
+    from ..capture.format import Capture
 
 Interpolation = Literal["bicubic", "bilinear", "nearest"]
 TokenMerge = Literal["max", "mean"]

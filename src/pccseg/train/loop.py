@@ -43,13 +43,13 @@ from torchvision.transforms import InterpolationMode
 from .deeplab import (CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, backbone_state,  # noqa: F401
                       build_model, load_model, load_training_state, normalize, read_checkpoint_meta,
                       rescale_factor, rescaled_size, save_checkpoint, unwrap)
-from .errors import InputError, unwrap_worker_error
+from ..errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
-from .io import atomic_path, make_dir, read_jsonl, remove_temps, write_json
-from .signals import hold_interrupts
-from .train_config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
-from .vocab import IGNORE_INDEX
-from .voc import VOCSegmentation, voc_root
+from ..io import atomic_path, make_dir, read_jsonl, remove_temps, write_json
+from ..signals import hold_interrupts
+from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
+from ..vocab import IGNORE_INDEX
+from ..dataset.voc import VOCSegmentation, voc_root
 
 logger = logging.getLogger(__name__)
 

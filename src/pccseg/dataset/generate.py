@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .dataset import JPEG_QUALITY, Dataset, check_val_share, mask_stats
-from .errors import InputError
-from .io import make_dir, save_image, save_mask
+from .. import __version__
+from .folder import JPEG_QUALITY, Dataset, check_val_share, mask_stats
+from ..errors import InputError
+from ..io import make_dir, save_image, save_mask
 from .prompts import PromptRecord
-from .signals import hold_interrupts
-from .vocab import VOC_CLASSES
+from ..signals import hold_interrupts
+from ..vocab import VOC_CLASSES
 
 if TYPE_CHECKING:  # imported where used, so that the CLI's --help does not load torch
     import torch
@@ -77,7 +77,7 @@ def run_settings(*, model: str, steps: int, guidance: float, height: int, width:
     ``label_params``. ``val_share`` (the share of samples held out in val.txt) is recorded only when it
     is not 0.
     """
-    from .labellers import default_params, params_record
+    from ..labellers.registry import default_params, params_record
 
     check_val_share(val_share)
     return dict(model=model, steps=int(steps), guidance=float(guidance), height=int(height), width=int(width),
@@ -173,9 +173,9 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     """
     import torch
 
-    from .capture import capture
-    from .capture_format import as_saved, save_capture
-    from .labellers import default_params, label, labeller_of
+    from ..capture.attention import capture
+    from ..capture.format import as_saved, save_capture
+    from ..labellers.registry import default_params, label, labeller_of
 
     check_options(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width)
     label_fn = label_fn or label

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from .capture_format import Capture
-from .vocab import VOC_CLASSES, prompt_word
+from .format import Capture
+from ..vocab import VOC_CLASSES, prompt_word
 
 #: SD 2.1 up-block self-attention layers: (name, heads, downsampling of the latent).
 SD21: tuple[tuple[str, int, int], ...] = tuple(

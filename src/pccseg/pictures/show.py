@@ -39,9 +39,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from scipy.ndimage import binary_dilation  # noqa: E402
 
-from .errors import InputError  # noqa: E402
-from .io import atomic_path  # noqa: E402
-from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
+from ..errors import InputError  # noqa: E402
+from ..io import atomic_path  # noqa: E402
+from ..vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
 
 #: Colour of uncertain (255) pixels: white stripes (drawn over the image or a light grey ground).
 UNCERTAIN_RGB = np.array([255, 255, 255], dtype=np.uint8)
