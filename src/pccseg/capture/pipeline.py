@@ -189,7 +189,7 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
 
     Args:
         model: ``"toy"`` (the shipped toy-world model, :mod:`pccseg.toy`), ``"tiny"`` / ``"tiny-sdxl"``
-            (random weights, see :mod:`pccseg.tiny`; ``seed`` picks them), a local diffusers folder, or a hub
+            (random weights, see :mod:`pccseg.capture.tiny`; ``seed`` picks them), a local diffusers folder, or a hub
             id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
         dtype: default float16 on CUDA, float32 on CPU.
         device: default CUDA when available.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-log = logging.getLogger("pccseg.generate")
+log = logging.getLogger("pccseg.dataset.generate")
 
 
 def _model_defaults(args: argparse.Namespace) -> None:

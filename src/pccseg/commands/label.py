@@ -7,8 +7,8 @@ Also provides the labeller options for other commands (``generate`` and ``show``
 * :func:`add_label_arguments` adds ``--labeller``, ``--preset report|authors`` (PCC) and one option per
   field of every labeller's parameters. Options left unset take the labeller's (PCC: the preset's) value.
 * :func:`params_from_args` turns the parsed namespace into the chosen labeller's parameters
-  (:class:`~pccseg.labeller.LabelParams`, :class:`~pccseg.labeller_dd.DDParams` or
-  :class:`~pccseg.labeller_attn.AttnParams`); an option of another labeller is refused.
+  (:class:`~pccseg.labellers.pcc.LabelParams`, :class:`~pccseg.labellers.dd.DDParams` or
+  :class:`~pccseg.labellers.attn.AttnParams`); an option of another labeller is refused.
 
 PCC option names are the field names with dashes (``--cluster-connectivity``), except the k-means seed
 ``LabelParams.seed``, which is ``--kmeans-seed`` so that it never clashes with a generation seed; their

@@ -1,8 +1,8 @@
 """Prompts -> images + PCC masks, straight to a VOC-layout dataset (docs/method.md sections 0-4).
 
-:func:`generate` runs the pipeline on batches of prompt records with :func:`pccseg.capture.capture`
-around each call, labels every image right after its batch with :func:`pccseg.labeller.label`, and writes
-the dataset directory described in :mod:`pccseg.dataset`. Record ``i`` of the prompt file (0-based) is
+:func:`generate` runs the pipeline on batches of prompt records with :func:`pccseg.capture.attention.capture`
+around each call, labels every image right after its batch with :func:`pccseg.labellers.pcc.label`, and writes
+the dataset directory described in :mod:`pccseg.dataset.folder`. Record ``i`` of the prompt file (0-based) is
 generated with seed ``seed + i`` (report: 2024 + index) on its own CPU ``torch.Generator``, so an image
 does not depend on the batch it is in. Running the same call again skips samples that are done; under
 ``accelerate launch`` every process takes the records whose index is its rank modulo the world size.
@@ -150,8 +150,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``.
 
     Args:
-        pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (see :func:`pccseg.pipeline.load_pipeline`).
-        records: prompt records (see :mod:`pccseg.prompts`); the seed of a record is ``seed + record.index``.
+        pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (see :func:`pccseg.capture.pipeline.load_pipeline`).
+        records: prompt records (see :mod:`pccseg.dataset.prompts`); the seed of a record is ``seed + record.index``.
         steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5 for SD).
         height, width: image size (None: the pipeline's default, 512 for SD 2.1-base).
         keep_captures: also write ``captures/<stem>/`` (capture directories, float16 self-attention), with
@@ -162,11 +162,11 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         settings: settings.json content (None: built from the arguments); an existing folder whose
             settings differ raises :class:`InputError` before any model work.
         val_share: hold this share of the samples out of train.txt, in val.txt (see
-            :func:`pccseg.dataset.val_stems`).
+            :func:`pccseg.dataset.folder.val_stems`).
         rank, world_size: this process's share (None: from accelerate's ``PartialState``). Given with a
             world size above 1, nothing waits for the other processes: the caller repairs the folder
             (:meth:`Dataset.repair`) before it starts them, and rebuilds it (:meth:`Dataset.rebuild`) after.
-        label_fn: the labelling function (default :func:`pccseg.labellers.label`), for tests.
+        label_fn: the labelling function (default :func:`pccseg.labellers.registry.label`), for tests.
 
     Returns:
         a :class:`GenerateReport` of this process.

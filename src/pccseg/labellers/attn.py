@@ -6,7 +6,7 @@ pixel takes the class of the largest map where that maximum is at least ``thresh
 below it. With ``uncertain_threshold`` set, pixels whose maximum lies in [uncertain_threshold, threshold)
 are uncertain (255) instead.
 
-This module also holds what the dd labeller (:mod:`pccseg.labeller_dd`) shares with it: the object class
+This module also holds what the dd labeller (:mod:`pccseg.labellers.dd`) shares with it: the object class
 maps of a capture, the resize, the threshold-and-argmax rule, threshold checks and the result type.
 """
 

@@ -9,18 +9,18 @@ file is written atomically, so a killed run resumes where it stopped. Folder ``D
 =================================  ==========================================================================
 ``experiment.json``                the :class:`~pccseg.toy.config.ExperimentConfig` (a rerun with other
                                    settings is refused)
-``generated/``                     1. the first N toy prompts generated with the model (:func:`pccseg.generate.
+``generated/``                     1. the first N toy prompts generated with the model (:func:`pccseg.dataset.generate.
                                    generate`, seed 2024 + i, captures kept) and labelled with PCC: the
                                    ``pcc`` set
-``sets/<labeller>/``               2. every other labeller on the same captures (:func:`pccseg.labellers.label`)
+``sets/<labeller>/``               2. every other labeller on the same captures (:func:`pccseg.labellers.registry.label`)
 ``judge.json``, ``quality.json``   3. the colour judge's error on rendered scenes; each labeller's masks
                                    against the judge's ground truth of the generated images
 ``rendered/``                      4. N rendered scenes with exact labels (``train``: the upper bound) and V
                                    held-out ones (``val``), seeds from :data:`~pccseg.toy.config.RENDER_SEED`
-``runs/<set>/``, ``scores/``       5. DeepLabv3-MobileNetV3 (random init, :func:`pccseg.train.train`) per set,
-                                   scored on the rendered val split (:func:`pccseg.evaluate.evaluate`)
+``runs/<set>/``, ``scores/``       5. DeepLabv3-MobileNetV3 (random init, :func:`pccseg.train.loop.train`) per set,
+                                   scored on the rendered val split (:func:`pccseg.train.evaluate.evaluate`)
 ``results.md``, ``results.json``,  6. the tables; ``samples.png``: images with every labeller's mask beside
-``*.csv``, ``samples.png``,        the ground truth; ``report/index.html`` (:func:`pccseg.report.make_report`)
+``*.csv``, ``samples.png``,        the ground truth; ``report/index.html`` (:func:`pccseg.pictures.report.make_report`)
 ``report/``
 =================================  ==========================================================================
 
@@ -256,7 +256,7 @@ def stage_render(cfg: ExperimentConfig, lay: Layout) -> bool:
 
 # ------------------------------------------------------------------------------------ 5. train, score
 def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str, progress: bool = False):
-    """The :class:`~pccseg.train.TrainConfig` of one training set: DeepLabv3-MobileNetV3, random init
+    """The :class:`~pccseg.train.config.TrainConfig` of one training set: DeepLabv3-MobileNetV3, random init
     (no ImageNet weights: the toy world is its own domain), no auxiliary head, no validation during
     training (the final weights are scored). The toy world's class cue is colour at 128 px, so no
     photometric distortion (it shifts hues) and no resize to a 512 short side."""

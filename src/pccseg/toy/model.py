@@ -6,7 +6,7 @@
   cross-attention down and up blocks at the first three levels (``attn1`` self-attention and ``attn2``
   cross-attention, linear projections, heads of 16 dimensions: 2/4/6 heads), no attention at the last.
 * ``CLIPTextModel`` 64 wide with 2 layers and CLIP's full 49,408-token vocabulary, with the real CLIP BPE
-  tokenizer (:mod:`pccseg.tokenizer`), trained with the UNet.
+  tokenizer (:mod:`pccseg.capture.tokenizer`), trained with the UNet.
 * SD's noise schedule (scaled linear, 1000 steps, epsilon prediction); sampling with DPM-Solver++.
 
 :func:`toy_pipeline` builds it (random weights, or a saved folder); ``load_pipeline("toy")`` loads the
