@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from pccseg.errors import InputError
-from pccseg.labeller import LabelParams, label
-from pccseg.synthetic import SD21, planted_capture, planted_layout
+from pccseg.labellers.pcc import LabelParams, label
+from pccseg.capture.synthetic import SD21, planted_capture, planted_layout
 
 
 def miou(pred: torch.Tensor, truth: torch.Tensor) -> float:
