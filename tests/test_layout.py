@@ -75,12 +75,12 @@ def test_old_path_is_the_new_module(old):
     assert new.__spec__.name == MOVED[old] and new.__name__ == MOVED[old]   # its own spec, not the alias's
 
 
-def imports_at_import_time(path: Path, module: str, is_package: bool) -> set[str]:
-    """pccseg modules that ``module`` imports when it is imported: top-level statements, not those in
-    functions or under ``if TYPE_CHECKING:``."""
+def imports_of(path: Path, module: str, is_package: bool) -> set[str]:
+    """pccseg modules that ``module`` imports anywhere: at the top, inside functions (the heavy imports of
+    the commands) and under ``if TYPE_CHECKING:``."""
     package = module if is_package else module.rpartition(".")[0]
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -127,7 +127,7 @@ def test_no_import_circles():
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         is_package = parts[-1] == "__init__"
         modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
-    graph = {m: imports_at_import_time(p, m, pkg) & modules.keys() - {m} for m, (p, pkg) in modules.items()}
+    graph = {m: imports_of(p, m, pkg) & modules.keys() - {m} for m, (p, pkg) in modules.items()}
     # what training and evaluation share is in deeplab, which imports neither
     assert {"pccseg.train.deeplab", "pccseg.dataset.voc"} <= graph["pccseg.train.evaluate"]
     assert "pccseg.train.evaluate" in graph["pccseg.train.loop"]

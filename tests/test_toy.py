@@ -148,7 +148,7 @@ def test_train_config_refuses_bad_values():
 
 
 def test_optimizer_state_round_trip():
-    from pccseg.deeplab import load_optimizer, optimizer_tensors
+    from pccseg.train.deeplab import load_optimizer, optimizer_tensors
 
     torch.manual_seed(0)
     m = torch.nn.Linear(3, 2)

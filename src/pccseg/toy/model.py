@@ -129,9 +129,8 @@ def toy_pipeline(path: str | Path | None = None, *, dtype: torch.dtype = torch.f
     weights, :func:`weights_dir`) on ``device`` in ``dtype``."""
     from diffusers import StableDiffusionPipeline
 
-    from ..errors import InputError
-    from ..capture.pipeline import _dtype_kwarg
     from ..capture.tokenizer import clip_tokenizer
+    from ..errors import InputError
 
     folder = Path(path) if path is not None else weights_dir()
     if not (folder / "model_index.json").is_file():
@@ -139,9 +138,9 @@ def toy_pipeline(path: str | Path | None = None, *, dtype: torch.dtype = torch.f
                          "them with `pccseg toy train`", path=folder, field="--model")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(str(folder), tokenizer=clip_tokenizer(), safety_checker=None,
-                                                       requires_safety_checker=False, **{_dtype_kwarg(): dtype})
+                                                       requires_safety_checker=False)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise InputError(f"cannot load the toy model ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
                          path=folder, field="--model") from None
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe.to(device=device, dtype=dtype)     # the shipped weights are float16: cast as asked

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..deeplab import load_optimizer, optimizer_tensors
+from ..train.deeplab import load_optimizer, optimizer_tensors
 from ..io import atomic_path, read_json, respect_umask, save_tensors, write_json
 from ..signals import hold_interrupts
 from .config import ToyTrainConfig
