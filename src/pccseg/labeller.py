@@ -28,8 +28,9 @@ class LabelParams:
     """Every labeller parameter, with the report's values as defaults.
 
     ``LabelParams.preset("authors")`` switches to the authors' code where it differs from the report:
-    8-connected cluster segments, uncertain below a 0.56 vote share (6 of 9), a refine segment takes the
-    dominant value when it has more than twice the runner-up.
+    8-connected cluster segments, the token maps blurred as their resize-and-sum route does, uncertain
+    below a 0.56 vote share (6 of 9), the refine k-means fitted on all pixels, and a refine segment takes
+    the dominant value when it has more than twice the runner-up.
     """
 
     # section 2: class-agnostic clusters
@@ -37,8 +38,11 @@ class LabelParams:
     ks: tuple[int, ...] = (4, 7, 10)           # k-means cluster counts
     seed: int = 0                              # k-means seed (k-means++ init)
     kmeans_iters: int = 300                    # Lloyd iterations at most
+    kmeans_restarts: int = 1                   # k-means++ starts per k-means, least inertia wins (n_init)
+    seed_votes: int = 1                        # k-means seeds seed..seed+n-1, their labels voted per pixel
     cluster_connectivity: Literal[4, 8] = 4    # report 4; authors' code 8
     # section 3: classify the segments
+    class_blur: bool = False                   # authors' route: [1/8, 3/4, 1/8] blur of the token maps
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.8)
     background_factor: float = 1.2             # background (SoT) binary map: map > factor * t
     vote_rule: Preset = "report"               # report: uncertain if mode share <= 0.5; authors: < 0.56
@@ -72,7 +76,8 @@ class LabelParams:
         if name == "report":
             base = cls()
         elif name == "authors":
-            base = cls(cluster_connectivity=8, vote_rule="authors", dominance_rule="authors")
+            base = cls(cluster_connectivity=8, class_blur=True, vote_rule="authors", refine_subsample=0,
+                       dominance_rule="authors")
         else:
             raise ValueError(f"unknown preset {name!r} (report, authors)")
         return replace(base, **overrides)
@@ -126,7 +131,10 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "ks": _several(_integer(2)),
     "seed": _integer(0, 2**63 - 1),
     "kmeans_iters": _integer(1),
+    "kmeans_restarts": _integer(1, 1000),
+    "seed_votes": _integer(1, 1000),
     "cluster_connectivity": _one_of(4, 8),
+    "class_blur": _one_of(True, False),
     "thresholds": _several(_number(0, 1)),
     "background_factor": _number(0),
     "vote_rule": _one_of("report", "authors"),
@@ -153,12 +161,15 @@ class LabelResult:
         class_maps: (C, h, w) float, each min-max normalised to [0, 1]; row i is class ``class_ids[i]``.
         pca: layer name -> (heads, h_l, w_l, n_components) principal-component maps of each head.
         features: (h*w, F) clustering features (normalised PCA columns, then x and y).
-        clusters: k -> (h, w) int64 k-means cluster index.
-        segments: k -> (h, w) int64 connected-component segment id.
-        votes: (len(ks) * len(thresholds), h, w) uint8 label map per (k, threshold), k-major.
+        clusters: k -> (h, w) int64 k-means cluster index (of the first seed with ``seed_votes`` > 1).
+        segments: k -> (h, w) int64 connected-component segment id (idem).
+        votes: (seed_votes * len(ks) * len(thresholds), h, w) uint8 label map per (seed, k, threshold),
+            seed-major, then k.
         vote_share: (h, w) float share of the votes that the mode got.
-        refine_segments: (H, W) int64 segments of the RGB refinement (None if refinement is off).
-        refined: (H, W) uint8 mask after the dominance rule, before the artefact ring (None if off).
+        refine_segments: (H, W) int64 segments of the RGB refinement (None if refinement is off; of the
+            first seed with ``seed_votes`` > 1).
+        refined: (H, W) uint8 mask after the dominance rule (with ``seed_votes`` > 1: the per-pixel vote of
+            every seed's, by ``vote_rule``), before the artefact ring (None if off).
         timings: seconds per stage.
         params: the parameters used.
     """
@@ -244,19 +255,28 @@ def label(capture: Capture, params: LabelParams | None = None, **overrides) -> L
     feats = Fe.pca_features(pca, (h, w))
     timer.lap("features")
 
+    token_maps = capture.token_maps.to(device)
+    if p.class_blur:
+        token_maps = C.block_sum_blur(token_maps)
+    class_ids, cmaps = C.class_maps(token_maps, capture.token_classes)
+    binaries = [C.binary_maps(cmaps, class_ids, t, p.background_factor) for t in p.thresholds]
+    timer.lap("classes")
+
+    seeds = [p.seed + i for i in range(p.seed_votes)]
     clusters: dict[int, torch.Tensor] = {}
     segments: dict[int, torch.Tensor] = {}
-    for k in p.ks:
-        lab, _ = K.kmeans(feats, k, seed=p.seed, max_iter=p.kmeans_iters)
-        clusters[k] = lab.reshape(h, w)
-        timer.lap("kmeans")
-        segments[k] = K.connected_components(clusters[k], p.cluster_connectivity)
-        timer.lap("segments")
-
-    class_ids, cmaps = C.class_maps(capture.token_maps.to(device), capture.token_classes)
-    binaries = [C.binary_maps(cmaps, class_ids, t, p.background_factor) for t in p.thresholds]
-    votes = torch.stack([C.assign_segments(segments[k], b, class_ids) for k in p.ks for b in binaries])
-    timer.lap("classes")
+    votes = []
+    for seed in seeds:
+        for k in p.ks:
+            lab, _ = K.kmeans(feats, k, seed=seed, max_iter=p.kmeans_iters, n_init=p.kmeans_restarts)
+            timer.lap("kmeans")
+            seg = K.connected_components(lab.reshape(h, w), p.cluster_connectivity)
+            timer.lap("segments")
+            if seed == p.seed:                     # the first seed's, for pictures
+                clusters[k], segments[k] = lab.reshape(h, w), seg
+            votes += [C.assign_segments(seg, b, class_ids) for b in binaries]
+            timer.lap("classes")
+    votes = torch.stack(votes)
     blocky, share = C.vote(votes, p.vote_rule)
     timer.lap("vote")
 
@@ -265,11 +285,17 @@ def label(capture: Capture, params: LabelParams | None = None, **overrides) -> L
     refine_segments = refined = None
     mask = up
     if p.refine:
-        refine_segments = R.image_segments(capture.image.to(device), k=p.refine_k, seed=p.seed,
-                                           max_iter=p.kmeans_iters, connectivity=p.refine_connectivity,
-                                           min_segment=p.refine_min_segment, subsample=p.refine_subsample)
-        timer.lap("refine_segments")
-        refined = R.dominant_labels(up, refine_segments, rule=p.dominance_rule, share=p.dominance_share)
+        per_seed = []
+        for seed in seeds:
+            segs = R.image_segments(capture.image.to(device), k=p.refine_k, seed=seed, max_iter=p.kmeans_iters,
+                                    n_init=p.kmeans_restarts, connectivity=p.refine_connectivity,
+                                    min_segment=p.refine_min_segment, subsample=p.refine_subsample)
+            timer.lap("refine_segments")
+            if refine_segments is None:            # the first seed's, for pictures
+                refine_segments = segs
+            per_seed.append(R.dominant_labels(up, segs, rule=p.dominance_rule, share=p.dominance_share))
+            timer.lap("dominance")
+        refined = per_seed[0] if len(seeds) == 1 else C.vote(torch.stack(per_seed), p.vote_rule)[0]
         timer.lap("dominance")
         mask = refined
     if p.artefact_ring:

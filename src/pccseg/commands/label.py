@@ -34,7 +34,12 @@ _HELP = {
     "ks": "k-means cluster counts (one vote set per k)",
     "seed": "k-means seed (k-means++ init, both k-means steps)",
     "kmeans_iters": "Lloyd iterations at most",
+    "kmeans_restarts": "k-means++ starts of every k-means; the one of least inertia wins (scikit-learn's n_init)",
+    "seed_votes": "label with the k-means seeds SEED..SEED+N-1 and vote: the cluster votes of all seeds make one "
+                  "blocky mask, each seed refines it and every pixel takes the value most of them give",
     "cluster_connectivity": "connectivity of cluster segments (report 4, authors 8)",
+    "class_blur": "blur the class-text token maps by [1/8, 3/4, 1/8], as the authors' bilinear resize to the image "
+                  "size and 8x8 block sums do",
     "thresholds": "class-map thresholds (one vote set per threshold)",
     "background_factor": "background (start-of-text) binary map is map > factor * t",
     "vote_rule": "report: uncertain if the mode's share <= 0.5; authors: < 0.56",
@@ -225,13 +230,14 @@ def check_label_settings(out: Path, params, *, overwrite: bool = False) -> dict:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..capture_format import load_capture
     from ..io import make_dir, remove_temps, save_mask, write_json
-    from ..labellers import label
     from ..pipeline import resolve_device
     from ..signals import hold_interrupts
+    from ..workers import LabelPool, default_workers
 
     params = params_from_args(args)
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"must be an integer >= 1, got {args.workers}", field="--workers")
     dirs = capture_dirs(args.captures)
     names = [d.name for d in dirs]
     dup = {n for n in names if names.count(n) > 1}
@@ -243,30 +249,28 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     make_dir(out)
     remove_temps(out)
+    todo = [d for d in dirs if args.overwrite or not (out / f"{d.name}.png").exists()]
+    skipped = len(dirs) - len(todo)
+    workers = min(args.workers or default_workers(device), max(1, len(todo)))
     failed = 0
-    skipped = 0
-    bar = tqdm(dirs, desc="label", unit="img", disable=args.quiet)
-    for d in bar:
-        target = out / f"{d.name}.png"
-        if target.exists() and not args.overwrite:
-            skipped += 1
-            continue
-        try:
-            cap = load_capture(d, device=device)
-            res = label(cap, params)
-        except InputError as e:
-            failed += 1
-            bar.clear()
-            print(f"pccseg label: error: {e}", file=sys.stderr, flush=True)
-            if not args.keep_going:
-                return 2
-            continue
-        with hold_interrupts():                 # SIGTERM / Ctrl-C: this mask is finished first
-            if settings is not None:
-                write_json(out / LABEL_SETTINGS, settings)
-                settings = None
-            save_mask(target, res.mask.cpu())
-        bar.set_postfix(uncertain=f"{res.uncertain_share:.3f}")
+    bar = tqdm(total=len(dirs), initial=skipped, desc="label", unit="img", disable=args.quiet)
+    with LabelPool(params, 0 if workers == 1 else workers, device=device) as pool:
+        for d, res in pool.map_dirs(todo):
+            if isinstance(res, InputError):
+                failed += 1
+                bar.clear()
+                print(f"pccseg label: error: {res}", file=sys.stderr, flush=True)
+                if not args.keep_going:
+                    bar.close()
+                    return 2
+                continue
+            with hold_interrupts():                 # SIGTERM / Ctrl-C: this mask is finished first
+                if settings is not None:
+                    write_json(out / LABEL_SETTINGS, settings)
+                    settings = None
+                save_mask(out / f"{d.name}.png", res.mask)
+            bar.update(1)
+            bar.set_postfix(uncertain=f"{res.uncertain_share:.3f}")
     bar.close()
     if skipped and not args.quiet:
         print(f"pccseg label: skipped {skipped} existing mask(s) (use --overwrite to redo them)",
@@ -288,6 +292,9 @@ def register(sub) -> None:
                    help="redo masks that exist (default: skip them, so a rerun resumes)")
     p.add_argument("--keep-going", action="store_true",
                    help="on bad input print one line and go on with the others (exit code still 2)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="labelling processes, one torch thread each (default: the CPU cores this process may "
+                        "use; 1 with CUDA); the masks do not depend on N")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_label_arguments(p)
     p.set_defaults(func=run)
