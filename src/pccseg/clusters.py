@@ -169,9 +169,13 @@ def connected_components(labels: torch.Tensor, connectivity: int = 4) -> torch.T
     comp_sum = np.zeros(lab.shape, dtype=np.int32)    # each pixel's 1-based component within its id
     offset = 0
     for v in keys:
-        n, comp = cv2.connectedComponents((small == int(v)).view(np.uint8), connectivity=connectivity,
-                                          ltype=cv2.CV_32S)
-        comp_sum += comp                                # 0 outside this id's pixels
+        region = (small == int(v)).view(np.uint8)
+        rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+        # the id's bounding box from an even row and column: OpenCV numbers the components in the raster
+        # order of their 2x2 blocks, so the box numbers them as the whole image does, in less time
+        box = np.s_[rows[0] & ~1:rows[-1] + 1, cols[0] & ~1:cols[-1] + 1]
+        n, comp = cv2.connectedComponents(region[box], connectivity=connectivity, ltype=cv2.CV_32S)
+        comp_sum[box] += comp                           # 0 outside this id's pixels
         offsets[v] = offset - 1
         offset += n - 1
     return torch.from_numpy(offsets[small] + comp_sum).to(labels.device)
