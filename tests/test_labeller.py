@@ -125,3 +125,18 @@ def test_new_params_are_checked(name, value):
     with pytest.raises(InputError) as e:
         LabelParams(**{name: value})
     assert e.value.field == name
+
+
+def test_stages_side_by_side_give_the_results_of_one_thread():
+    from pccseg.labeller import torch_threads
+
+    cap = _small(image_size=(128, 128), latent=(32, 32), noise=2.0, seed=4)
+    with torch_threads(1):
+        one = label(cap, seed_votes=2)
+    with torch_threads(3):
+        side = label(cap, seed_votes=2)
+        assert torch.get_num_threads() == 3                  # restored after the stages
+    for name in ("mask", "blocky", "votes", "features", "refine_segments", "refined"):
+        assert torch.equal(getattr(one, name), getattr(side, name)), name
+    assert all(torch.equal(one.segments[k], side.segments[k]) for k in one.segments)
+    assert set(one.timings) == set(side.timings) and side.timings["total"] > 0

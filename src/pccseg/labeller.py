@@ -6,10 +6,13 @@ their parameters, runs them in order and keeps every intermediate for pictures.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -196,13 +199,15 @@ class LabelResult:
 
 
 class _Timer:
-    """Seconds per stage; synchronises CUDA so that the numbers are the stages' own."""
+    """Seconds per stage (summed over the calls of a stage, which may run side by side in threads) and the
+    total; synchronises CUDA so that the numbers are the stages' own."""
 
     def __init__(self, device: torch.device):
         import torch
 
         self.sync = torch.cuda.synchronize if device.type == "cuda" else None
         self.times: dict[str, float] = {}
+        self.lock = threading.Lock()
         self.t0 = self.start = self._now()
 
     def _now(self) -> float:
@@ -211,13 +216,52 @@ class _Timer:
         return time.perf_counter()
 
     def lap(self, name: str) -> None:
+        """Add the seconds since the last lap (or the start) to stage ``name``."""
         now = self._now()
         self.times[name] = self.times.get(name, 0.0) + now - self.start
         self.start = now
 
+    def timed(self, name: str, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)``, its seconds added to stage ``name``."""
+        start = self._now()
+        out = fn(*args, **kwargs)
+        seconds = self._now() - start
+        with self.lock:
+            self.times[name] = self.times.get(name, 0.0) + seconds
+        return out
+
     def total(self) -> dict[str, float]:
         self.times["total"] = self._now() - self.t0
         return self.times
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block (process-wide), restored after."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def _tasks(threads: int) -> Iterator[Callable[..., Future]]:
+    """``submit(fn, *args) -> Future``: with ``threads`` > 1 a pool of that many threads, each running its
+    torch operations on ONE intra-op thread (OpenMP teams of several Python threads would oversubscribe the
+    cores); with 1, ``fn`` runs at once in this thread."""
+    if threads <= 1:
+        def now(fn: Callable, *args) -> Future:
+            fut: Future = Future()
+            fut.set_result(fn(*args))
+            return fut
+        yield now
+        return
+    with torch_threads(1), ThreadPoolExecutor(threads) as pool:
+        yield pool.submit
 
 
 def label(capture: Capture, params: LabelParams | None = None, **overrides) -> LabelResult:
@@ -226,6 +270,11 @@ def label(capture: Capture, params: LabelParams | None = None, **overrides) -> L
     Runs on the device of ``capture``'s token maps (the other tensors are moved there). ``overrides``
     replace fields of ``params``. Timings (seconds): ``pca``, ``features``, ``kmeans``, ``segments``,
     ``classes``, ``vote``, ``refine_segments``, ``dominance``, ``artefacts``, ``total``.
+
+    On the CPU with torch's threads > 1 the independent stages run side by side on that many threads (the
+    RGB segments of the refinement beside the PCA, the k-means of every k), each torch operation on one
+    thread; the stage timings then overlap (their sum exceeds ``total``). The results are those of one
+    thread either way.
 
     Raises:
         InputError: a layer's head_dim is smaller than ``params.n_components`` (names the layer).
@@ -245,62 +294,61 @@ def label(capture: Capture, params: LabelParams | None = None, **overrides) -> L
     timer = _Timer(device)
     h, w = capture.latent_size
     H, W = capture.image_size
-    self_attn = {k: v.to(device) for k, v in capture.self_attn.items()}
-    try:
-        pca = Fe.layer_pca(self_attn, p.n_components)
-    except InputError as e:
-        raise InputError(e.message, path=capture.source and f"{capture.source}/capture.safetensors",
-                         field=e.field) from None
-    timer.lap("pca")
-    feats = Fe.pca_features(pca, (h, w))
-    timer.lap("features")
-
-    token_maps = capture.token_maps.to(device)
-    if p.class_blur:
-        token_maps = C.block_sum_blur(token_maps)
-    class_ids, cmaps = C.class_maps(token_maps, capture.token_classes)
-    binaries = [C.binary_maps(cmaps, class_ids, t, p.background_factor) for t in p.thresholds]
-    timer.lap("classes")
-
     seeds = [p.seed + i for i in range(p.seed_votes)]
-    clusters: dict[int, torch.Tensor] = {}
-    segments: dict[int, torch.Tensor] = {}
-    votes = []
-    for seed in seeds:
-        for k in p.ks:
-            lab, _ = K.kmeans(feats, k, seed=seed, max_iter=p.kmeans_iters, n_init=p.kmeans_restarts)
-            timer.lap("kmeans")
-            seg = K.connected_components(lab.reshape(h, w), p.cluster_connectivity)
-            timer.lap("segments")
-            if seed == p.seed:                     # the first seed's, for pictures
-                clusters[k], segments[k] = lab.reshape(h, w), seg
-            votes += [C.assign_segments(seg, b, class_ids) for b in binaries]
-            timer.lap("classes")
-    votes = torch.stack(votes)
-    blocky, share = C.vote(votes, p.vote_rule)
-    timer.lap("vote")
+    image = capture.image.to(device)
 
-    up = blocky if (h, w) == (H, W) else \
-        F.interpolate(blocky[None, None].float(), size=(H, W), mode="nearest")[0, 0].to(torch.uint8)
-    refine_segments = refined = None
-    mask = up
-    if p.refine:
-        per_seed = []
-        for seed in seeds:
-            segs = R.image_segments(capture.image.to(device), k=p.refine_k, seed=seed, max_iter=p.kmeans_iters,
-                                    n_init=p.kmeans_restarts, connectivity=p.refine_connectivity,
-                                    min_segment=p.refine_min_segment, subsample=p.refine_subsample)
-            timer.lap("refine_segments")
-            if refine_segments is None:            # the first seed's, for pictures
-                refine_segments = segs
-            per_seed.append(R.dominant_labels(up, segs, rule=p.dominance_rule, share=p.dominance_share))
-            timer.lap("dominance")
-        refined = per_seed[0] if len(seeds) == 1 else C.vote(torch.stack(per_seed), p.vote_rule)[0]
-        timer.lap("dominance")
-        mask = refined
-    if p.artefact_ring:
-        mask = R.artefact_ring(mask, p.ring_width)
-        timer.lap("artefacts")
+    def image_segments(seed: int) -> torch.Tensor:
+        return timer.timed("refine_segments", R.image_segments, image, k=p.refine_k, seed=seed,
+                           max_iter=p.kmeans_iters, n_init=p.kmeans_restarts, connectivity=p.refine_connectivity,
+                           min_segment=p.refine_min_segment, subsample=p.refine_subsample)
+
+    def cluster(feats: torch.Tensor, seed: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lab, _ = timer.timed("kmeans", K.kmeans, feats, k, seed=seed, max_iter=p.kmeans_iters,
+                             n_init=p.kmeans_restarts)
+        lab = lab.reshape(h, w)
+        return lab, timer.timed("segments", K.connected_components, lab, p.cluster_connectivity)
+
+    with _tasks(torch.get_num_threads() if device.type == "cpu" else 1) as submit:
+        refining = [submit(image_segments, s) for s in seeds] if p.refine else []
+        self_attn = {k: v.to(device) for k, v in capture.self_attn.items()}
+        try:
+            pca = timer.timed("pca", Fe.layer_pca, self_attn, p.n_components)
+        except InputError as e:
+            raise InputError(e.message, path=capture.source and f"{capture.source}/capture.safetensors",
+                             field=e.field) from None
+        feats = timer.timed("features", Fe.pca_features, pca, (h, w))
+        clustering = [[submit(cluster, feats, s, k) for k in p.ks] for s in seeds]
+
+        token_maps = capture.token_maps.to(device)
+        if p.class_blur:
+            token_maps = timer.timed("classes", C.block_sum_blur, token_maps)
+        class_ids, cmaps = timer.timed("classes", C.class_maps, token_maps, capture.token_classes)
+        binaries = [C.binary_maps(cmaps, class_ids, t, p.background_factor) for t in p.thresholds]
+        clusters: dict[int, torch.Tensor] = {}
+        segments: dict[int, torch.Tensor] = {}
+        votes = []
+        for seed, futures in zip(seeds, clustering):
+            for k, fut in zip(p.ks, futures):
+                lab, seg = fut.result()
+                if seed == p.seed:                     # the first seed's, for pictures
+                    clusters[k], segments[k] = lab, seg
+                votes += [timer.timed("classes", C.assign_segments, seg, b, class_ids) for b in binaries]
+        votes = torch.stack(votes)
+        blocky, share = timer.timed("vote", C.vote, votes, p.vote_rule)
+
+        up = blocky if (h, w) == (H, W) else \
+            F.interpolate(blocky[None, None].float(), size=(H, W), mode="nearest")[0, 0].to(torch.uint8)
+        refine_segments = refined = None
+        mask = up
+        if p.refine:
+            refine_segments = refining[0].result()     # the first seed's, for pictures
+            per_seed = [timer.timed("dominance", R.dominant_labels, up, fut.result(), rule=p.dominance_rule,
+                                    share=p.dominance_share) for fut in refining]
+            refined = per_seed[0] if len(seeds) == 1 else \
+                timer.timed("dominance", C.vote, torch.stack(per_seed), p.vote_rule)[0]
+            mask = refined
+        if p.artefact_ring:
+            mask = timer.timed("artefacts", R.artefact_ring, mask, p.ring_width)
     return LabelResult(mask=mask, blocky=blocky, class_ids=class_ids, class_maps=cmaps, pca=pca, features=feats,
                        clusters=clusters, segments=segments, votes=votes, vote_share=share,
                        refine_segments=refine_segments, refined=refined, timings=timer.total(), params=p)

@@ -34,6 +34,7 @@ import torch
 
 from .capture_format import Capture, load_capture
 from .errors import InputError
+from .labeller import torch_threads
 
 
 def default_workers(device: str | torch.device = "cpu") -> int:
@@ -44,17 +45,6 @@ def default_workers(device: str | torch.device = "cpu") -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` inside the block, restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @dataclasses.dataclass
