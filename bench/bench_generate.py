@@ -2,13 +2,17 @@
 
 By default builds the full-size SD 2.1-base architecture from config with random weights (UNet
 320/640/1280/1280, 5/10/20/20 heads, cross-attention 1024, linear projections; an OpenCLIP-H-like text
-encoder, 1024 wide, 23 layers; SD's VAE) — or loads ``--model`` (``tiny``, a local diffusers folder, a hub
-id) through :func:`pccseg.pipeline.load_pipeline` — on ``--device`` in ``--dtype``, then in the same run,
+encoder, 1024 wide, 23 layers; SD's VAE); ``--arch sdxl`` builds SDXL-base's instead (UNet 320/640/1280,
+1/2/10 transformer layers, 5/10/20 heads, cross-attention 2048, text-and-time conditioning; CLIP ViT-L and
+OpenCLIP-bigG text encoders; SDXL's VAE and Euler scheduler) — or loads ``--model`` (``tiny``,
+``tiny-sdxl``, a local diffusers folder, a hub id) through :func:`pccseg.pipeline.load_pipeline` — on
+``--device`` in ``--dtype``, then in the same run,
 alternating (plain first on even repetitions, captured first on odd ones), ``--batch-size`` images per
 pipeline call (one prompt and one class list per image):
 
 * plain:    ``pipe(prompts, ...)``
-* captured: ``with capture(...)`` around the same call, then ``cap.captures(...)``
+* captured: ``with capture(...)`` around the same call, then ``cap.captures(...)`` (``--self-probs``: with
+  the self-attention probabilities that Dataset Diffusion's labeller needs)
 * + label:  the captured call plus ``label()`` of every image, on the capture's device
 
 and prints Markdown tables: images per hour and seconds per image (medians), same-run paired ratios against
@@ -22,6 +26,8 @@ On CUDA the timed region is bracketed by ``torch.cuda.synchronize()`` (never ins
     .venv/bin/python bench/bench_generate.py                       # CPU: 512x512, 2 steps, 2 reps
     .venv/bin/python bench/bench_generate.py --size 256 --reps 2   # quicker
     .venv/bin/python bench/bench_generate.py --device cuda --batch-size 8 --steps 50 --reps 3 --skip-memory
+    .venv/bin/python bench/bench_generate.py --device cuda --arch sdxl --batch-size 4 --steps 50 --reps 3 --skip-memory
+    .venv/bin/python bench/bench_generate.py --model tiny-sdxl --steps 2 --reps 2      # CPU check of the SDXL path
 """
 
 from __future__ import annotations
@@ -34,6 +40,31 @@ import time
 import torch
 
 
+#: SD 2.1-base's configs: UNet 320/640/1280/1280, 5/10/20/20 heads of 64, cross-attention 1024, linear
+#: projections; an OpenCLIP-H-like text encoder, 1024 wide, 23 layers; SD's VAE
+SD21_UNET = dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
+                 cross_attention_dim=1024, use_linear_projection=True, layers_per_block=2)
+_CLIP = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
+SD21_TEXT = dict(_CLIP, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                 hidden_act="gelu", projection_dim=512, pad_token_id=0)
+SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+#: SDXL-base's configs: UNet 320/640/1280, 1/2/10 transformer layers, 5/10/20 heads of 64, cross-attention
+#: 2048, text-and-time conditioning; CLIP ViT-L and OpenCLIP-bigG text encoders; SDXL's VAE
+SDXL_UNET = dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)
+SDXL_TEXT = dict(_CLIP, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 hidden_act="quick_gelu", projection_dim=768, pad_token_id=49407)
+SDXL_TEXT2 = dict(_CLIP, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                  hidden_act="gelu", projection_dim=1280, pad_token_id=0)
+SDXL_VAE = dict(SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+
+
 def sd21_base_pipeline(seed: int = 0):
     """SD 2.1-base's architecture (from its configs) with seeded random weights, float32, CPU."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -44,21 +75,21 @@ def sd21_base_pipeline(seed: int = 0):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(sample_size=64, block_out_channels=(320, 640, 1280, 1280),
-                                    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
-                                    use_linear_projection=True, layers_per_block=2)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
-                                            num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu",
-                                            max_position_embeddings=77, projection_dim=512,
-                                            bos_token_id=49406, eos_token_id=49407, pad_token_id=0))
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            sample_size=512, down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4)
+        unet = UNet2DConditionModel(**SD21_UNET)
+        text = CLIPTextModel(CLIPTextConfig(**SD21_TEXT))
+        vae = AutoencoderKL(**SD_VAE)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text.eval(), tokenizer=clip_tokenizer(pad_token="!"),
                                    unet=unet.eval(), scheduler=PNDMScheduler(**SD_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def sdxl_base_pipeline(seed: int = 0):
+    """SDXL-base's architecture (from its configs) with seeded random weights, float32, CPU."""
+    from pccseg.tiny import sdxl_pipeline
+
+    return sdxl_pipeline(SDXL_UNET, SDXL_TEXT, SDXL_TEXT2, SDXL_VAE, seed=seed)
 
 
 class PeakRSS:
@@ -97,13 +128,15 @@ PROMPTS = [("a photo of a dog on a sofa", ["dog", "sofa"]),
            ("a bottle on a dining table with a chair", ["bottle", "diningtable", "chair"]),
            ("a sheep and a cow on a meadow", ["sheep", "cow"])]
 
-RANDOM_MODEL = "SD 2.1-base architecture, random weights"
+#: --arch -> (builder of the full-size architecture with random weights, its name, its image size)
+ARCHS = {"sd21": (sd21_base_pipeline, "SD 2.1-base architecture, random weights", 512),
+         "sdxl": (sdxl_base_pipeline, "SDXL-base architecture, random weights", 1024)}
 
 
-def build_pipeline(model: str | None, device: torch.device, dtype: torch.dtype, seed: int = 0):
+def build_pipeline(model: str | None, device: torch.device, dtype: torch.dtype, seed: int = 0, arch: str = "sd21"):
     """The benchmarked pipeline on ``device`` in ``dtype``, and a name for it.
 
-    ``model=None``: SD 2.1-base's architecture with random weights. They are always drawn in float32 on the
+    ``model=None``: the architecture ``arch`` with random weights. They are always drawn in float32 on the
     CPU from ``seed`` (the same weights on every machine, whatever the device's RNG) and then cast: drawing
     them directly in float16 would round PyTorch's default initialisation differently per device. The
     random network is scale-safe in float16: every block normalises its input (GroupNorm / LayerNorm),
@@ -115,9 +148,10 @@ def build_pipeline(model: str | None, device: torch.device, dtype: torch.dtype, 
     non-finite capture and reports it instead of crashing, so that a GPU run always prints its table.
     """
     if model is None:
-        pipe = sd21_base_pipeline(seed)
+        build, name, _ = ARCHS[arch]
+        pipe = build(seed)
         pipe.to(device=device, dtype=dtype, silence_dtype_warnings=True)
-        return pipe, RANDOM_MODEL
+        return pipe, name
     from pccseg.pipeline import load_pipeline
 
     return load_pipeline(model, dtype=dtype, device=device, seed=seed), model
@@ -128,20 +162,28 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     ap.add_argument("--dtype", default=None, help="float16 / bfloat16 / float32 (default: float16 on CUDA, "
                     "float32 on CPU)")
-    ap.add_argument("--model", default=None, help="default: SD 2.1-base architecture with random weights; or "
-                    "'tiny', a local diffusers folder, a hub id (loaded by pccseg.pipeline.load_pipeline)")
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="sd21",
+                    help="architecture built with random weights when --model is not given (default sd21)")
+    ap.add_argument("--model", default=None, help="default: --arch's architecture with random weights; or 'tiny', "
+                    "'tiny-sdxl', a local diffusers folder, a hub id (loaded by pccseg.pipeline.load_pipeline)")
     ap.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
     ap.add_argument("--size", type=int, default=None,
-                    help="image height and width (default: 512 for the random model, else the model's)")
+                    help="image height and width (default: 512 for --arch sd21, 1024 for sdxl, else the model's)")
     ap.add_argument("--steps", type=int, default=2, help="denoising steps of the timing runs (default 2)")
     ap.add_argument("--reps", type=int, default=2, help="repetitions of each variant (default 2)")
     ap.add_argument("--warmup", type=int, default=1,
                     help="untimed warm-up rounds (one plain + one captured+labelled call each, at the timed "
                          "batch and size, min(steps, 2) steps; default 1)")
+    ap.add_argument("--self-probs", action="store_true",
+                    help="captured variants also accumulate the self-attention probabilities (capture(self_probs=True))")
     ap.add_argument("--skip-memory", action="store_true", help="skip the capture-memory runs")
     ap.add_argument("--memory-steps", type=int, nargs=2, default=(2, 8), help="step counts of the memory runs")
     ap.add_argument("--memory-size", type=int, default=256, help="image size of the memory runs (default 256)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="what the timings count: wall seconds (default), or this process's CPU seconds "
+                         "(time.process_time: on a CPU shared with other jobs it counts the work, not the "
+                         "waiting; CPU device only)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,6 +202,10 @@ def main() -> None:
     dev = resolve_device(args.device)
     dt = resolve_dtype(args.dtype, dev)
     cuda = dev.type == "cuda"
+    if cuda and args.clock == "cpu":
+        ap.error("--clock cpu counts CPU work: it cannot time a CUDA device")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    cap_kw = {"self_probs": True} if args.self_probs else {}
     if cuda and not torch.cuda.is_available():
         raise SystemExit(f"--device {dev}: CUDA is not available in this torch build / machine")
     dev_name = torch.cuda.get_device_name(dev) if cuda else f"CPU, {torch.get_num_threads()} threads"
@@ -178,10 +224,11 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}; device {dev} ({dev_name}); dtype {dt_name}")
     t0 = time.perf_counter()
-    pipe, model_name = build_pipeline(args.model, dev, dt)
+    pipe, model_name = build_pipeline(args.model, dev, dt, arch=args.arch)
     sync()
     print(f"built / loaded {model_name} in {time.perf_counter() - t0:.1f} s")
-    size = args.size or (512 if args.model is None else default_size(pipe)[0])
+    default = ARCHS[args.arch][2] if args.model is None else default_size(pipe)[0]
+    size = args.size or default
     B = args.batch_size
     batch = [PROMPTS[i % len(PROMPTS)] for i in range(B)]
     prompts, classes = [p for p, _ in batch], [c for _, c in batch]
@@ -194,8 +241,8 @@ def main() -> None:
     starts: list[float] = []
     hooks = []
     if not cuda:
-        hooks = [pipe.unet.register_forward_pre_hook(lambda *a: starts.append(time.perf_counter())),
-                 pipe.unet.register_forward_hook(lambda *a: unet_times.append(time.perf_counter() - starts[-1]))]
+        hooks = [pipe.unet.register_forward_pre_hook(lambda *a: starts.append(clock())),
+                 pipe.unet.register_forward_hook(lambda *a: unet_times.append(clock() - starts[-1]))]
 
     def run(kind: str, steps: int, seed: int) -> dict:
         """One pipeline call of B images; seconds per call, peak GPU memory, errors; images as numpy."""
@@ -203,26 +250,26 @@ def main() -> None:
         r: dict = {}
         reset_peak()
         sync()
-        t = time.perf_counter()
+        t = clock()
         with torch.no_grad():
             if kind == "plain":
                 out = pipe(prompts, num_inference_steps=steps, generator=gens, **call)
                 sync()
-                r.update(call=time.perf_counter() - t, peak=peak_mib(), images=np.asarray(out.images))
+                r.update(call=clock() - t, peak=peak_mib(), images=np.asarray(out.images))
                 return r
-            with capture(pipe, classes) as cap:
+            with capture(pipe, classes, **cap_kw) as cap:
                 out = pipe(prompts, num_inference_steps=steps, generator=gens, **call)
             try:
                 caps = cap.captures(out.images)
             except InputError as e:  # non-finite capture (see build_pipeline): report, don't crash
                 caps, r["error"] = None, f"captures(): {e}"
             sync()
-            r.update(call=time.perf_counter() - t, peak=peak_mib(), images=np.asarray(out.images),
+            r.update(call=clock() - t, peak=peak_mib(), images=np.asarray(out.images),
                      unet_calls=cap.calls, buffer_bytes=cap.buffer_bytes())
             del cap, out
             if caps is None:
                 return r
-            t1 = time.perf_counter()
+            t1 = clock()
             try:
                 for c in caps:
                     label(c)
@@ -230,7 +277,7 @@ def main() -> None:
                 r["error"] = f"label(): {e}"
                 return r
             sync()
-            r.update(label=time.perf_counter() - t1, peak_label=peak_mib())
+            r.update(label=clock() - t1, peak_label=peak_mib())
         return r
 
     wsteps = min(args.steps, 2)
@@ -278,8 +325,9 @@ def main() -> None:
     rc = med([c / p for p, c, _ in pairs])
     lab_pairs = [x / p for p, _, x in pairs if x is not None]
     sched = type(pipe.scheduler).__name__
+    probs = (", capture with self_probs" if args.self_probs else "") + (", CPU seconds" if args.clock == "cpu" else "")
     print(f"\n### Throughput, {model_name}, {size}x{size}, {args.steps} steps ({n_calls} UNet calls, {sched}), "
-          f"CFG 7.5, batch {B}, {dev_name}, {dt_name}, {args.reps} runs each, alternating\n")
+          f"CFG 7.5, batch {B}, {dev_name}, {dt_name}, {args.reps} runs each, alternating{probs}\n")
     print("| variant | images / hour | s / image | median s / call | min s / call | median of paired ratios "
           "vs plain (time) | runs (s / call) |")
     print("|---|---:|---:|---:|---:|---:|---|")
@@ -346,7 +394,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(7)
         reset_peak()
         with torch.no_grad(), PeakRSS() as cap_rss:
-            with capture(pipe, classes[:1]) as cap:
+            with capture(pipe, classes[:1], **cap_kw) as cap:
                 out = pipe(prompts[0], num_inference_steps=steps, generator=gen, **mcall)
             held = cap.buffer_bytes()
             cap.captures(out.images)
@@ -360,10 +408,10 @@ def main() -> None:
     for steps, calls, held, pr, cr, pg, cg in rows:
         gpu = f" {pg:,.0f} | {cg:,.0f} |" if cuda else ""
         print(f"| {steps} | {calls} | {held:,} | {pr / 2**20:.0f} | {cr / 2**20:.0f} |" + gpu)
-    n = capture_nbytes(pipe.unet, 512, 512, 5)
-    print(f"\nOne image's capture at 512x512 for this UNet (5 class tokens, float16 self-attention): "
+    n = capture_nbytes(pipe.unet, default, default, 5, self_probs=True)
+    print(f"\nOne image's capture at {default}x{default} for this UNet (5 class tokens, float16 self-attention): "
           f"self-attention {n['self_attn']:,} B, token maps {n['token_maps']:,} B, "
-          f"OVAM accumulators during sampling {n['ovam_buffers']:,} B")
+          f"OVAM accumulators during sampling {n['ovam_buffers']:,} B; with self_probs {n['self_probs']:,} B more")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ and writes a grid of prompts and images (``--picture``).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import statistics
@@ -29,26 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def judge_error(n: int = 300) -> dict:
-    from PIL import Image
-
-    from pccseg.toy.judge import adherence, colour_labels
-    from pccseg.toy.quality import MaskScore
-    from pccseg.toy.world import render_scene
-
-    score, ok = MaskScore(), 0
-    for s in range(n):
-        sc = render_scene(5_000_000 + s)
-        buf = io.BytesIO()
-        Image.fromarray(sc.image).save(buf, format="JPEG", quality=95)
-        img = np.array(Image.open(buf))
-        score.add(colour_labels(img), sc.labels)
-        ok += adherence(img, sc.classes).ok
-    cm = score.cm
-    return {"pixel_acc": float(np.trace(cm[:, :-1]) / cm.sum()), "unknown": float(cm[:, -1].sum() / cm.sum()),
-            "miou": score.summary()["miou"], "adherence": ok / n, "n": n}
 
 
 def adherence_run(pipe, records, steps, guidance, batch_size, seed=2024):
@@ -125,6 +104,7 @@ def main() -> None:
 
     from pccseg.pipeline import load_pipeline
     from pccseg.prompts import TOY_PROMPTS, default_prompts_path
+    from pccseg.toy.quality import judge_error
 
     records = json.loads(default_prompts_path(TOY_PROMPTS).read_text())[:a.prompts]
     pipe = load_pipeline(a.model, device="cpu")

@@ -1,4 +1,4 @@
-"""Attention capture (SPEC 1a, 1b) on the tiny SD pipeline: the image is unchanged, the captured tensors
+"""Attention capture (method §1a, §1b) on the tiny SD pipeline: the image is unchanged, the captured tensors
 equal a direct recomputation, buffers do not grow with steps, processors come back."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pccseg.capture import capture, class_text, is_cross_layer, is_self_layer, layer_grid
+from pccseg.capture import CaptureAttnProcessor, capture, class_text, is_cross_layer, is_self_layer, layer_grid
 from pccseg.tiny import tiny_pipeline
 from pccseg.vocab import VOC_CLASSES, prompt_word
 
@@ -128,19 +128,20 @@ def test_self_attention_equals_final_step_recomputation(pipe):
                 torch.testing.assert_close(caps[i].self_attn[name], want, rtol=1e-4, atol=1e-5)
 
 
-def test_buffers_do_not_grow_with_steps(pipe):
+@pytest.mark.parametrize("self_probs", [False, True])
+def test_buffers_do_not_grow_with_steps(pipe, self_probs):
     sizes = []
     for steps in (2, 6):
-        with capture(pipe, CLASSES) as cap:
+        with capture(pipe, CLASSES, self_probs=self_probs) as cap:
             out = _call(pipe, steps)
-        sizes.append((cap.buffer_bytes(), len(cap.ovam), len(cap.self_attn)))
+        sizes.append((cap.buffer_bytes(), len(cap.ovam), len(cap.self_attn), cap.probs is not None))
         caps = cap.captures(out.images)
         # every layer's softmax sums to heads per step: the summed maps are a constant per pixel
         n_per_pixel = caps[0].token_maps.sum(0)
         torch.testing.assert_close(n_per_pixel, torch.full_like(n_per_pixel, float(n_per_pixel[0, 0])))
         heads = sum(m.heads for m in _layers(pipe, is_cross_layer).values())
         assert float(n_per_pixel[0, 0]) == pytest.approx(heads * (steps + 1), rel=1e-4)
-    assert sizes[0] == sizes[1] and sizes[0][0] > 0
+    assert sizes[0] == sizes[1] and sizes[0][0] > 0 and sizes[0][3] == self_probs
 
 
 def test_pad_tokens_are_masked(pipe):
@@ -220,10 +221,157 @@ def test_layer_grid_and_image_inputs(pipe):
 def test_capture_nbytes_matches_a_real_capture(pipe):
     from pccseg.capture import capture_nbytes
 
-    with capture(pipe, CLASSES[:1]) as cap:
+    with capture(pipe, CLASSES[:1], self_probs=True) as cap:
         out = _call(pipe, 1, prompts=PROMPTS[:1], seeds=(1,))
     c = cap.captures(out.images)[0]
-    n = capture_nbytes(pipe.unet, H, W, len(c.tokens))
+    n = capture_nbytes(pipe.unet, H, W, len(c.tokens), self_probs=True)
     assert n["self_attn"] == sum(t.numel() * 2 for t in c.self_attn.values())        # float16
     assert n["token_maps"] == c.token_maps.numel() * 4
+    assert n["self_probs"] == c.self_probs.numel() * 4 == cap.probs.numel() * 4 == 12 * 12 * 4
     assert n["ovam_buffers"] == sum(b.numel() * b.element_size() for b in cap.ovam.values())
+    assert n["total"] == n["self_attn"] + n["token_maps"] + n["self_probs"]
+    assert capture_nbytes(pipe.unet, H, W, len(c.tokens))["self_probs"] == 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# whatever processor is installed: the image is that processor's, the captures those of the default path
+class HandWritten:
+    """A user's own processor: attention written out by hand, in float64 when ``precise`` (a keyword that
+    reaches it through the pipeline's cross_attention_kwargs); ``key_gain`` != 1 changes what the keys are."""
+
+    def __init__(self, key_gain: float = 1.0):
+        self.key_gain = key_gain
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, precise=False):
+        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        dt = torch.float64 if precise else hidden_states.dtype
+        b, n, _ = hidden_states.shape
+        q, k, v = (f(t).to(dt).view(b, -1, attn.heads, attn.inner_dim // attn.heads).transpose(1, 2)
+                   for f, t in ((attn.to_q, hidden_states), (attn.to_k, ctx), (attn.to_v, ctx)))
+        o = ((q @ (k * self.key_gain).transpose(-1, -2)) * attn.scale).softmax(-1) @ v
+        return attn.to_out[0](o.transpose(1, 2).reshape(b, n, -1).to(hidden_states.dtype))
+
+
+class OwnLinear(torch.nn.Linear):
+    """A ``to_q`` that is not a plain Linear (as LoRA libraries wrap it): the OVAM queries are recomputed
+    through it instead of carrying the class keys back through its weight."""
+
+
+def _install(pipe, setup: str) -> dict:
+    """Put one kind of attention processor on the pipeline; returns the call's extra keyword arguments."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if setup == "sliced":
+        pipe.enable_attention_slicing()
+    elif setup == "classic":
+        pipe.unet.set_attn_processor(AttnProcessor())
+    elif setup == "sdpa":
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+    elif setup == "fused":
+        pipe.fuse_qkv_projections()
+    elif setup == "own_to_q":
+        for m in pipe.unet.modules():
+            if hasattr(m, "set_processor"):
+                m.to_q.__class__ = OwnLinear
+    elif setup == "user":
+        pipe.unet.set_attn_processor(HandWritten())
+        return {"cross_attention_kwargs": {"precise": True}}
+    elif setup == "xformers":
+        pytest.importorskip("xformers")
+        if not torch.cuda.is_available():
+            pytest.skip("xformers needs CUDA")
+        pipe.to("cuda")
+        pipe.enable_xformers_memory_efficient_attention()
+    return {}
+
+
+@pytest.fixture(scope="module")
+def default_captures(pipe):
+    with capture(pipe, CLASSES) as cap:
+        out = _call(pipe, 2)
+    return cap.captures(out.images)
+
+
+@pytest.mark.parametrize("setup", ["sliced", "classic", "sdpa", "fused", "user", "own_to_q", "xformers"])
+def test_any_processor_image_bit_identical_and_captures_as_default(setup, default_captures):
+    pipe = tiny_pipeline(0)
+    extra = _install(pipe, setup)
+    before = _processors(pipe)
+    kw = dict(num_inference_steps=2, height=H, width=W, output_type="np", **extra)
+    plain = pipe(PROMPTS, generator=_gens(), **kw).images
+    with capture(pipe, CLASSES) as cap:
+        captured = pipe(PROMPTS, generator=_gens(), **kw).images
+        through_q = {kx is not None for _, kx, _ in cap.keys.values()}
+    assert np.array_equal(captured, plain)
+    assert through_q == {setup != "own_to_q"}
+    assert _processors(pipe) == before
+    for got, want in zip(cap.captures(captured), default_captures):
+        torch.testing.assert_close(got.token_maps.cpu(), want.token_maps, rtol=1e-4, atol=1e-4)
+        assert set(got.self_attn) == set(want.self_attn)
+        for name, t in got.self_attn.items():
+            torch.testing.assert_close(t.cpu(), want.self_attn[name], rtol=1e-4, atol=1e-5)
+
+
+def test_processor_that_changes_the_keys_is_refused(pipe):
+    p = tiny_pipeline(0)
+    p.unet.set_attn_processor(HandWritten(key_gain=1.5))
+    with capture(p, CLASSES) as cap:
+        out = _call(p, 1)
+    with pytest.raises(RuntimeError, match=r"layer \S+: its attention processor HandWritten computes something "
+                                           r"other than softmax\(QK\^T\)V"):
+        cap.captures(out.images)
+
+
+def test_layer_without_its_own_projection_is_refused():
+    p = tiny_pipeline(0)
+    p.fuse_qkv_projections()                        # self-attention runs on to_qkv ...
+    name = next(n for n in _layers(p, is_self_layer))
+    del dict(p.unet.named_modules())[name].to_q     # ... and this layer no longer has to_q
+    before = _processors(p)
+    with pytest.raises(RuntimeError, match=f"layer {name} has no to_q projection .processor FusedAttnProcessor2_0."):
+        with capture(p, CLASSES):
+            pass
+    assert _processors(p) == before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# self-attention probabilities (Dataset Diffusion)
+def test_self_probs_equal_float64_recomputation(pipe):
+    half = (4, 3)                                   # ceil of the 8x6 latent / 2
+    selfs = {n: m for n, m in _layers(pipe, lambda n: n.endswith(".attn1")).items()}
+    seen, hooks = _record_inputs(pipe, list(selfs))
+    try:
+        plain = _call(pipe, 2).images
+    finally:
+        for h in hooks:
+            h.remove()
+    with capture(pipe, CLASSES, self_probs=True) as cap:
+        out = _call(pipe, 2)
+    assert np.array_equal(out.images, plain)
+    caps = cap.captures(out.images)
+    total = torch.zeros(2, 12, 12, dtype=torch.float64)
+    terms = 0
+    with torch.no_grad():
+        for name, attn in selfs.items():
+            for hs in seen[name]:
+                if hs.shape[1] != 12:
+                    continue
+                x = hs[2:].double()                                              # conditional half
+                d = attn.inner_dim // attn.heads
+                q, k = (x @ f.weight.double().T for f in (attn.to_q, attn.to_k))
+                q, k = (t.view(2, 12, attn.heads, d).transpose(1, 2) for t in (q, k))
+                total += ((q @ k.transpose(-1, -2)) * d ** -0.5).softmax(-1).sum(1)
+                terms += attn.heads
+    assert terms == cap.probs_heads == 3 * 4 * 3    # 3 layers at 4x3 (down and up) x 4 heads x 3 UNet calls
+    for i, c in enumerate(caps):
+        assert c.self_probs.shape == (*half, 12) and c.self_probs.dtype == torch.float32
+        torch.testing.assert_close(c.self_probs.double().reshape(12, 12), total[i] / terms, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(c.self_probs.sum(-1), torch.ones(half), rtol=1e-5, atol=1e-5)
+
+
+def test_self_probs_only_when_asked(pipe):
+    down_self = [m for n, m in _layers(pipe, lambda n: n.endswith(".attn1")).items() if not is_self_layer(n)]
+    with capture(pipe, CLASSES) as cap:
+        assert not any(isinstance(m.processor, CaptureAttnProcessor) for m in down_self)   # not even wrapped
+        out = _call(pipe, 1)
+    assert cap.probs is None and all(c.self_probs is None for c in cap.captures(out.images))

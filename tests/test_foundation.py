@@ -64,7 +64,7 @@ def test_cli_lists_every_command(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in ("generate", "label", "train", "evaluate", "show", "report"):
+    for name in ("generate", "label", "train", "evaluate", "show", "report", "export"):
         assert name in out
 
 

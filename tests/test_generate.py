@@ -69,14 +69,16 @@ def test_generate_writes_a_voc_dataset(pipe, records, tmp_path):
     assert settings["label_params"]["ks"] == [4, 7, 10] and settings["class_names"][15] == "person"
     assert settings["labeller"] == "pcc"
     assert not [f for f in _files(out) if "/." in "/" + f]                               # no temp files
-    # torchvision reads it as Pascal VOC
+    # torchvision reads the folder, unchanged, as Pascal VOC 2012 (the documented call)
     from torchvision.datasets import VOCSegmentation
 
-    (tmp_path / "VOCdevkit").mkdir()
-    (tmp_path / "VOCdevkit" / "VOC2012").symlink_to(out, target_is_directory=True)
-    voc = VOCSegmentation(str(tmp_path), year="2012", image_set="train")
+    voc = VOCSegmentation(str(out), image_set="train")
     img, target = voc[1]
     assert len(voc) == 3 and img.size == (64, 64) and target.mode == "P"
+    assert np.array_equal(np.asarray(target), load_mask(out / "SegmentationClass" / "000001.png"))
+    assert np.array_equal(np.asarray(img), load_image(out / "JPEGImages" / "000001.jpg"))
+    assert all(not (out / "VOCdevkit/VOC2012" / d).resolve().is_relative_to(out / "VOCdevkit")
+               for d in ("JPEGImages", "SegmentationClass", "ImageSets"))      # links, no copies, no loop
 
     # batch independence: record 1 alone gives the same image as in its batch of 2
     out1 = tmp_path / "ds1"
@@ -162,6 +164,19 @@ def test_fake_processes_share_the_work(pipe, records, tmp_path):
     assert Dataset(out).rebuild() == (3, 3)
 
 
+def test_given_processes_leave_the_temporaries_of_the_others(pipe, records, tmp_path):
+    from pccseg.io import TEMP_SUFFIX
+
+    out = tmp_path / "ds"
+    writing = out / "JPEGImages" / f".000001.jpg.x{TEMP_SUFFIX}"       # process 1 is writing it
+    writing.parent.mkdir(parents=True)
+    writing.write_bytes(b"x")
+    generate(pipe, records, out, progress=False, rank=0, world_size=2, **KW)
+    assert writing.is_file()                    # no barrier: process 0 must not repair under the others
+    generate(pipe, records[:1], out, progress=False, rank=0, world_size=1, **KW)
+    assert not writing.exists()                 # alone: it repairs
+
+
 def test_cli_generate_tiny(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     args = ["generate", "--model", "tiny", "--num", "2", "--start", "5", "--out", str(out), "--height", "64",
@@ -185,14 +200,6 @@ def test_cli_generate_tiny(tmp_path, monkeypatch):
     assert cli.main(["generate", "--model", "tiny", "--prompts", str(bad), "--out", str(tmp_path / "o")]) == 2
 
 
-def _captures_record_self_probs() -> bool:
-    import inspect
-
-    from pccseg.capture import capture
-
-    return "self_probs" in inspect.signature(capture).parameters
-
-
 def test_cli_generate_with_another_labeller_then_relabel(tmp_path, capsys):
     out = tmp_path / "attn"
     args = ["generate", "--model", "tiny", "--num", "2", "--out", str(out), "--height", "64", "--width", "64",
@@ -210,27 +217,16 @@ def test_cli_generate_with_another_labeller_then_relabel(tmp_path, capsys):
     relabel = tmp_path / "relabel"
     assert cli.main(["label", str(out / "captures"), "--out", str(relabel), "-q", "--ks", "3"]) == 0
     assert sorted(p.name for p in relabel.glob("*.png")) == ["000000.png", "000001.png"]
-    if _captures_record_self_probs():
-        assert load_capture(out / "captures" / "000000").self_probs is not None
-        assert cli.main(["label", str(out / "captures"), "--out", str(tmp_path / "dd"), "-q", "--labeller",
-                         "dd"]) == 0
+    assert load_capture(out / "captures" / "000000").self_probs is not None
+    assert cli.main(["label", str(out / "captures"), "--out", str(tmp_path / "dd"), "-q", "--labeller", "dd"]) == 0
 
 
-@pytest.mark.skipif(not _captures_record_self_probs(), reason="capture(self_probs=) not there yet")
 def test_cli_generate_dd(tmp_path):
     out = tmp_path / "dd"
     assert cli.main(["generate", "--model", "tiny", "--num", "1", "--out", str(out), "--height", "64", "--width",
                      "64", "--steps", "2", "-q", "--labeller", "dd"]) == 0
     assert json.loads((out / "settings.json").read_text())["labeller"] == "dd"
     assert load_mask(out / "SegmentationClass" / "000000.png").shape == (64, 64)
-
-
-@pytest.mark.skipif(_captures_record_self_probs(), reason="capture(self_probs=) is there")
-def test_cli_generate_dd_refused_until_the_capture_records_self_probs(tmp_path, capsys):
-    assert cli.main(["generate", "--model", "tiny", "--num", "1", "--out", str(tmp_path / "dd"), "--height", "64",
-                     "--width", "64", "--steps", "2", "-q", "--labeller", "dd"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--labeller" in err[0] and "self-attention probabilities" in err[0]
 
 
 def test_cli_custom_classes(tmp_path):
@@ -269,3 +265,29 @@ def test_load_pipeline_tiny_folder_and_errors(pipe, tmp_path, monkeypatch):
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(InputError, match="not in the local Hugging Face cache"):
         load_pipeline("someone/some-model")
+
+
+def test_val_share_holds_out_a_fixed_part(pipe, tmp_path):
+    from torchvision.datasets import VOCSegmentation as TorchvisionVOC
+
+    from pccseg.dataset import val_stems
+    from pccseg.voc import VOCSegmentation
+
+    records = select(load_prompts(), start=0, num=4)
+    out = tmp_path / "ds"
+    generate(pipe, records, out, val_share=0.5, progress=False, rank=0, world_size=1, **KW)
+    train = (out / "ImageSets/Segmentation/train.txt").read_text().split()
+    val = (out / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert len(val) == 2 and sorted(train + val) == ["000000", "000001", "000002", "000003"]
+    assert set(val) == val_stems(train + val, 0.5) == val_stems(sorted(val + train, reverse=True), 0.5)
+    assert json.loads((out / "settings.json").read_text())["val_share"] == 0.5
+    assert VOCSegmentation(out, "val").stems == val and len(TorchvisionVOC(str(out), image_set="val")) == 2
+    # a rerun with another share is another dataset: refused, before any work
+    with pytest.raises(InputError, match="val_share: 0.5 -> 0.25"):
+        generate(pipe, records, out, val_share=0.25, progress=False, rank=0, world_size=1, **KW)
+    with pytest.raises(InputError, match="val_share: must be a number in"):
+        generate(pipe, records, tmp_path / "x", val_share=float("nan"), progress=False, rank=0, world_size=1, **KW)
+    # the split is a property of the stems, not of their order or of the run
+    stems = [f"{i:06d}" for i in range(1000)]
+    held = val_stems(stems, 0.1)
+    assert len(held) == 100 and held == val_stems(stems[::-1], 0.1) and held < val_stems(stems, 0.2)

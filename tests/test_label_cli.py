@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -99,6 +101,81 @@ def test_not_a_capture_directory(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["label", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_label_writes_a_dataset_that_trains(tmp_path, capsys):
+    """``label --dataset``: images, masks, split files, manifest, settings; torchvision reads it; pccseg
+    trains on it and validates on its held-out split; a rerun resumes."""
+    from torchvision.datasets import VOCSegmentation as TorchvisionVOC
+
+    from pccseg.dataset import read_manifest
+    from pccseg.deeplab import read_checkpoint_meta
+    from pccseg.io import load_image
+
+    caps = tmp_path / "captures"
+    for i in range(3):
+        save_capture(caps / f"{i:06d}", small_capture(seed=i))
+    out = tmp_path / "relabelled"
+    argv = ["label", str(caps), "--out", str(out), "--dataset", "--val-share", "0.34", "-q", "--ks", "3", "4",
+            "--preset", "authors"]
+    assert main(argv) == 0
+    train_ids = (out / "ImageSets/Segmentation/train.txt").read_text().split()
+    val_ids = (out / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert len(train_ids) == 2 and len(val_ids) == 1 and sorted(train_ids + val_ids) == ["000000", "000001", "000002"]
+    manifest = read_manifest(out)
+    assert [e["id"] for e in manifest] == ["000000", "000001", "000002"]
+    assert manifest[0]["classes"] and sum(manifest[0]["class_pixels"].values()) == \
+        int((load_mask(out / "SegmentationClass/000000.png") != 255).sum())
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["label_params"]["cluster_connectivity"] == 8 and settings["val_share"] == 0.34
+    assert load_image(out / "JPEGImages/000001.jpg").shape == (64, 64, 3)
+    assert len(TorchvisionVOC(str(out), image_set="train")) == 2
+
+    assert main(argv) == 0                                      # rerun: every sample is done, none redone
+    assert len((out / "manifest.d/rank-0000.jsonl").read_text().splitlines()) == 3
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(out), "--val", str(out), "--out", str(run), "--model",
+                 "mobilenet_v3_large", "--backbone-weights", "none", "--iters", "2", "--batch-size", "2",
+                 "--crop-size", "32", "--short-side", "0", "--val-every", "2", "--device", "cpu", "--workers", "0",
+                 "--no-progress", "--no-tensorboard"]) == 0
+    assert read_checkpoint_meta(run / "last")["iteration"] == 2
+    assert [r["iter"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "miou" in r] == [2]
+
+
+def test_label_val_share_needs_dataset(captures, tmp_path, capsys):
+    rc = main(["label", str(captures), "--out", str(tmp_path / "m"), "--val-share", "0.5", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--val-share: a val split needs --dataset" in err
+
+
+def test_label_dataset_writes_nothing_before_the_first_sample_and_repairs_a_killed_run(tmp_path, capsys):
+    """``label --dataset`` as ``generate``: a bad capture first leaves the folder empty (no settings.json);
+    a rerun removes what a kill left (a temporary file, a torn manifest line) and makes that sample again."""
+    import shutil
+
+    from pccseg.dataset import read_manifest
+
+    caps = tmp_path / "captures"
+    make_bad(caps, "nan", "000000")
+    save_capture(caps / "000001", small_capture(seed=1))
+    out = tmp_path / "ds"
+    argv = ["label", str(caps), "--out", str(out), "--dataset", "-q"]
+    assert main(argv) == 2 and "000000" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+    shutil.rmtree(caps / "000000")
+    save_capture(caps / "000000", small_capture(seed=0))
+    assert main(argv) == 0
+    mask = (out / "SegmentationClass/000001.png").read_bytes()
+    shard = out / "manifest.d/rank-0000.jsonl"
+    first, second = shard.read_text().splitlines(keepends=True)
+    shard.write_text(first + second[:30])                      # killed while appending sample 1's line
+    leftover = out / "JPEGImages/.000001.jpg.0123abcd.pccseg.tmp"
+    leftover.write_bytes(b"half")
+    assert main(argv) == 0
+    assert not leftover.exists() and [e["id"] for e in read_manifest(out)] == ["000000", "000001"]
+    assert [json.loads(x)["id"] for x in shard.read_text().splitlines()] == ["000000", "000001"]
+    assert (out / "SegmentationClass/000001.png").read_bytes() == mask
 
 
 # ------------------------------------------------------------------ --labeller pcc|dd|attn

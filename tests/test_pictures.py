@@ -168,6 +168,54 @@ def test_overlay_colours_classes_and_stripes_uncertain():
         overlay(np.zeros((4, 4)), mask)
 
 
+def test_overlay_outlines_a_class_the_colour_of_the_image():
+    """A grey car (128, 128, 128) on a grey image: blending alone leaves it invisible; the outline (a
+    black line around the region) shows it."""
+    img = np.full((200, 200, 3), 128, np.uint8)
+    mask = np.zeros((200, 200), np.uint8)
+    mask[50:150, 60:140] = 7                                             # car
+    out = overlay(img, mask, alpha=0.55).astype(int)
+    assert (out[100, 100] == 128).all()                                  # inside: grey on grey
+    ring = np.zeros_like(mask, bool)
+    ring[49, 60:140] = ring[150, 60:140] = ring[50:150, 59] = ring[50:150, 140] = True
+    assert (out[ring] < 30).all()                                        # just outside: a black line
+    cat = np.zeros_like(mask)
+    cat[50:150, 60:140] = 8                                              # a dark class gets a white line
+    assert (overlay(np.zeros_like(img), cat)[ring] > 225).all()
+    dimmed = overlay(img, mask, dim=0.5)
+    assert (dimmed[10, 10] == 64).all() and (dimmed[100, 100] == 128).all()   # background dimmed only
+
+
+def test_blocky_panel_shows_dark_classes():
+    """The blocky mask is drawn on a grey ground, regions outlined: VOC's cat (64, 0, 0) on its black
+    background would be all but invisible."""
+    from pccseg.show import MASK_GROUND
+
+    m = np.zeros((8, 8), np.uint8)
+    m[2:6, 2:6] = 8
+    rgb = colorize(m, (64, 64), ground=MASK_GROUND, outline=True).astype(int)
+    assert (rgb[2] == MASK_GROUND).all() and (rgb[32, 32] == VOC_PALETTE[8]).all()
+    assert np.abs(rgb[32, 32] - rgb[2, 2]).sum() > 300                   # the cat stands out of the ground
+    assert (rgb[15, 16:48] == 255).all()                                 # a white line around it
+    cap, lab = small_capture()
+    fig = stage_figure(cap, hand_result(cap, lab))
+    panel = next(ax for ax in fig.axes if ax.get_title().startswith("blocky mask"))
+    shown = panel.get_images()[0].get_array()
+    assert (np.asarray(shown[0, 0]) == MASK_GROUND).all()                # no black background
+
+
+def test_sample_figures_are_readable_at_their_size(tmp_path):
+    from pccseg.report import samples_figure
+
+    root = make_dataset(tmp_path / "ds", n=2)
+    for ids in (["000000"], ["000000", "000001"]):
+        fig = samples_figure(root, ids, 8, VOC_CLASSES)
+        width_px = fig.get_figwidth() * fig.dpi
+        assert width_px >= 560 and width_px / len(ids) >= 280 - 1e-6
+        texts = [t for leg in fig.legends for t in leg.get_texts()] + [ax.title for ax in fig.axes]
+        assert texts and min(t.get_fontsize() for t in texts if t.get_text()) >= 10   # >= 14 px at 100 dpi
+
+
 def test_colorize_resize_and_boundaries():
     m = torch.tensor([[0, 15], [255, 8]], dtype=torch.uint8)
     rgb = colorize(m, (40, 40))
@@ -392,24 +440,30 @@ def test_training_report(tmp_path, capsys):
         iou[5] = None                                                   # class absent from val: n/a
         lines.append({"iter": i, "miou": m, "iou": iou, "acc": [float(v) for v in rng.uniform(0, 1, 21)]})
     lines.append({"iter": 350, "miou": None, "iou": [None] * 21, "acc": [None] * 21})   # nothing scored
-    (run / "best").mkdir()
+    lines[-5]["time"] = 7380.0                                          # iteration 390: 2 h 03 min
+    (run / "last").mkdir()
     names = [f"c{i}<x>" for i in range(21)]
-    (run / "best" / "checkpoint.json").write_text(json.dumps({"class_names": names}))
+    (run / "last" / "checkpoint.json").write_text(json.dumps({"class_names": names}))
+    (run / "config.json").write_text(json.dumps({"lr": 0.0001, "batch_size": 8, "arch": "resnet50",
+                                                 "changes": [{"iteration": 100, "changed": {"iters": [200, 400]}}]}))
     (run / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
     page = Path(capsys.readouterr().out.strip())
     html = check_page(page)
-    assert {"curves.png", "best_iou.png"} <= {p.name for p in page.parent.iterdir()}
-    assert "Best check: iteration 200, mIoU 45.00" in html             # best by mIoU, shown in percent
+    assert {"curves.png", "class_iou.png"} <= {p.name for p in page.parent.iterdir()}
+    assert "Last check: iteration 300, mIoU 41.00" in html             # the final model, not the best
     assert "n/a" in html
-    assert "c20&lt;x&gt;" in html and "4 checks" in html                # names from best/checkpoint.json
-    (run / "best" / "checkpoint.json").unlink()
+    assert "c20&lt;x&gt;" in html and "4 checks" in html                # names from last/checkpoint.json
+    assert "Wall time: 2 h 03 min for 390 iterations (18.923 s per iteration" in html
+    assert "<th>batch_size</th><td>8</td>" in html and "<th>lr</th><td>0.0001</td>" in html
+    assert "Changed on resuming at iteration 100: iters 200 &rarr; 400" in html
+    (run / "last" / "checkpoint.json").unlink()
     html = check_page(make_report(run, tmp_path / "rep1"))
     assert "tvmonitor" in html and "aeroplane" in html                   # 21 classes: VOC
     # a run with no check yet: curves only, a note
     (run / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines if "loss" in x) + "\n")
     html = check_page(make_report(run, tmp_path / "rep2"))
-    assert "No check" in html and not (tmp_path / "rep2" / "best_iou.png").exists()
+    assert "No check" in html and not (tmp_path / "rep2" / "class_iou.png").exists()
 
 
 def test_docs_example_picture_is_small_and_referenced():

@@ -178,9 +178,31 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
     from pccseg.toy.model import toy_pipeline
     from pccseg.toy.train import train
 
+    import os
+
+    from pccseg.toy import train as T
+
     cfg = ToyTrainConfig(out=str(tmp_path / "run"), vae_steps=2, vae_batch=2, n_train=6, low_steps=2,
-                         high_steps=1, low_batch=2, batch=2, ckpt_every=1, eval_every=100)
+                         high_steps=1, low_batch=2, batch=2, ckpt_every=10, eval_every=100)
+    update = T._EMA.update
+
+    def interrupted(self, named, step):       # Ctrl-C during the second UNet step
+        if step == 1:
+            raise KeyboardInterrupt
+        update(self, named, step)
+
+    T._EMA.update = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, evaluate=False)
+    finally:
+        T._EMA.update = update
+    state = json.loads((tmp_path / "run" / "unet" / "last" / "state.json").read_text())
+    assert state["step"] == 1                  # checkpointed at the step reached, not at ckpt_every
     final = train(cfg, evaluate=False)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~mask for p in final.rglob("*") if p.is_file())
     assert final is not None and (final / "model_index.json").is_file()
     state = json.loads((tmp_path / "run" / "unet" / "last" / "state.json").read_text())
     assert state["step"] == 3

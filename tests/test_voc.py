@@ -109,3 +109,60 @@ def test_missing_root_cli(tmp_path, capsys):
     rc = main(["evaluate", "--checkpoint", str(tmp_path / "nope"), "--voc", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "not a checkpoint" in err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from pccseg.deeplab import build_model, save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "last"
+    save_checkpoint(path, build_model("mobilenet_v3_large", 21, aux_loss=False),
+                    {"iteration": 1, "arch": "mobilenet_v3_large", "num_classes": 21, "aux_loss": False})
+    return path
+
+
+@pytest.mark.parametrize("line", ["../../escape_target/evil", "/etc/passwd", "a/b", "..", "x\\y"])
+def test_split_lines_are_stems_not_paths(tmp_path, capsys, checkpoint, line):
+    """A split line that would make train/evaluate read (or --save-predictions write) outside the
+    dataset root: one line naming the split file and the line number, nothing written."""
+    stems = make_voc_tree(tmp_path / "d")
+    split = tmp_path / "d/ImageSets/Segmentation/train.txt"
+    split.write_text("\n".join([stems[0], line, stems[1]]) + "\n")
+    with pytest.raises(InputError) as e:
+        VOCSegmentation(tmp_path / "d", "train")
+    assert str(e.value).startswith(f"{split}: line 2: {line!r} is not a plain file name")
+    rc = main(["evaluate", "--checkpoint", str(checkpoint), "--voc", str(tmp_path / "d"), "--split", "train",
+               "--out", str(tmp_path / "out"), "--save-predictions", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "train.txt: line 2:" in err
+    rc = main(["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--backbone-weights",
+               "none", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "train.txt: line 2:" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+def test_out_that_cannot_be_created_is_one_line(tmp_path, capsys, checkpoint):
+    """``evaluate --out`` and ``train --out`` under a file: one line naming --out, exit 2."""
+    make_voc_tree(tmp_path / "d")
+    (tmp_path / "file").write_text("x")
+    for argv in (["evaluate", "--checkpoint", str(checkpoint), "--voc", str(tmp_path / "d"), "--split", "train"],
+                 ["train", "--data", str(tmp_path / "d"), "--model", "mobilenet_v3_large", "--backbone-weights",
+                  "none", "--device", "cpu", "--workers", "0", "--no-progress", "--no-tensorboard"]):
+        rc = main([*argv, "--out", str(tmp_path / "file" / "out")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "--out: cannot create the folder" in err, err
+
+
+def test_non_utf8_split_file(tmp_path):
+    make_voc_tree(tmp_path)
+    (tmp_path / "ImageSets/Segmentation/train.txt").write_bytes(b"2007_000000\n\xff\xfe\n")
+    with pytest.raises(InputError, match="train.txt: not UTF-8 text"):
+        VOCSegmentation(tmp_path, "train")
+
+
+def test_torchvision_style_root(tmp_path):
+    """The folder above VOCdevkit/VOC2012 (torchvision's root) is read as the VOC root."""
+    stems = make_voc_tree(tmp_path / "VOCdevkit/VOC2012", split="val")
+    ds = VOCSegmentation(tmp_path, "val")
+    assert ds.root == tmp_path / "VOCdevkit/VOC2012" and ds.stems == stems

@@ -1,4 +1,4 @@
-"""The capture format: the contract between generation and labelling (SPEC.md, "Capture format").
+"""The capture format: the contract between generation and labelling (docs/method.md section 1).
 
 One directory per sample::
 

@@ -1,4 +1,4 @@
-"""Section 3 of SPEC.md: token maps -> class maps, segment classification by IoU, 9-way vote."""
+"""Section 3 of the method (docs/method.md): token maps -> class maps, segment classification by IoU, 9-way vote."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def merge_tokens(token_maps: torch.Tensor, token_classes: Sequence[int | None],
 
     The start-of-text token carries class 0 (background); tokens whose class is None (end-of-text, words
     that stand for no class) are dropped; several tokens of one class ("pot plant", a class named twice)
-    take the element-wise ``merge``: "max" (SPEC 1b) or "mean" (Dataset Diffusion, DAAM).
+    take the element-wise ``merge``: "max" (method §1b) or "mean" (Dataset Diffusion, DAAM).
 
     Args:
         token_maps: (T, h, w) float token maps.

@@ -1,4 +1,4 @@
-"""K-means in torch and connected components of label maps (SPEC.md sections 2.3-2.4 and 4.1-4.2).
+"""K-means in torch and connected components of label maps (docs/method.md sections 2.3-2.4 and 4.1-4.2).
 
 :func:`kmeans` follows scikit-learn's ``KMeans(init="k-means++", n_init=1, algorithm="lloyd")``: greedy
 k-means++ seeding (``2 + log(k)`` candidates per centre), Lloyd iterations with matmul distances on

@@ -4,10 +4,13 @@
     DIR/JPEGImages/<stem>.jpg
     DIR/SegmentationClass/<stem>.png        VOC palette PNG, values 0..20, 255 = uncertain
     DIR/ImageSets/Segmentation/train.txt    one stem per line, sorted
+    DIR/ImageSets/Segmentation/val.txt      with a ``val_share`` in settings.json: the held-out stems
     DIR/manifest.jsonl                      one JSON object per sample (see :func:`manifest_entry`)
     DIR/manifest.d/rank-<r>.jsonl           the per-process shards manifest.jsonl is rebuilt from
     DIR/settings.json                       the run's settings
     DIR/captures/<stem>/                    with --keep-captures: capture directories
+    DIR/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets}   relative links to the folders
+                                            above, where torchvision's ``VOCSegmentation(DIR)`` looks
 
 A sample is complete when its mask exists and its manifest line is whole: per sample the image is
 written first, then the capture (optional), then the manifest line, then the mask, each file
@@ -17,11 +20,12 @@ atomically. ``manifest.jsonl`` and ``train.txt`` are rebuilt from the shards and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import InputError
 from .io import atomic_path, read_json, read_jsonl, remove_temps, write_json
@@ -31,7 +35,11 @@ log = logging.getLogger(__name__)
 IMAGES = "JPEGImages"                    # the VOC layout (voc.py reads it)
 MASKS = "SegmentationClass"
 SETS = "ImageSets/Segmentation"
+#: Where torchvision's ``VOCSegmentation(root)`` looks for the VOC 2012 tree.
+TORCHVISION_VOC_DIR = "VOCdevkit/VOC2012"
+JPEG_QUALITY = 95
 TRAIN_LIST = "train.txt"
+VAL_LIST = "val.txt"
 MANIFEST = "manifest.jsonl"
 SHARDS = "manifest.d"
 SETTINGS = "settings.json"
@@ -64,6 +72,29 @@ def sample_stem(record_id: int) -> str:
         shown = repr(record_id) if len(repr(record_id)) <= 40 else repr(record_id)[:37] + "..."
         raise ValueError(f"expected an integer from 0 to 2**63 - 1, got {shown}")
     return f"{rid:06d}"
+
+
+def check_val_share(share: Any, *, path: Path | None = None, field: str = "val_share") -> float:
+    """``share`` when it is a number in [0, 1), else :class:`InputError`."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise InputError(f"must be a number in [0, 1), got {share!r}", path=path, field=field)
+    return share
+
+
+def val_stems(stems: list[str], share: float) -> set[str]:
+    """The stems held out for validation: ``round(share * len(stems))`` of them, those whose SHA-256
+    comes first. Fixed by the stems alone (no seed, no order), so every rebuild picks the same ones."""
+    n = round(share * len(stems))
+    return set(sorted(stems, key=lambda s: hashlib.sha256(s.encode()).hexdigest())[:n])
+
+
+def mask_stats(mask, class_names: Sequence[str]) -> tuple[float, dict[str, int]]:
+    """(share of 255 pixels, {class name: pixels} for the classes present) of an (H, W) uint8 mask tensor."""
+    import torch
+
+    counts = torch.bincount(mask.reshape(-1).long(), minlength=256)
+    pixels = {class_names[v]: int(counts[v]) for v in range(min(len(class_names), 255)) if counts[v] > 0}
+    return round(int(counts[255]) / mask.numel(), 6), pixels
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:
@@ -100,6 +131,10 @@ class Dataset:
     @property
     def train_list_path(self) -> Path:
         return self.root / SETS / TRAIN_LIST
+
+    @property
+    def val_list_path(self) -> Path:
+        return self.root / SETS / VAL_LIST
 
     def shard_path(self, rank: int) -> Path:
         return self.root / SHARDS / f"rank-{rank:04d}.jsonl"
@@ -189,11 +224,15 @@ class Dataset:
         return sorted(s for s in stems if self.image_path(s).is_file())
 
     def rebuild(self) -> tuple[int, int]:
-        """Rewrite manifest.jsonl and train.txt (atomically) from the shards and the files on disk.
+        """Rewrite manifest.jsonl, train.txt and (with a ``val_share`` in settings.json) val.txt atomically
+        from the shards and the files on disk, and link the torchvision layout (:meth:`link_voc_layout`).
 
-        Returns (samples in train.txt, samples in manifest.jsonl).
+        Returns (samples in the split files, samples in manifest.jsonl).
         """
         stems = self.stems_on_disk()
+        share = read_json(self.settings_path).get("val_share", 0) if self.settings_path.is_file() else 0
+        check_val_share(share, path=self.settings_path)
+        held_out = val_stems(stems, share) if share else set()
         entries = self.read_shards()
         manifest = [entries[s] for s in stems if s in entries]
         missing = len(stems) - len(manifest)
@@ -203,8 +242,28 @@ class Dataset:
         with atomic_path(self.manifest_path) as tmp:
             tmp.write_text(_jsonl(manifest), encoding="utf-8")
         with atomic_path(self.train_list_path) as tmp:
-            tmp.write_text("".join(s + "\n" for s in stems))
+            tmp.write_text("".join(s + "\n" for s in stems if s not in held_out))
+        if share:
+            with atomic_path(self.val_list_path) as tmp:
+                tmp.write_text("".join(s + "\n" for s in stems if s in held_out))
+        self.link_voc_layout()
         return len(stems), len(manifest)
+
+    def link_voc_layout(self) -> None:
+        """Make ``VOCdevkit/VOC2012/`` hold relative links to ``JPEGImages``, ``SegmentationClass`` and
+        ``ImageSets``, so that ``torchvision.datasets.VOCSegmentation(root)`` reads the dataset unchanged
+        (it looks there). Links that exist are kept; where links cannot be made, a warning."""
+        inner = self.root / TORCHVISION_VOC_DIR
+        for name in (IMAGES, MASKS, SETS.split("/")[0]):
+            link = inner / name
+            if link.is_symlink() or link.exists():
+                continue
+            try:
+                inner.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(Path("..", "..", name), target_is_directory=True)
+            except OSError as e:
+                log.warning("%s: cannot link %s for torchvision's VOCSegmentation (%s)", self.root, link, e)
+                return
 
 
 def _jsonl(entries: list[dict]) -> str:

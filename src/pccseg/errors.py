@@ -18,3 +18,13 @@ class InputError(ValueError):
         self.message = message
         parts = [p for p in (self.path, self.field) if p]
         super().__init__(": ".join(parts + [message]))
+
+
+def unwrap_worker_error(e: InputError) -> InputError:
+    """An InputError raised in a DataLoader worker arrives with the worker's traceback in its text; keep
+    the one line that matters."""
+    text = str(e)
+    if "\n" not in text:
+        return e
+    last = [ln for ln in text.splitlines() if ln.strip()][-1]
+    return InputError(last.split("InputError: ", 1)[-1])

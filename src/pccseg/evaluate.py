@@ -1,5 +1,9 @@
 """Score a segmentation model on a VOC-layout split: confusion matrix -> mIoU, per-class IoU and accuracy
-(the report's Table 3), at full image resolution (batch 1), optionally saving the predicted masks.
+(the report's Table 3), optionally saving the predicted masks.
+
+As mmsegmentation tests (Dataset Diffusion's protocol): batch 1, each image resized to a short side of
+512 (long side at most 2048; bilinear), the logits resized back to the image's own size (bilinear), then
+the arg-max is scored against the original mask. ``short_side=None`` scores at the native size.
 """
 
 from __future__ import annotations
@@ -8,12 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
-from .io import save_mask
+from .deeplab import load_model, normalize, read_checkpoint_meta, rescale_factor, rescaled_size
+from .errors import InputError, unwrap_worker_error
+from .io import make_dir, remove_temps, save_mask
 from .metrics import Scores, confusion_matrix, scores_from_confusion
-from .train import _unwrap_worker_error, load_model, normalize, read_checkpoint_meta
 from .voc import VOCSegmentation
 
 
@@ -60,21 +65,47 @@ def check_classes(meta: dict, class_names: Sequence[str], dataset_path: str | Pa
                          f"dataset {dataset_path}", path=where, field="class_names")
 
 
+def predict(model: nn.Module, image: torch.Tensor, short_side: int | None = 512) -> torch.Tensor:
+    """Logits of one normalised image (1, 3, H, W) -> (1, C, H, W): the image resized to ``short_side``
+    (long side at most 4x; None: as it is) and the logits resized back, both bilinear."""
+    h, w = image.shape[-2:]
+    size = rescaled_size(h, w, rescale_factor(h, w, short_side))
+    if size != (h, w):
+        image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+    logits = model(image)["out"]
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+    return logits
+
+
+def selected_on(meta: dict, dataset: VOCSegmentation) -> bool:
+    """Whether a checkpoint (its ``checkpoint.json``) was picked as the best by scores on this very split."""
+    sel = meta.get("selected_on")
+    return isinstance(sel, dict) and sel.get("split") == dataset.split \
+        and Path(str(sel.get("dataset"))).resolve() == dataset.root.resolve()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.utils.data.Subset | str | Path, *,
              split: str = "val", class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
              amp: bool | None = None, workers: int = 2, limit: int | None = None,
              predictions_dir: str | Path | None = None, rank: int = 0, world: int = 1,
-             progress: bool = True) -> Scores:
+             progress: bool = True, short_side: int | None = 512) -> Scores:
     """mIoU, per-class IoU and accuracy of ``model`` on ``dataset``.
 
     model: a module (``model(x)["out"]`` -> (1, C, H, W) logits) or a checkpoint directory / run
     directory; dataset: a :class:`VOCSegmentation`, a ``Subset`` of one, or a VOC root (read with
-    ``split``); class_names: default the dataset's; limit: first N images only; predictions_dir: save
-    each prediction there as ``<stem>.png`` (VOC palette); rank/world: under DDP each process scores
-    images ``rank::world`` and the confusion matrices are summed (a process group must be initialised).
-    A checkpoint whose classes differ from the dataset's raises :class:`InputError`.
+    ``split``); class_names: default the dataset's; limit: first N images only (N >= 1); predictions_dir:
+    save each prediction there as ``<stem>.png`` (VOC palette); rank/world: under DDP each process scores
+    images ``rank::world`` and the confusion matrices are summed (a process group must be initialised);
+    short_side: test-time resize (see the module docstring). A checkpoint whose classes differ from the
+    dataset's raises :class:`InputError`.
     """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise InputError(f"must be an integer >= 1, got {limit!r}", field="limit")
+    if short_side is not None and (not isinstance(short_side, int) or short_side < 1):
+        raise InputError(f"must be an integer >= 1 (or None: native size), got {short_side!r}",
+                         field="short_side")
     if isinstance(dataset, (str, Path)):
         dataset = VOCSegmentation(dataset, split)
     base, indices = _base(dataset)
@@ -95,8 +126,8 @@ def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.uti
     use_amp = device.type == "cuda" if amp is None else bool(amp)
     amp_dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
     if predictions_dir is not None:
-        predictions_dir = Path(predictions_dir)
-        predictions_dir.mkdir(parents=True, exist_ok=True)
+        predictions_dir = make_dir(predictions_dir, field="predictions_dir")
+        remove_temps(predictions_dir)
 
     was_training = model.training
     model.eval()
@@ -114,12 +145,11 @@ def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.uti
         except StopIteration:
             break
         except InputError as e:
-            raise _unwrap_worker_error(e) from None
+            raise unwrap_worker_error(e) from None
         image = normalize(image.to(device, non_blocking=True))
         mask = mask.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            logits = model(image)["out"]
-        pred = logits.argmax(1)
+            pred = predict(model, image, short_side).argmax(1)
         cm += confusion_matrix(pred, mask, len(class_names))
         if predictions_dir is not None:
             save_mask(predictions_dir / f"{base.stems[int(j)]}.png", pred[0].to(torch.uint8).cpu())

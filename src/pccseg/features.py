@@ -1,4 +1,4 @@
-"""Section 2.1-2.2 of SPEC.md: head-wise PCA of the self-attention and the clustering features.
+"""Section 2.1-2.2 of the method (docs/method.md): head-wise PCA of the self-attention and the clustering features.
 
 Every head's (h*w, head_dim) attention output is reduced to ``n_components`` principal components over its
 pixels; the component maps of all heads, upsampled to the latent size, are the features of each latent

@@ -1,4 +1,4 @@
-"""Prompts -> images + PCC masks, straight to a VOC-layout dataset (SPEC.md sections 0-4).
+"""Prompts -> images + PCC masks, straight to a VOC-layout dataset (docs/method.md sections 0-4).
 
 :func:`generate` runs the pipeline on batches of prompt records with :func:`pccseg.capture.capture`
 around each call, labels every image right after its batch with :func:`pccseg.labeller.label`, and writes
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .dataset import Dataset
+from .dataset import JPEG_QUALITY, Dataset, check_val_share, mask_stats
 from .errors import InputError
 from .io import make_dir, save_image, save_mask
 from .prompts import PromptRecord
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_STEPS = 80
 DEFAULT_SEED = 2024
-JPEG_QUALITY = 95
 
 
 @dataclass
@@ -56,8 +55,8 @@ class GenerateReport:
 
 
 def default_guidance(pipe) -> float:
-    """The pipeline's default ``guidance_scale`` (7.5 for ``StableDiffusionPipeline``)."""
-    p = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
+    """The default ``guidance_scale`` of a pipeline or pipeline class (7.5 for SD, 5.0 for SDXL)."""
+    p = inspect.signature((pipe if isinstance(pipe, type) else type(pipe)).__call__).parameters.get("guidance_scale")
     return float(p.default) if p is not None and p.default is not inspect.Parameter.empty else 7.5
 
 
@@ -71,19 +70,21 @@ def default_size(pipe) -> tuple[int, int]:
 
 def run_settings(*, model: str, steps: int, guidance: float, height: int, width: int, dtype: str, seed: int,
                  label_params: Any, class_names: Sequence[str], prompts: str, query_half: str = "uncond",
-                 include_mid: bool = False, **info: Any) -> dict:
+                 include_mid: bool = False, val_share: float = 0.0, **info: Any) -> dict:
     """The settings.json of a run: everything that changes the dataset's content, plus ``info`` keys.
 
     ``label_params``: any labeller's parameters (None: PCC's defaults); recorded as ``labeller`` and
-    ``label_params``.
+    ``label_params``. ``val_share`` (the share of samples held out in val.txt) is recorded only when it
+    is not 0.
     """
     from .labellers import default_params, params_record
 
+    check_val_share(val_share)
     return dict(model=model, steps=int(steps), guidance=float(guidance), height=int(height), width=int(width),
                 dtype=str(dtype).replace("torch.", ""), seed=int(seed), prompts=str(prompts),
                 class_names=list(class_names), query_half=query_half, include_mid=bool(include_mid),
                 **params_record(default_params() if label_params is None else label_params),
-                pccseg_version=__version__, **info)
+                pccseg_version=__version__, **({"val_share": val_share} if val_share else {}), **info)
 
 
 def check_options(*, steps: int | None = None, guidance: float | None = None, batch_size: int | None = None,
@@ -133,30 +134,10 @@ def manifest_entry(rec: PromptRecord, seed: int, mask: torch.Tensor, class_names
 
     ``mask``: the (H, W) uint8 final mask, on the host.
     """
-    import torch
-
-    counts = torch.bincount(mask.reshape(-1).long(), minlength=256)
-    pixels = {class_names[v]: int(counts[v]) for v in range(min(len(class_names), 255)) if counts[v] > 0}
+    uncertain, pixels = mask_stats(mask, class_names)
     return {"id": rec.stem, "record_id": rec.id, "prompt": rec.prompt, "classes": list(rec.classes),
-            "seed": seed, "uncertain_share": round(int(counts[255]) / mask.numel(), 6), "class_pixels": pixels,
+            "seed": seed, "uncertain_share": uncertain, "class_pixels": pixels,
             "timings": {"generate": round(t_gen, 4), "label": round(t_label, 4)}}
-
-
-def _self_probs_option(needed: bool, wanted: bool) -> dict:
-    """``capture()``'s keyword that records the self-attention probabilities (``wanted``; ``needed`` by
-    the labeller).
-
-    Transitional: until ``capture(..., self_probs=)`` exists, nothing is passed (captures are kept without
-    them), and a labeller that needs them stops with one line.
-    """
-    from .capture import capture
-
-    if "self_probs" in inspect.signature(capture).parameters:
-        return {"self_probs": wanted}
-    if needed:
-        raise InputError("this pccseg cannot record self-attention probabilities during generation yet",
-                         field="--labeller")
-    return {}
 
 
 def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, steps: int = DEFAULT_STEPS,
@@ -164,23 +145,28 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
              height: int | None = None, width: int | None = None, keep_captures: bool = False,
              label_params=None, class_names: Sequence[str] = VOC_CLASSES, settings: dict | None = None,
              model_name: str | None = None, prompts_name: str = "voc_prompts.json", query_half: str = "uncond",
-             include_mid: bool = False, rank: int | None = None, world_size: int | None = None,
-             progress: bool = True, label_fn=None, label_workers: int | None = None) -> GenerateReport:
+             include_mid: bool = False, val_share: float = 0.0, rank: int | None = None,
+             world_size: int | None = None, progress: bool = True, label_fn=None,
+             label_workers: int | None = None) -> GenerateReport:
     """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``.
 
     Args:
-        pipe: a ``StableDiffusionPipeline`` (see :func:`pccseg.pipeline.load_pipeline`).
+        pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (see :func:`pccseg.pipeline.load_pipeline`).
         records: prompt records (see :mod:`pccseg.prompts`); the seed of a record is ``seed + record.index``.
-        steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5).
+        steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5 for SD).
         height, width: image size (None: the pipeline's default, 512 for SD 2.1-base).
-        keep_captures: also write ``captures/<stem>/`` (SPEC capture format, float16 self-attention), with
+        keep_captures: also write ``captures/<stem>/`` (capture directories, float16 self-attention), with
             the self-attention probabilities too, so that every labeller can relabel them.
         label_params: the parameters of a labeller (:mod:`pccseg.labellers`); their type picks the labeller
             (None: PCC with the report's values).
         class_names: label value -> class name (index 0 background).
         settings: settings.json content (None: built from the arguments); an existing folder whose
             settings differ raises :class:`InputError` before any model work.
-        rank, world_size: this process's share (None: from accelerate's ``PartialState``).
+        val_share: hold this share of the samples out of train.txt, in val.txt (see
+            :func:`pccseg.dataset.val_stems`).
+        rank, world_size: this process's share (None: from accelerate's ``PartialState``). Given with a
+            world size above 1, nothing waits for the other processes: the caller repairs the folder
+            (:meth:`Dataset.repair`) before it starts them, and rebuilds it (:meth:`Dataset.rebuild`) after.
         label_fn: the labelling function (default :func:`pccseg.labellers.label`), for tests.
         label_workers: processes that label beside this one, which samples the next batch meanwhile
             (:class:`pccseg.workers.LabelPool`, one torch thread each); 0: this process labels each batch
@@ -201,8 +187,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     if label_workers is None:
         label_workers = 1 if label_fn is None and pipe.device.type == "cpu" else 0
     label_params = label_params if label_params is not None else default_params()
-    needed = labeller_of(label_params).needs_self_probs
-    capture_options = _self_probs_option(needed, needed or keep_captures)  # kept: what every labeller needs
+    self_probs = labeller_of(label_params).needs_self_probs or keep_captures   # kept: what every labeller needs
     dh, dw = default_size(pipe)
     height, width = height or dh, width or dw
     guidance = default_guidance(pipe) if guidance is None else float(guidance)
@@ -211,7 +196,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     if settings is None:
         settings = run_settings(model=model_name, steps=steps, guidance=guidance, height=height, width=width,
                                 dtype=dtype, seed=seed, label_params=label_params, class_names=class_names,
-                                prompts=prompts_name, query_half=query_half, include_mid=include_mid)
+                                prompts=prompts_name, query_half=query_half, include_mid=include_mid,
+                                val_share=val_share)
     settings = dict(settings)
     settings.setdefault("scheduler", type(pipe.scheduler).__name__)
 
@@ -224,7 +210,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     if is_main:                     # alone in the folder until the others pass the barrier
         ds.check_settings(settings)
         make_dir(out_dir)
-        ds.repair()
+        if world_size == 1 or st is not None:   # given rank and world_size: no barrier, the caller repairs
+            ds.repair()
         ds.write_settings(settings)
     if st is not None and world_size > 1:
         st.wait_for_everyone()
@@ -267,7 +254,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
                 gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
                 t0 = time.perf_counter()
                 with capture(pipe, [r.classes for r in batch], class_names=class_names, query_half=query_half,
-                             include_mid=include_mid, **capture_options) as cap:
+                             include_mid=include_mid, self_probs=self_probs) as cap:
                     out = pipe([r.prompt for r in batch], generator=gens, **call)
                 metas = [dict(prompt=r.prompt, record_id=r.id, seed=s, model=model_name, steps=steps,
                               guidance=guidance) for r, s in zip(batch, seeds)]

@@ -139,6 +139,18 @@ def parse_json(text: str, *, path: str | Path | None = None, field: str | None =
         raise InputError("JSON nested too deeply", path=path, field=field) from None
 
 
+def respect_umask(folder: str | Path) -> None:
+    """Give every file under ``folder`` mode 0666 and every folder 0777, less the umask (for what libraries
+    such as safetensors write 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
 def save_tensors(path: str | Path, tensors: dict) -> None:
     """Write a dict of tensors as a safetensors file, atomically (safetensors' own ``save_file`` creates
     its files 0600, whatever the umask)."""

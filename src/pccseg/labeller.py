@@ -1,4 +1,4 @@
-"""PCC labelling of one capture, end to end: SPEC.md sections 2-4.
+"""PCC labelling of one capture, end to end: docs/method.md sections 2-4.
 
 The stages live one per module (``features``, ``clusters``, ``classes``, ``refine``); this module holds
 their parameters, runs them in order and keeps every intermediate for pictures.

@@ -1,6 +1,6 @@
 """The attn labeller: the class maps alone, no self-attention (the baseline that PCC and dd improve on).
 
-Each object class's map (the capture's open-vocabulary token maps, merged per class, SPEC 1b; the
+Each object class's map (the capture's open-vocabulary token maps, merged per class, method §1b; the
 start-of-text map is not used) is min-max normalised at latent size and resized to the image size; every
 pixel takes the class of the largest map where that maximum is at least ``threshold``, and is background
 below it. With ``uncertain_threshold`` set, pixels whose maximum lies in [uncertain_threshold, threshold)
@@ -57,7 +57,7 @@ class AttnParams:
 
     Defaults: ``threshold`` 0.4 is DAAM's mask threshold (its ``daam_to_mask.py``; DAAM also min-max
     normalises and resizes bicubically); no uncertain band; tokens of one class merged by the element-wise
-    max, as the PCC labeller's class maps (SPEC 1b).
+    max, as the PCC labeller's class maps (method §1b).
     """
 
     threshold: float = 0.4                     # background where every map is below it

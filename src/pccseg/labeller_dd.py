@@ -10,7 +10,7 @@
    background below 0.5. There is no background map.
 
 Where pccseg differs from that script (see docs/labeller.md): the class maps are pccseg's open-vocabulary
-maps of the capture (SPEC 1b; the class names never reach the UNet, so the image is the prompt's), brought
+maps of the capture (method §1b; the class names never reach the UNet, so the image is the prompt's), brought
 to the quarter level by area averaging of the latent-size token maps, instead of cross-attention to a
 class prompt appended to the caption; ``P^4 c`` is computed as four products with the class maps (the same
 numbers, no n x n matrix power); a constant map normalises to 0 instead of NaN.

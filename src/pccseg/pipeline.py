@@ -1,12 +1,14 @@
-"""Load a Stable Diffusion pipeline: ``"toy"``, ``"tiny"``, a local diffusers folder, or a Hugging Face hub id.
+"""Load a Stable Diffusion pipeline: ``"toy"``, ``"tiny"``, ``"tiny-sdxl"``, a local diffusers folder, or a hub id.
 
 ``"toy"`` is the small text-to-image model trained on the toy world that ships inside the package
-(:mod:`pccseg.toy`); ``"tiny"`` is SD's architecture with random weights, for tests.
+(:mod:`pccseg.toy`); ``"tiny"`` and ``"tiny-sdxl"`` are SD's and SDXL's architectures with random weights,
+for tests.
 
 :func:`check_model` validates the name without loading anything (the ``generate`` command calls it before
 any GPU work); :func:`load_pipeline` loads. Hub ids are looked up in the local cache first; the network is
-only used when the model is not cached and ``HF_HUB_OFFLINE`` is not set. Works for SD 1.x, SD 2.x base
-(epsilon) and SD 2.x 768-v (v-prediction): the scheduler config of the model decides.
+only used when the model is not cached and ``HF_HUB_OFFLINE`` is not set. The pipeline class is the one
+``model_index.json`` names (``_class_name``): ``StableDiffusionPipeline`` (SD 1.x, SD 2.x base and 768-v:
+the scheduler config of the model decides the prediction type) or ``StableDiffusionXLPipeline`` (SDXL).
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ import torch
 from .errors import InputError
 
 TINY = "tiny"
+TINY_SDXL = "tiny-sdxl"
 TOY = "toy"
+
+#: the text-to-image pipeline classes the capture supports (``_class_name`` in model_index.json)
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -67,14 +73,23 @@ def offline() -> bool:
 
 
 def check_model(model: str) -> str:
-    """Validate a model name without loading it; returns its kind: "tiny", "folder" or "hub".
+    """Validate a model name without loading it; returns its kind: "tiny" (also "tiny-sdxl"), "toy", "folder"
+    or "hub".
 
     Raises :class:`InputError` (one line) for a folder that is not a diffusers pipeline, a malformed hub
-    id, or a hub id that is neither cached nor on the hub; an unreachable hub is found out within
-    :data:`HUB_TIMEOUT` seconds (one request, no retries).
+    id, a hub id that is neither cached nor on the hub, or a pipeline class other than :data:`PIPELINES`; an
+    unreachable hub is found out within :data:`HUB_TIMEOUT` seconds (one request, no retries).
     """
-    if model in (TINY, TOY):
-        return model
+    kind = _model_kind(model)
+    pipeline_class_name(model, kind)
+    return kind
+
+
+def _model_kind(model: str) -> str:
+    if model in (TINY, TINY_SDXL):
+        return "tiny"
+    if model == TOY:
+        return "toy"
     p = Path(model).expanduser()
     if p.exists() or model.startswith((".", "/", "~")):
         if not p.is_dir():
@@ -84,7 +99,7 @@ def check_model(model: str) -> str:
         return "folder"
     parts = model.split("/")
     if len(parts) != 2 or not all(parts):
-        raise InputError(f"{model!r} is neither 'tiny', a local diffusers folder nor a hub id (owner/name)",
+        raise InputError(f"{model!r} is neither 'tiny', 'tiny-sdxl', 'toy', a local diffusers folder nor a hub id (owner/name)",
                          field="--model")
     from huggingface_hub import try_to_load_from_cache
 
@@ -115,6 +130,27 @@ def check_model(model: str) -> str:
     return "hub"
 
 
+def pipeline_class_name(model: str, kind: str | None = None) -> str:
+    """The pipeline class of a model: ``_class_name`` of its model_index.json (read without loading weights);
+    :class:`InputError` when it is not one of :data:`PIPELINES`."""
+    kind = kind or _model_kind(model)
+    if kind in ("tiny", "toy"):
+        return PIPELINES[1] if model == TINY_SDXL else PIPELINES[0]
+    index = _model_json(model, kind, "model_index.json")
+    if not isinstance(index, dict):
+        raise InputError("unreadable (not a JSON object)", path=f"{model}/model_index.json")
+    name = index.get("_class_name")
+    if name not in PIPELINES:
+        raise InputError(f"{name!r} is not a supported pipeline ({', '.join(PIPELINES)})",
+                         path=f"{model}/model_index.json", field="_class_name")
+    return name
+
+
+def pipeline_class(model: str) -> type:
+    """The diffusers pipeline class of a model (see :func:`pipeline_class_name`)."""
+    import diffusers
+
+    return getattr(diffusers, pipeline_class_name(model))
 #: Seconds to wait for the Hugging Face hub's answer, name resolution included, before giving up.
 HUB_TIMEOUT = 5.0
 
@@ -148,11 +184,13 @@ def _ask_hub(model: str) -> None:
 
 def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype: str | torch.dtype | None = None,
                   device: str | torch.device | None = None, seed: int = 0):
-    """A ``StableDiffusionPipeline`` on ``device`` in ``dtype``, safety checker off, progress bar off.
+    """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (as model_index.json says) on ``device``
+    in ``dtype``, safety checker off (SD), progress bar off.
 
     Args:
-        model: ``"toy"`` (the shipped toy-world model, :mod:`pccseg.toy`), ``"tiny"`` (random weights, see
-            :mod:`pccseg.tiny`; ``seed`` picks them), a local diffusers folder, or a hub id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
+        model: ``"toy"`` (the shipped toy-world model, :mod:`pccseg.toy`), ``"tiny"`` / ``"tiny-sdxl"``
+            (random weights, see :mod:`pccseg.tiny`; ``seed`` picks them), a local diffusers folder, or a hub
+            id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
         dtype: default float16 on CUDA, float32 on CPU.
         device: default CUDA when available.
     """
@@ -160,30 +198,28 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
     dt = resolve_dtype(dtype, dev)
     kind = check_model(model)
     if kind == "tiny":
-        from .tiny import tiny_pipeline
+        from .tiny import tiny_pipeline, tiny_sdxl_pipeline
 
-        return tiny_pipeline(seed, dtype=dt, device=dev)
+        return (tiny_sdxl_pipeline if model == TINY_SDXL else tiny_pipeline)(seed, dtype=dt, device=dev)
     if kind == "toy":
         from .toy.model import toy_pipeline
 
         return toy_pipeline(dtype=dt, device=dev)
-    from diffusers import StableDiffusionPipeline
-
-    kwargs = dict(safety_checker=None, requires_safety_checker=False)
+    cls = pipeline_class(model)
+    kwargs = dict(safety_checker=None, requires_safety_checker=False) if cls.__name__ == PIPELINES[0] else {}
     kwargs[_dtype_kwarg()] = dt
     if kind == "hub":
         from huggingface_hub import try_to_load_from_cache
 
         kwargs["local_files_only"] = offline() or isinstance(try_to_load_from_cache(model, "model_index.json"), str)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(str(Path(model).expanduser()) if kind == "folder" else model,
-                                                       **kwargs)
+        pipe = cls.from_pretrained(str(Path(model).expanduser()) if kind == "folder" else model, **kwargs)
     except (OSError, ValueError, EnvironmentError) as e:
         if kind == "hub" and kwargs.get("local_files_only") and not offline():
             # cached index but missing weights: let the hub fill the gaps
             kwargs["local_files_only"] = False
             try:
-                pipe = StableDiffusionPipeline.from_pretrained(model, **kwargs)
+                pipe = cls.from_pretrained(model, **kwargs)
             except (OSError, ValueError) as e2:
                 raise InputError(f"cannot load pipeline ({str(e2).splitlines()[0]})", path=model,
                                  field="--model") from None
@@ -194,16 +230,17 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
     return pipe.to(dev)
 
 
-def _model_config(model: str, kind: str, sub: str) -> dict | None:
+def _model_json(model: str, kind: str, file: str) -> dict | None:
+    """A JSON file of a folder or cached hub model (``model_index.json``, ``unet/config.json``), or None."""
     import json
 
     if kind == "folder":
-        p = Path(model).expanduser() / sub / "config.json"
+        p = Path(model).expanduser() / file
         path = str(p) if p.is_file() else None
     else:
         from huggingface_hub import try_to_load_from_cache
 
-        c = try_to_load_from_cache(model, f"{sub}/config.json")
+        c = try_to_load_from_cache(model, file)
         path = c if isinstance(c, str) else None
     if path is None:
         return None
@@ -222,10 +259,10 @@ def model_default_size(model: str) -> tuple[int, int] | None:
 
         return TINY_HEIGHT, TINY_WIDTH
     if kind == "toy":
-        from .toy.model import TOY_SIZE
+        from .toy.config import TOY_SIZE
 
         return TOY_SIZE, TOY_SIZE
-    unet, vae = _model_config(model, kind, "unet"), _model_config(model, kind, "vae")
+    unet, vae = _model_json(model, kind, "unet/config.json"), _model_json(model, kind, "vae/config.json")
     if not unet or "sample_size" not in unet:
         return None
     factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1) if vae else 8

@@ -1,4 +1,4 @@
-"""Prompt files (SPEC.md section 0): records ``{"id": int, "prompt_sd": str, "classes": [names]}``.
+"""Prompt files (docs/method.md section 0): records ``{"id": int, "prompt_sd": str, "classes": [names]}``.
 
 A prompt file is a JSON list of records or JSON lines (one record per line; blank lines are skipped). The
 VOC set of the report (44,426 records, Dataset Diffusion's prompts) ships with the package:

@@ -1,4 +1,4 @@
-"""Section 4 of SPEC.md: move the blocky mask's edges onto the image's colour edges.
+"""Section 4 of the method (docs/method.md): move the blocky mask's edges onto the image's colour edges.
 
 1. :func:`image_segments`: k-means (k = 20) on every pixel's (R, G, B, x, y), all in 0-255, split into
    connected components; fragments under ``min_segment`` pixels pool into one leftover segment.

@@ -14,7 +14,10 @@ Per-sample numbers come from the manifest (``class_pixels``, ``uncertain_share``
 or a directory without a manifest, is read from its mask.
 
 Training run directory (``log.jsonl``): loss and learning-rate curve, mIoU curve, per-class IoU of the
-best check.
+last check, the wall time, and the hyperparameters (``config.json``) with any change made on resuming.
+
+Experiment directory (``results.json``, written by ``pccseg experiment``): its tables, pictures, times and
+settings.
 
 Every file is written atomically; links in ``index.html`` are relative file names in the output directory.
 """
@@ -45,6 +48,7 @@ from .show import legend_handles, overlay, save_figure  # noqa: E402
 from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE, check_class_names  # noqa: E402
 
 LOG = "log.jsonl"
+RESULTS = "results.json"
 
 _CSS = """
 body { font-family: sans-serif; max-width: 1200px; margin: 1em auto; padding: 0 1em; color: #222; }
@@ -208,13 +212,20 @@ def _thumb(img: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR)), hw
 
 
+#: Sample figures at 100 dpi: inches per sample column, the smallest width, the font size in points.
+SAMPLE_COLUMN_IN, SAMPLE_MIN_WIDTH_IN, SAMPLE_FONT_PT = 2.8, 5.6, 10
+
+
 def samples_figure(directory: Path, ids: Sequence[str], cls: int, names: Sequence[str], *,
-                   thumb: int = 192, alpha: float = 0.55):
-    """Columns of samples that have class ``cls``: image above, mask over image below."""
+                   thumb: int = 256, alpha: float = 0.55):
+    """Columns of samples that have class ``cls``: image above, mask over image below (background dimmed,
+    class regions outlined in their colour and black or white, so a grey class on a grey image shows).
+    Made to be read at its own size: 280 px per column, at least 560 px wide, text 10 pt (14 px) or more."""
     n = len(ids)
     images = [load_image(directory / IMAGES / f"{stem}.jpg") for stem in ids]
     aspect = images[0].shape[0] / images[0].shape[1]
-    fig, axes = plt.subplots(2, n, figsize=(2.0 * n + 0.3, 2 * 2.0 * aspect + 1.3), dpi=100, squeeze=False,
+    width = max(SAMPLE_COLUMN_IN * n + 0.4, SAMPLE_MIN_WIDTH_IN)
+    fig, axes = plt.subplots(2, n, figsize=(width, 2 * SAMPLE_COLUMN_IN * aspect + 1.8), dpi=100, squeeze=False,
                              layout="constrained")
     shown = set()
     for j, (stem, img) in enumerate(zip(ids, images)):
@@ -225,17 +236,17 @@ def samples_figure(directory: Path, ids: Sequence[str], cls: int, names: Sequenc
         m = np.asarray(mimg)
         shown |= {int(v) for v in np.unique(m)}
         axes[0][j].imshow(small)
-        axes[0][j].set_title(f"{stem}\n{names[cls]} {share:.0f}%", fontsize=8)
-        axes[1][j].imshow(overlay(small, m, alpha))
+        axes[0][j].set_title(f"{stem}: {names[cls]} {share:.0f}%", fontsize=SAMPLE_FONT_PT)
+        axes[1][j].imshow(overlay(small, m, alpha, dim=0.35))
         for ax in axes[:, j]:
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0][0].set_ylabel("image", fontsize=8)
-    axes[1][0].set_ylabel("mask over image", fontsize=8)
+    axes[0][0].set_ylabel("image", fontsize=SAMPLE_FONT_PT)
+    axes[1][0].set_ylabel("mask over image", fontsize=SAMPLE_FONT_PT)
     vals = sorted(v for v in shown if v != 0)
-    fig.legend(handles=legend_handles(vals, names), loc="outside lower center", ncol=min(len(vals), 6) or 1,
-               fontsize=7, frameon=False)
-    fig.suptitle(f"{cls} {names[cls]}", fontsize=10)
+    fig.legend(handles=legend_handles(vals, names), loc="outside lower center", frameon=False,
+               ncol=max(1, min(len(vals), int(width / 1.5))), fontsize=SAMPLE_FONT_PT)
+    fig.suptitle(f"{cls} {names[cls]}", fontsize=SAMPLE_FONT_PT + 2)
     return fig
 
 
@@ -304,7 +315,7 @@ def _swatch(v: int) -> str:
 
 
 def dataset_report(directory: str | Path, out: str | Path, *, samples_per_class: int = 4,
-                   thumb: int = 192) -> Path:
+                   thumb: int = 256) -> Path:
     """Write ``out/index.html`` and its PNGs for a dataset directory; returns the page's path."""
     directory, out = Path(directory), Path(out)
     if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
@@ -342,7 +353,7 @@ def dataset_report(directory: str | Path, out: str | Path, *, samples_per_class:
     body += ["<h2>Uncertain share</h2>", _img("uncertain_share.png", "uncertain share histogram")]
 
     body.append("<h2>Samples per class</h2>")
-    body.append(f'<p class="note">Up to {samples_per_class} images per class, evenly spread over the '
+    body.append(f'<p class="note">Up to {_count(samples_per_class, "image")} per class, evenly spread over the '
                 "images whose mask has the class; image above, mask over image below (uncertain pixels: "
                 "white stripes).</p>")
     missing = []
@@ -380,16 +391,24 @@ def _num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _read_object(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing or unreadable (the report goes on)."""
+    try:
+        return read_json(path) if path.is_file() else None
+    except InputError:
+        return None
+
+
+def _duration(seconds: float) -> str:
+    h, rest = divmod(round(seconds), 3600)
+    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
+
+
 def _run_class_names(run: Path, n: int) -> tuple[str, ...]:
-    for fname in ("best/checkpoint.json", "last/checkpoint.json", "config.json", "settings.json"):
-        p = run / fname
-        if p.is_file():
-            try:
-                obj = read_json(p)
-            except InputError:
-                continue
-            if isinstance(obj.get("class_names"), list) and len(obj["class_names"]) == n:
-                return tuple(map(str, obj["class_names"]))
+    for fname in ("last/checkpoint.json", "best/checkpoint.json", "config.json", "settings.json"):
+        obj = _read_object(run / fname)
+        if obj is not None and isinstance(obj.get("class_names"), list) and len(obj["class_names"]) == n:
+            return tuple(map(str, obj["class_names"]))
     if n == len(VOC_CLASSES):
         return VOC_CLASSES
     return tuple(f"class {i}" for i in range(n))
@@ -410,6 +429,11 @@ def training_report(run: str | Path, out: str | Path) -> Path:
     pct = 100.0 if checks and all(float(e["miou"]) <= 1.0 for e in checks) else 1.0
     entries = _count(len(losses), "loss entry", "loss entries")
     body = [f"<p>Training run <code>{_e(run.resolve())}</code>: {entries}, {_count(n_checks, 'check')}.</p>"]
+    timed = [e for e in losses if _num(e.get("time")) and e["iter"] > 0]
+    if timed:
+        t, it = float(timed[-1]["time"]), int(timed[-1]["iter"])
+        body.append(f"<p>Wall time: {_duration(t)} for {_count(it, 'iteration')} ({t / it:.3f} s per iteration, "
+                    "validation included; over every start of the run).</p>")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100, layout="constrained")
     ax = axes[0]
@@ -430,26 +454,28 @@ def training_report(run: str | Path, out: str | Path) -> Path:
         ax.text(0.5, 0.5, "no loss entries", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("iteration")
     ax = axes[1]
-    best = None
+    final = None
     if checks:
         it = [e["iter"] for e in checks]
         m = [pct * float(e["miou"]) for e in checks]
-        best = checks[int(np.argmax(m))]
+        final = checks[-1]
         ax.plot(it, m, marker="o", markersize=3, color="tab:green")
         ax.axhline(max(m), color="0.6", linestyle=":", linewidth=1)
-        ax.annotate(f"best {max(m):.2f} @ {best['iter']}", (best["iter"], max(m)), fontsize=8,
-                    textcoords="offset points", xytext=(6, -12), ha="left")
+        ax.annotate(f"last {m[-1]:.2f} @ {final['iter']}", (final["iter"], m[-1]), fontsize=8,
+                    textcoords="offset points", xytext=(-6, -12), ha="right")
+        ax.annotate(f"max {max(m):.2f} @ {it[int(np.argmax(m))]}", (it[int(np.argmax(m))], max(m)), fontsize=8,
+                    textcoords="offset points", xytext=(6, 4), ha="left")
         ax.set_ylabel("mIoU (%)")
-        ax.set_title("Validation mIoU", fontsize=10)
+        ax.set_title("Validation mIoU (max: picked on this split, so optimistic)", fontsize=10)
     else:
         ax.text(0.5, 0.5, "no checks yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("iteration")
     save_figure(fig, out / "curves.png")
     body += ["<h2>Loss and mIoU</h2>", _img("curves.png", "loss and mIoU curves")]
 
-    if best is not None and isinstance(best.get("iou"), list) and best["iou"]:
-        iou = np.array([np.nan if v is None else float(v) for v in best["iou"]]) * pct
-        acc = best.get("acc") if isinstance(best.get("acc"), list) and len(best["acc"]) == len(iou) else None
+    if final is not None and isinstance(final.get("iou"), list) and final["iou"]:
+        iou = np.array([np.nan if v is None else float(v) for v in final["iou"]]) * pct
+        acc = final.get("acc") if isinstance(final.get("acc"), list) and len(final["acc"]) == len(iou) else None
         names = _run_class_names(run, len(iou))
         fig, ax = plt.subplots(figsize=(10, 3.8), dpi=100, layout="constrained")
         x = np.arange(len(iou))
@@ -461,12 +487,12 @@ def training_report(run: str | Path, out: str | Path) -> Path:
         ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel("IoU (%)")
         ax.set_ylim(0, 105 if pct == 100 else max(np.nanmax(iou) * 1.15, 1))
-        ax.set_title(f"Per-class IoU at the best check (iteration {best['iter']}, "
-                     f"mIoU {pct * float(best['miou']):.2f})", fontsize=10)
-        save_figure(fig, out / "best_iou.png")
-        body += ["<h2>Per-class IoU of the best check</h2>",
-                 f"<p>Best check: iteration {_e(best['iter'])}, mIoU {pct * float(best['miou']):.2f}"
-                 f"{'%' if pct == 100 else ''}.</p>", _img("best_iou.png", "per-class IoU")]
+        ax.set_title(f"Per-class IoU at the last check (iteration {final['iter']}, "
+                     f"mIoU {pct * float(final['miou']):.2f})", fontsize=10)
+        save_figure(fig, out / "class_iou.png")
+        body += ["<h2>Per-class IoU of the last check</h2>",
+                 f"<p>Last check: iteration {_e(final['iter'])}, mIoU {pct * float(final['miou']):.2f}"
+                 f"{'%' if pct == 100 else ''}.</p>", _img("class_iou.png", "per-class IoU")]
         rows = ['<table>', '<tr><th>class</th><th class="num">IoU (%)</th>'
                 + ('<th class="num">accuracy (%)</th>' if acc else "") + "</tr>"]
         for i, n in enumerate(names):
@@ -480,16 +506,73 @@ def training_report(run: str | Path, out: str | Path) -> Path:
     elif not checks:
         body.append('<p class="note">No check (mIoU) in the log yet.</p>' if not n_checks else
                     '<p class="note">No check has an mIoU (every check logged null).</p>')
+
+    config = _read_object(run / "config.json")
+    if config is not None:
+        changes = config.pop("changes", None) or []
+        body += ["<h2>Hyperparameters</h2>",
+                 '<p class="note">The settings in force at the latest start (<code>config.json</code>).</p>',
+                 _settings_table(config)]
+        for c in changes:
+            changed = ", ".join(f"{_e(k)} {_e(json.dumps(a))} &rarr; {_e(json.dumps(b))}"
+                                for k, (a, b) in (c.get("changed") or {}).items())
+            body.append(f"<p>Changed on resuming at iteration {_e(c.get('iteration'))}: {changed}.</p>")
     page = out / "index.html"
     _write_text(page, _page(f"pccseg training report: {run.name}", body))
     return page
 
 
+def _cell(x: Any) -> str:
+    return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else _e(x)
+
+
+def results_report(directory: str | Path, out: str | Path) -> Path:
+    """Write ``out/index.html`` for a folder with ``results.json`` (``pccseg experiment``): its ``tables``
+    (``title``, ``columns``, ``rows``, ``note``), its ``pictures`` (``file`` in the folder, ``caption``;
+    copied into ``out``), ``timings`` and ``config``."""
+    import shutil
+
+    directory, out = Path(directory), Path(out)
+    path = directory / RESULTS
+    results = read_json(path)
+    tables, pictures = results.get("tables", []), results.get("pictures", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) and isinstance(t.get("columns"), list)
+                                               and isinstance(t.get("rows"), list) for t in tables):
+        raise InputError("expected a list of {title, columns, rows}", path=path, field="tables")
+    out.mkdir(parents=True, exist_ok=True)
+    body = [f"<p>Results of <code>{_e(directory.resolve())}</code> (also in results.md, results.json and the "
+            "CSV files there).</p>"]
+    for t in tables:
+        head = "".join(f'<th{"" if i == 0 else " class=num"}>{_e(c)}</th>' for i, c in enumerate(t["columns"]))
+        rows = ["<tr>" + "".join(f'<td{"" if i == 0 else " class=num"}>{_cell(x)}</td>' for i, x in enumerate(r))
+                + "</tr>" for r in t["rows"]]
+        body += [f"<h2>{_e(t.get('title', ''))}</h2>", "<table>", f"<tr>{head}</tr>", *rows, "</table>"]
+        if t.get("note"):
+            body.append(f'<p class="note">{_e(t["note"])}</p>')
+    for p in pictures if isinstance(pictures, list) else []:
+        src = directory / str(p.get("file", "")) if isinstance(p, dict) else None
+        if src is None or src.parent != directory or not src.is_file():
+            continue
+        with atomic_path(out / src.name) as tmp:
+            shutil.copyfile(src, tmp)
+        body += [f"<h2>{_e(p.get('caption', src.name))}</h2>", _img(src.name, str(p.get("caption", "")))]
+    if isinstance(results.get("timings"), dict) and results["timings"]:
+        body += ["<h2>Time</h2>", _settings_table(results["timings"])]
+    if isinstance(results.get("config"), dict):
+        body += ["<h2>Settings</h2>", _settings_table(results["config"])]
+    page = out / "index.html"
+    _write_text(page, _page(str(results.get("title", f"pccseg results: {directory.name}")), body))
+    return page
+
+
 def make_report(directory: str | Path, out: str | Path, **kwargs: Any) -> Path:
-    """A training report when ``directory`` holds ``log.jsonl``, else a dataset report."""
+    """A results page when ``directory`` holds ``results.json`` (an experiment), a training report when it
+    holds ``log.jsonl``, else a dataset report."""
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError("not a directory", path=directory)
+    if (directory / RESULTS).is_file():
+        return results_report(directory, out)
     if (directory / LOG).is_file():
         return training_report(directory, out)
     return dataset_report(directory, out, **kwargs)

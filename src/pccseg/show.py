@@ -46,6 +46,9 @@ from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
 #: Colour of uncertain (255) pixels: white stripes (drawn over the image or a light grey ground).
 UNCERTAIN_RGB = np.array([255, 255, 255], dtype=np.uint8)
 UNCERTAIN_GROUND = np.array([150, 150, 150], dtype=np.uint8)
+#: Ground for the background (0) of a mask drawn on its own: VOC's black hides the dark classes
+#: (cat (64, 0, 0), potted plant (0, 64, 0), ...).
+MASK_GROUND = np.array([205, 205, 205], dtype=np.uint8)
 _THRESHOLD_STYLES = (":", "--", "-", "-.")
 _PANEL_IN = 2.6  # panel size in inches
 
@@ -94,24 +97,54 @@ def _stripes(shape: tuple[int, int], period: int | None = None) -> np.ndarray:
     return ((xx + yy) % period) < max(1, (3 * period) // 8)
 
 
-def colorize(mask: Any, size: tuple[int, int] | None = None) -> np.ndarray:
+def contrast_colour(rgb: np.ndarray) -> np.ndarray:
+    """Black or white, whichever stands out more against the colour ``rgb`` (by luminance)."""
+    luminance = 0.299 * float(rgb[0]) + 0.587 * float(rgb[1]) + 0.114 * float(rgb[2])
+    return np.array([0, 0, 0] if luminance > 110 else [255, 255, 255], dtype=np.uint8)
+
+
+def outline_classes(rgb: np.ndarray, m: np.ndarray, width: int | None = None) -> np.ndarray:
+    """Draw every class region of the label map ``m`` (H, W) into ``rgb`` (H, W, 3, float or uint8) as
+    an outline that reads on any ground: a band of ``width`` pixels inside the region in the class's own
+    colour, and a line of ``width`` pixels just outside it in black or white (:func:`contrast_colour`).
+    A grey car on a grey street stays visible. ``width`` default: about 1/150 of the short side, >= 1."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    width = width or max(1, round(min(m.shape) / 150))
+    for v in np.unique(m):
+        if v in (0, IGNORE_INDEX):
+            continue
+        region = m == v
+        colour = VOC_PALETTE[int(v) % 256]
+        halo = binary_dilation(region, iterations=width) & ~region
+        rgb[halo] = contrast_colour(colour)
+        rgb[region & ~binary_erosion(region, iterations=width, border_value=1)] = colour
+    return rgb
+
+
+def colorize(mask: Any, size: tuple[int, int] | None = None, *, ground: Any = None,
+             outline: bool = False) -> np.ndarray:
     """Label mask (h, w) -> (H, W, 3) uint8 in the VOC palette; 255 as white stripes on grey.
 
     ``size`` = (H, W) nearest-upsamples the mask first (so the stripes are drawn at the output size).
+    ``ground``: RGB for the background (0) instead of VOC's black (e.g. :data:`MASK_GROUND`);
+    ``outline``: outline the class regions (:func:`outline_classes`).
     """
     m = to_numpy(mask).astype(np.int64)
     if size is not None:
         m = resize_nearest(m, size)
     rgb = VOC_PALETTE[np.clip(m, 0, 255)].copy()
+    if ground is not None:
+        rgb[m == 0] = ground
     unc = m == IGNORE_INDEX
     if unc.any():
         st = _stripes(m.shape)
         rgb[unc] = UNCERTAIN_GROUND
         rgb[unc & st] = UNCERTAIN_RGB
-    return rgb
+    return outline_classes(rgb, m) if outline else rgb
 
 
-def overlay(image: Any, mask: Any, alpha: float = 0.5, *, edges: bool = True) -> np.ndarray:
+def overlay(image: Any, mask: Any, alpha: float = 0.5, *, edges: bool = True, dim: float = 0.0) -> np.ndarray:
     """Mask over image: (H, W, 3) uint8.
 
     Args:
@@ -119,7 +152,9 @@ def overlay(image: Any, mask: Any, alpha: float = 0.5, *, edges: bool = True) ->
         mask: (h, w) label values (any size: nearest-resized to H x W); 0 = background, left as the image;
             255 = uncertain, drawn as white diagonal stripes.
         alpha: opacity of the class colours and of the stripes.
-        edges: draw the border of every class region at full opacity in its colour.
+        edges: outline every class region (:func:`outline_classes`: its colour inside, black or white
+            outside), so that a class whose colour is the image's (a grey car) still shows.
+        dim: darken the background pixels by this share (0: as they are), so the classes stand out.
     """
     img = to_numpy(image)
     if img.ndim != 3 or img.shape[-1] != 3:
@@ -129,12 +164,12 @@ def overlay(image: Any, mask: Any, alpha: float = 0.5, *, edges: bool = True) ->
     out = img.astype(np.float32)
     colour = VOC_PALETTE[np.clip(m, 0, 255)].astype(np.float32)
     cls = (m != 0) & (m != IGNORE_INDEX)
+    out[m == 0] *= 1 - dim
     out[cls] = (1 - alpha) * out[cls] + alpha * colour[cls]
     unc = (m == IGNORE_INDEX) & _stripes((H, W))
     out[unc] = (1 - alpha) * out[unc] + alpha * 255.0
     if edges:
-        e = boundaries(m) & cls
-        out[e] = colour[e]
+        out = outline_classes(out, m)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -285,8 +320,8 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
     blocky = to_numpy(result.blocky)
     b_unc = float((blocky == IGNORE_INDEX).mean())
     row.append(lambda ax: _label_panel(
-        ax, colorize(blocky, (H, W)), f"blocky mask ({blocky.shape[0]}x{blocky.shape[1]})\n"
-                                      f"uncertain {100 * b_unc:.1f}%"))
+        ax, colorize(blocky, (H, W), ground=MASK_GROUND, outline=True),
+        f"blocky mask ({blocky.shape[0]}x{blocky.shape[1]})\ngrey: background; uncertain {100 * b_unc:.1f}%"))
     if result.refine_segments is not None:
         rs = to_numpy(result.refine_segments).astype(np.int64)
 

@@ -7,9 +7,11 @@ Layout of ``root`` (e.g. ``VOCdevkit/VOC2012``)::
     root/ImageSets/Segmentation/<split>.txt    one stem per line
     root/settings.json                         optional; its "class_names" sets the classes (pccseg)
 
+``root`` may also be the folder above ``VOCdevkit/VOC2012`` (torchvision's ``VOCSegmentation`` root).
+
 Every problem is an :class:`~pccseg.errors.InputError` naming the file: a missing split file or
-folder, a split line naming a missing image or mask, an image and mask of different sizes, a mask value
-outside ``0..C-1`` and 255.
+folder, a split line that is not a plain file stem (a path), a split line naming a missing image or
+mask, an image and mask of different sizes, a mask value outside ``0..C-1`` and 255.
 """
 
 from __future__ import annotations
@@ -22,17 +24,26 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .dataset import IMAGES as IMAGE_DIR, MASKS as MASK_DIR, SETS as SPLIT_DIR
+from .dataset import IMAGES as IMAGE_DIR, MASKS as MASK_DIR, SETS as SPLIT_DIR, TORCHVISION_VOC_DIR
 from .errors import InputError
-from .io import load_image, load_mask, read_json
+from .io import check_stem, load_image, load_mask, read_json, read_text
 from .vocab import IGNORE_INDEX, VOC_CLASSES, check_class_names
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
+def voc_root(root: str | Path) -> Path:
+    """``root`` itself, or ``root/VOCdevkit/VOC2012`` when ``root`` is torchvision's kind of VOC root."""
+    root = Path(root)
+    inner = root / TORCHVISION_VOC_DIR
+    if not (root / SPLIT_DIR).is_dir() and (inner / SPLIT_DIR).is_dir():
+        return inner
+    return root
+
+
 def read_class_names(root: str | Path) -> list[str]:
     """The dataset's class names: ``settings.json``'s ``class_names`` when present, else the 21 VOC ones."""
-    settings = Path(root) / "settings.json"
+    settings = voc_root(root) / "settings.json"
     if settings.is_file():
         names = read_json(settings).get("class_names")
         if names is not None:
@@ -41,15 +52,17 @@ def read_class_names(root: str | Path) -> list[str]:
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
-    """Stems listed in ``root/ImageSets/Segmentation/<split>.txt`` (blank lines skipped)."""
+    """Stems listed in ``root/ImageSets/Segmentation/<split>.txt`` (blank lines skipped); every line must
+    be a plain file stem (:func:`pccseg.io.check_stem`)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError("dataset root is not a directory", path=root)
+    root = voc_root(root)
     split_file = root / SPLIT_DIR / f"{split}.txt"
     if not split_file.is_file():
         raise InputError(f"split file not found (a VOC root holds {SPLIT_DIR}/{split}.txt)", path=split_file)
-    stems = [s.strip() for s in split_file.read_text().splitlines()]
-    stems = [s for s in stems if s]
+    lines = read_text(split_file).splitlines()
+    stems = [check_stem(line.strip(), path=split_file, line=n) for n, line in enumerate(lines, 1) if line.strip()]
     if not stems:
         raise InputError("split file lists no images", path=split_file)
     return stems
@@ -64,10 +77,10 @@ class VOCSegmentation(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", class_names: Sequence[str] | None = None):
-        self.root = Path(root)
+        self.root = voc_root(root)
         self.split = split
-        self.class_names = list(class_names) if class_names is not None else read_class_names(root)
-        self.stems = read_split(root, split)
+        self.class_names = list(class_names) if class_names is not None else read_class_names(self.root)
+        self.stems = read_split(self.root, split)
         split_file = self.root / SPLIT_DIR / f"{split}.txt"
         for sub in (IMAGE_DIR, MASK_DIR):
             if not (self.root / sub).is_dir():
@@ -113,16 +126,19 @@ class VOCSegmentation(torch.utils.data.Dataset):
             raise InputError(f"values {bad.tolist()} outside 0..{self.num_classes - 1} and {IGNORE_INDEX}",
                              path=self.masks[i], field="mask values")
 
+    def _load_mask(self, i: int) -> np.ndarray:
+        try:
+            return load_mask(self.masks[i])
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read mask ({e})", path=self.masks[i]) from None
+
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` as numpy: image (H, W, 3) uint8 RGB, mask (H, W) uint8; checked."""
         try:
             image = load_image(self.images[i])
         except OSError as e:
             raise InputError(f"cannot read image ({e})", path=self.images[i]) from None
-        try:
-            mask = load_mask(self.masks[i])
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read mask ({e})", path=self.masks[i]) from None
+        mask = self._load_mask(i)
         if image.shape[:2] != mask.shape:
             raise InputError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
                              f"{image.shape[1]}x{image.shape[0]} ({self.images[i].name})", path=self.masks[i])
@@ -139,11 +155,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
 
         def one(i: int) -> None:
             if values:
-                try:
-                    mask = load_mask(self.masks[i])
-                except (OSError, ValueError) as e:
-                    raise InputError(f"cannot read mask ({e})", path=self.masks[i]) from None
-                self._check_values(mask, i)
+                self._check_values(self._load_mask(i), i)
             self._check_sizes(i)
 
         with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -25,10 +25,10 @@ def _model_defaults(args: argparse.Namespace) -> None:
     from ..prompts import DEFAULT_PROMPTS, TOY_PROMPTS, default_prompts_path
 
     if args.model == "toy":
-        from ..toy.model import TOY_GUIDANCE, TOY_STEPS
+        from ..toy.config import TOY_GUIDANCE, TOY_STEPS
 
         steps, guidance, prompts = TOY_STEPS, TOY_GUIDANCE, TOY_PROMPTS
-    elif args.model == "tiny":
+    elif args.model in ("tiny", "tiny-sdxl"):
         from ..tiny import TINY_STEPS
 
         steps, guidance, prompts = TINY_STEPS, None, DEFAULT_PROMPTS
@@ -41,14 +41,16 @@ def _model_defaults(args: argparse.Namespace) -> None:
 
 
 def build_settings(args: argparse.Namespace, *, class_names, label_params, height, width, dtype, steps):
-    from ..generate import run_settings
+    from ..generate import default_guidance, run_settings
+    from ..pipeline import TINY, TINY_SDXL, pipeline_class
 
     prompts = args.prompts_name
-    return run_settings(model=args.model, steps=steps, guidance=7.5 if args.guidance is None else args.guidance,
+    guidance = default_guidance(pipeline_class(args.model)) if args.guidance is None else args.guidance
+    return run_settings(model=args.model, steps=steps, guidance=guidance,
                         height=height, width=width, dtype=dtype, seed=args.seed, label_params=label_params,
                         class_names=class_names, prompts=prompts, query_half=args.query_half,
-                        include_mid=args.include_mid, batch_size=args.batch_size,
-                        **({"tiny_seed": args.tiny_seed} if args.model == "tiny" else {}))
+                        include_mid=args.include_mid, val_share=args.val_share, batch_size=args.batch_size,
+                        **({"tiny_seed": args.tiny_seed} if args.model in (TINY, TINY_SDXL) else {}))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     except InputError as e:
         raise InputError(e.message, field="--" + e.field.replace("_", "-")) from None
     label_params = params_from_args(args)
-    kind = check_model(args.model)
+    check_model(args.model)
     rank, world, is_main, state = distributed_state()
     device = resolve_device(args.device if args.device is not None or world == 1 or state is None else state.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -142,8 +144,9 @@ def register(sub) -> None:
                     "settings.json). Running the same command again resumes.")
     g = p.add_argument_group("generation")
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"'toy' (the shipped toy-world model, offline), 'tiny' (random weights, for tests), "
-                        f"a local diffusers folder or a hub id (default: {DEFAULT_MODEL})")
+                   help=f"'toy' (the shipped toy-world model, offline), 'tiny' or 'tiny-sdxl' (random weights, for "
+                        f"tests), a local diffusers folder or a hub id of an SD 1.x / 2.x or SDXL pipeline "
+                        f"(default: {DEFAULT_MODEL})")
     g.add_argument("--prompts", default=None, metavar="FILE",
                    help="prompt file: JSON list or JSON lines of {id, prompt_sd, classes} "
                         "(default: the shipped VOC set, 44,426 records; with --model toy the shipped toy set)")
@@ -151,9 +154,9 @@ def register(sub) -> None:
     g.add_argument("--num", type=int, default=None, help="number of records (default: all from --start)")
     g.add_argument("--start", type=int, default=0, help="first record (0-based index in the file; default 0)")
     g.add_argument("--steps", type=int, default=None,
-                   help=f"denoising steps (default: {DEFAULT_STEPS}; toy 25, tiny 4)")
+                   help=f"denoising steps (default: {DEFAULT_STEPS}; toy 25, tiny models 4)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
-                   "pipeline's, 7.5; toy 5)")
+                   "pipeline's: 7.5 for SD, 5.0 for SDXL; toy 5)")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"record i gets seed SEED + i (default: {DEFAULT_SEED}, the report's)")
     g.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
@@ -171,6 +174,9 @@ def register(sub) -> None:
     g.add_argument("--query-half", choices=("uncond", "cond"), default="uncond",
                    help="CFG half whose queries make the OVAM class maps (default: uncond, OVAM's)")
     g.add_argument("--include-mid", action="store_true", help="add the mid block's cross-attention to the maps")
+    g.add_argument("--val-share", type=float, default=0.0, metavar="X",
+                   help="hold out this share of the samples (0 <= X < 1) in ImageSets/Segmentation/val.txt; "
+                        "which ones is fixed by their ids (default: 0, all in train.txt)")
     g.add_argument("--tiny-seed", type=int, default=0, help="weights seed of --model tiny (default 0)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_label_arguments(p)

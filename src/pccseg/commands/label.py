@@ -1,4 +1,6 @@
-"""``pccseg label CAPTURE_DIR... --out DIR [--labeller pcc|dd|attn]``: masks for saved captures.
+"""``pccseg label CAPTURE_DIR... --out DIR [--labeller pcc|dd|attn] [--dataset]``: masks for saved
+captures, or (``--dataset``) a whole VOC-layout dataset that ``pccseg train`` and torchvision read, as
+``generate`` writes it.
 
 Also provides the labeller options for other commands (``generate`` and ``show`` reuse them):
 
@@ -227,9 +229,57 @@ def check_label_settings(out: Path, params, *, overwrite: bool = False) -> dict:
     return new
 
 
+def open_dataset(out: Path, first_capture: Path, params, *, val_share: float, overwrite: bool):
+    """The dataset ``label --dataset`` writes into ``out`` and the settings.json it is to hold (written
+    with the first sample, as ``label_params.json``): the source, the class names (those of
+    ``first_capture``; every capture must have them), the labeller and its parameters and the val share.
+    A folder holding other settings is refused, unless ``overwrite`` (then every sample is redone)."""
+    from ..capture_format import META_FILE
+    from ..dataset import Dataset, check_val_share
+    from ..io import read_json
+    from ..labellers import params_record
+    from ..vocab import VOC_CLASSES
+
+    check_val_share(val_share, field="--val-share")
+    meta_path = first_capture / META_FILE
+    class_names = (read_json(meta_path).get("class_names") if meta_path.is_file() else None) or list(VOC_CLASSES)
+    settings = {"source": "pccseg label", "class_names": list(class_names), **params_record(params),
+                **({"val_share": val_share} if val_share else {})}
+    ds = Dataset(out)
+    if not overwrite:
+        ds.check_settings(settings)
+    return ds, tuple(class_names), settings
+
+
+def check_class_names(cap, class_names) -> None:
+    """:class:`InputError` unless the capture ``cap`` has the dataset's ``class_names``."""
+    if tuple(cap.class_names) != tuple(class_names):
+        raise InputError(f"class names differ from the dataset's ({len(cap.class_names)} against "
+                         f"{len(class_names)}: label captures of one vocabulary into one dataset)",
+                         path=cap.source, field="class_names")
+
+
+def write_sample(ds, stem: str, cap, mask, seconds: float, class_names) -> None:
+    """One labelled capture into the dataset ``ds``: image (JPEG), manifest line, then the mask (last: its
+    presence marks the sample done), each written atomically."""
+    from ..dataset import JPEG_QUALITY, mask_stats
+    from ..io import save_image, save_mask
+
+    save_image(ds.image_path(stem), cap.image.cpu().numpy(), quality=JPEG_QUALITY)
+    uncertain, pixels = mask_stats(mask, class_names)
+    named = list(dict.fromkeys(class_names[v] for v in cap.token_classes if v))
+    ds.append_manifest(0, {"id": stem, "record_id": cap.meta.get("record_id"), "prompt": cap.meta.get("prompt"),
+                           "classes": named, "seed": cap.meta.get("seed"), "uncertain_share": uncertain,
+                           "class_pixels": pixels, "timings": {"label": round(seconds, 4)},
+                           "capture": str(cap.source)})
+    save_mask(ds.mask_path(stem), mask)
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
+    from ..capture_format import load_capture
     from ..io import make_dir, remove_temps, save_mask, write_json
     from ..pipeline import resolve_device
     from ..signals import hold_interrupts
@@ -244,34 +294,63 @@ def run(args: argparse.Namespace) -> int:
     if dup:
         raise InputError(f"two captures would write the same mask name(s): {', '.join(sorted(dup))}",
                          path=args.out)
+    if args.val_share and not args.dataset:
+        raise InputError("a val split needs --dataset", field="--val-share")
     out = Path(args.out)
+    ds = class_names = ds_settings = None
+    if args.dataset:
+        ds, class_names, ds_settings = open_dataset(out, dirs[0], params, val_share=args.val_share,
+                                                    overwrite=args.overwrite)
     settings = check_label_settings(out, params, overwrite=args.overwrite)
     device = resolve_device(args.device)
     make_dir(out)
-    remove_temps(out)
-    todo = [d for d in dirs if args.overwrite or not (out / f"{d.name}.png").exists()]
+    if ds is None:
+        remove_temps(out)
+        done = {n for n in names if (out / f"{n}.png").exists()}
+    else:
+        ds.repair()
+        done = set(names) - set(ds.todo(names))
+    todo = [d for d in dirs if args.overwrite or d.name not in done]
     skipped = len(dirs) - len(todo)
     workers = min(args.workers or default_workers(device), max(1, len(todo)))
     failed = 0
     bar = tqdm(total=len(dirs), initial=skipped, desc="label", unit="img", disable=args.quiet)
     with LabelPool(params, 0 if workers == 1 else workers, device=device) as pool:
         for d, res in pool.map_dirs(todo):
-            if isinstance(res, InputError):
+            try:
+                if isinstance(res, InputError):
+                    raise res
+                cap = None
+                if ds is not None:              # the sample's image and record (a worker labelled it)
+                    cap = load_capture(d)
+                    check_class_names(cap, class_names)
+            except InputError as e:
                 failed += 1
                 bar.clear()
-                print(f"pccseg label: error: {res}", file=sys.stderr, flush=True)
+                print(f"pccseg label: error: {e}", file=sys.stderr, flush=True)
                 if not args.keep_going:
-                    bar.close()
-                    return 2
+                    break
                 continue
-            with hold_interrupts():                 # SIGTERM / Ctrl-C: this mask is finished first
-                if settings is not None:
+            mask = torch.from_numpy(res.mask)
+            with hold_interrupts():             # SIGTERM / Ctrl-C: this mask (or sample) is finished first
+                if settings is not None:        # with the first mask: a run that stops before writes nothing
                     write_json(out / LABEL_SETTINGS, settings)
+                    if ds is not None and args.overwrite:
+                        write_json(ds.settings_path, ds_settings)
+                    elif ds is not None:
+                        ds.write_settings(ds_settings)
                     settings = None
-                save_mask(out / f"{d.name}.png", res.mask)
+                if ds is None:
+                    save_mask(out / f"{d.name}.png", mask)
+                else:
+                    write_sample(ds, d.name, cap, mask, res.seconds, class_names)
             bar.update(1)
             bar.set_postfix(uncertain=f"{res.uncertain_share:.3f}")
     bar.close()
+    if ds is not None and ds.settings_path.is_file():
+        n = ds.rebuild()[0]
+        if not args.quiet:
+            print(f"pccseg label: {n} sample(s) in the dataset {out}", file=sys.stderr)
     if skipped and not args.quiet:
         print(f"pccseg label: skipped {skipped} existing mask(s) (use --overwrite to redo them)",
               file=sys.stderr)
@@ -286,7 +365,13 @@ def register(sub) -> None:
                     "<out>/<capture dir name>.png.")
     p.add_argument("captures", nargs="+", metavar="CAPTURE_DIR",
                    help="a capture directory, or a directory whose sub-directories are captures")
-    p.add_argument("--out", required=True, help="output directory for the masks")
+    p.add_argument("--out", required=True, help="output directory for the masks (or the dataset)")
+    p.add_argument("--dataset", action="store_true",
+                   help="write a full VOC-layout dataset, as generate does: JPEGImages/, SegmentationClass/, "
+                        "ImageSets/Segmentation/train.txt (and val.txt), manifest.jsonl, settings.json; the "
+                        "sample ids are the capture directory names (default: masks only, OUT/<name>.png)")
+    p.add_argument("--val-share", type=float, default=0.0, metavar="X",
+                   help="with --dataset: hold out this share of the samples in val.txt (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo masks that exist (default: skip them, so a rerun resumes)")

@@ -110,7 +110,7 @@ def register(sub) -> None:
         description="Write DIR/index.html with PNG pictures: for a dataset directory the class pixel "
                     "frequencies, images per class, the uncertain share, sample overlays per class and "
                     "the generation settings; for a training run folder (log.jsonl) the loss and mIoU "
-                    "curves and the per-class IoU of the best check.")
+                    "curves, the per-class IoU of the last check, the wall time and the hyperparameters.")
     r.add_argument("directory", metavar="DATASET_OR_RUN_DIR",
                    help="a dataset directory (manifest.jsonl or SegmentationClass/) or a training run "
                         "directory (log.jsonl)")

@@ -10,6 +10,10 @@ from ..errors import InputError
 #: Scene seeds below this train the toy model; datasets rendered with ``pccseg toy render`` start here.
 RENDER_SEED = 1_000_000
 
+TOY_SIZE = 128        #: image side (px)
+TOY_STEPS = 25        #: default denoising steps (DPM-Solver++)
+TOY_GUIDANCE = 5.0    #: default classifier-free guidance scale
+
 
 @dataclass(frozen=True)
 class ToyTrainConfig:
@@ -20,7 +24,7 @@ class ToyTrainConfig:
     threads: int = 1                     # torch threads on CPU
     seed: int = 0
     # VAE
-    vae_steps: int = 2000
+    vae_steps: int = 3000
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
@@ -60,3 +64,71 @@ class ToyTrainConfig:
                 raise InputError(f"must be a finite number >= 0, got {v!r}", field=f"--{name.replace('_', '-')}")
         if not 0 <= self.ema < 1 or not 0 <= self.uncond_prob < 1:
             raise InputError("ema and uncond_prob must lie in [0, 1)", field="--ema/--uncond-prob")
+
+
+#: ExperimentConfig fields that may differ when an experiment folder is resumed: they change where and how
+#: fast the work runs, not its results (on one kind of device).
+EXPERIMENT_RUNTIME_FIELDS = ("out", "device", "jobs", "threads", "progress")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Every setting of ``pccseg experiment toy`` (:mod:`pccseg.toy.experiment`); checked here, so the API
+    refuses what the CLI does. Error messages name the command-line option."""
+
+    out: str
+    model: str = "toy"                   # "toy" (shipped weights) or a diffusers folder of the toy architecture
+    num: int = 200                       # generated images = rendered images of the upper bound
+    val: int = 200                       # held-out rendered images with exact labels (downstream scores)
+    labellers: tuple[str, ...] = ("pcc", "dd", "attn")
+    # generation
+    steps: int = TOY_STEPS
+    guidance: float = TOY_GUIDANCE
+    seed: int = 2024                     # record i: seed + i
+    batch_size: int = 8
+    # DeepLabv3 (MobileNetV3-Large, random init) on each set
+    iters: int = 600
+    train_batch_size: int = 8
+    crop_size: int = 96
+    lr: float = 4e-3
+    train_seed: int = 0
+    # judge error, pictures
+    judge_scenes: int = 300
+    pictures: int = 8
+    # how it runs
+    device: str | None = None            # None: CUDA when available
+    jobs: int | None = None              # processes; None: 1 on CUDA, 2 on CPU
+    threads: int = 1                     # torch threads per process on CPU
+    progress: bool = True
+
+    def __post_init__(self):
+        def fail(name: str, message: str):
+            raise InputError(message, field="--" + name.replace("_", "-"))
+
+        for name in ("num", "val", "steps", "batch_size", "iters", "train_batch_size", "crop_size", "judge_scenes",
+                     "pictures", "jobs", "threads", "seed", "train_seed"):
+            v = getattr(self, name)
+            low = 0 if name in ("seed", "train_seed", "pictures") else 1
+            if v is None and name == "jobs":
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                fail(name, f"must be an integer >= {low}, got {v!r}")
+        if self.train_batch_size < 2:
+            fail("train_batch_size", f"must be >= 2 (BatchNorm after ASPP's pooling), got {self.train_batch_size}")
+        for name in ("guidance", "lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                fail(name, f"must be a finite number > 0, got {v!r}")
+        if not isinstance(self.labellers, tuple) or not self.labellers:
+            fail("labellers", f"must name at least one labeller, got {self.labellers!r}")
+        from ..labellers import get_labeller
+
+        for name in self.labellers:
+            try:
+                get_labeller(name)
+            except InputError as e:
+                fail("labellers", e.message)
+        if len(set(self.labellers)) != len(self.labellers):
+            fail("labellers", f"a labeller is named twice: {' '.join(self.labellers)}")
+        if not isinstance(self.model, str) or not self.model:
+            fail("model", "must be 'toy' or a diffusers folder")

@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..dataset import Dataset, sample_stem
+from ..dataset import JPEG_QUALITY, Dataset, sample_stem
 from ..errors import InputError
 from ..io import atomic_path, save_image, save_mask
 from ..voc import SPLIT_DIR
 from .config import RENDER_SEED
-
-JPEG_QUALITY = 95
 
 
 def write_toy_dataset(out: str | Path, num: int, val: int = 0, *, seed: int = RENDER_SEED, size: int = 128,

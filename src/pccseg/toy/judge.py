@@ -32,8 +32,6 @@ def colour_labels(image: np.ndarray, *, classes: Sequence[str] | None = None, bg
 
     ``classes`` limits the candidate classes (default: every toy class).
     """
-    import cv2
-
     names = list(classes) if classes is not None else list(HUES)
     h, s, v = rgb_to_hsv(np.asarray(image, np.float32) / 255.0)
     hues = np.array([HUES[c] for c in names], np.float32)

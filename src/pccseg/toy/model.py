@@ -21,10 +21,8 @@ from pathlib import Path
 import torch
 
 from ..tiny import SD_SCHEDULER
+from .config import TOY_SIZE
 
-TOY_SIZE = 128        #: image side (px)
-TOY_STEPS = 25        #: default denoising steps (DPM-Solver++)
-TOY_GUIDANCE = 5.0    #: default classifier-free guidance scale
 LATENT_FACTOR = 4     #: VAE downsampling
 
 
@@ -105,6 +103,19 @@ def assemble(vae, unet, text_encoder):
 def weights_dir() -> Path:
     """The diffusers folder of the toy model that ships with the package."""
     return Path(str(resources.files("pccseg") / "toy" / "weights"))
+
+
+def export_weights(src: str | Path, dst: str | Path | None = None, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the pipeline folder ``src`` as the shipped weights (default :func:`weights_dir`), stored in
+    ``dtype`` (float16: about 15 MB), atomically. Loading casts to the dtype asked for."""
+    from ..io import atomic_path
+
+    dst = Path(dst) if dst is not None else weights_dir()
+    pipe = toy_pipeline(src)
+    pipe.to(dtype=dtype)
+    with atomic_path(dst, directory=True) as tmp:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+    return dst
 
 
 def count_parameters(pipe) -> dict[str, int]:

@@ -16,8 +16,10 @@ Stages and their folders under ``out``:
 * ``pipeline/`` — the final diffusers folder (EMA weights, safetensors), loadable with
   ``load_pipeline(path)``.
 
-Every file is written atomically; checkpoints are safetensors + JSON. On CPU one thread per process by
-default (``threads``): torch's default threads oversubscribe a small shared machine.
+Every file is written atomically; checkpoints are safetensors + JSON. Ctrl-C or SIGTERM (under
+:func:`pccseg.signals.handle_interrupts`, as the CLI runs it) saves a checkpoint of the step reached and
+stops; the same command resumes. On CPU one thread per process by default (``threads``): torch's
+default threads oversubscribe a small shared machine.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,10 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..errors import InputError
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path, read_json, respect_umask, save_tensors, write_json
+from ..signals import hold_interrupts
 from .config import ToyTrainConfig
 
 log = logging.getLogger(__name__)
@@ -84,30 +84,17 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-class _Stop:
-    """SIGTERM and Ctrl-C set a flag; the loops checkpoint and return at the next step."""
+def _save_state(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """A resume checkpoint: ``state.safetensors`` + ``state.json``, atomically, not cut short by a signal."""
+    with hold_interrupts(), atomic_path(folder, directory=True) as tmp:
+        save_tensors(tmp / "state.safetensors", tensors)
+        (tmp / "state.json").write_text(json.dumps(meta, default=int) + "\n")
 
-    def __init__(self):
-        self.requested = False
-        self._old = {}
 
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:   # not the main thread
-                pass
-        return self
-
-    def _handler(self, signum, frame):
-        if self.requested:       # a second signal: stop at once
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("stop requested: checkpointing at the next step")
-
-    def __exit__(self, *exc):
-        for sig, h in self._old.items():
-            signal.signal(sig, h)
+def _save_pipeline(folder: Path, pipe) -> None:
+    with hold_interrupts(), atomic_path(folder, directory=True) as tmp:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        respect_umask(tmp)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -138,9 +125,9 @@ def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
 
 
-def train_vae(cfg: ToyTrainConfig, device: torch.device, stop: _Stop) -> Path:
+def train_vae(cfg: ToyTrainConfig, device: torch.device) -> Path:
     """Stage 1; returns the ``vae/final`` folder."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from .model import build_vae
 
@@ -160,35 +147,39 @@ def train_vae(cfg: ToyTrainConfig, device: torch.device, stop: _Stop) -> Path:
         load_optimizer(opt, t, meta["optimizer"])
         step = int(meta["step"])
         log.info("vae: resumed at step %d", step)
+    def save() -> None:
+        tensors, ometa = optimizer_tensors(opt)
+        _save_state(last, {**_prefixed("vae", vae.state_dict()), **tensors}, {"step": step, "optimizer": ometa})
+
     t0, losses = time.perf_counter(), []
-    while step < cfg.vae_steps and not stop.requested:
-        lr = cfg.vae_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        # 64x64 windows of full-size scenes (the VAE is convolutional; 4x cheaper than whole images), and a
-        # quarter of the batches whole scenes at 64x64 (the first UNet phase)
-        seeds = [10_000_000 + step * cfg.vae_batch + i for i in range(cfg.vae_batch)]
-        x = _batch_images(seeds, 64, crop=None if step % 4 == 3 else 64).to(device)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        kl = post.kl().mean() / x[0].numel()
-        loss = (rec - x).abs().mean() + 0.5 * _grad_l1(rec, x) + cfg.vae_kl * kl * x[0].numel()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        step += 1
-        losses.append(loss.item())
-        if step % 50 == 0:
-            log.info("vae step %d/%d loss %.4f (%.2f s/step)", step, cfg.vae_steps, np.mean(losses[-50:]),
-                     (time.perf_counter() - t0) / len(losses))
-        if step % cfg.ckpt_every == 0 or step == cfg.vae_steps or stop.requested:
-            tensors, ometa = optimizer_tensors(opt)
-            with atomic_path(last, directory=True) as tmp:
-                save_file({**_prefixed("vae", vae.state_dict()), **tensors}, str(tmp / "state.safetensors"))
-                (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": ometa}) + "\n")
-    if step < cfg.vae_steps:
-        return final
+    try:
+        while step < cfg.vae_steps:
+            lr = cfg.vae_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            # 64x64 windows of full-size scenes (the VAE is convolutional; 4x cheaper than whole images), and a
+            # quarter of the batches whole scenes at 64x64 (the first UNet phase)
+            seeds = [10_000_000 + step * cfg.vae_batch + i for i in range(cfg.vae_batch)]
+            x = _batch_images(seeds, 64, crop=None if step % 4 == 3 else 64).to(device)
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample
+            kl = post.kl().mean() / x[0].numel()
+            loss = (rec - x).abs().mean() + 0.5 * _grad_l1(rec, x) + cfg.vae_kl * kl * x[0].numel()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            if step % 50 == 0:
+                log.info("vae step %d/%d loss %.4f (%.2f s/step)", step, cfg.vae_steps, np.mean(losses[-50:]),
+                         (time.perf_counter() - t0) / len(losses))
+            if step % cfg.ckpt_every == 0 or step == cfg.vae_steps:
+                save()
+    except KeyboardInterrupt:
+        log.warning("vae: stopped at step %d; checkpointing", step)
+        save()
+        raise
     # the scaling factor: unit variance of the latents of fresh scenes
     vae.eval()
     with torch.no_grad():
@@ -196,19 +187,17 @@ def train_vae(cfg: ToyTrainConfig, device: torch.device, stop: _Stop) -> Path:
               for i in range(8)]
     std = float(torch.cat(zs).float().std())
     vae.register_to_config(scaling_factor=1.0 / std)
-    with atomic_path(final, directory=True) as tmp:
-        vae.save_pretrained(str(tmp), safe_serialization=True)
+    _save_pipeline(final, vae)
     log.info("vae: done, latent std %.3f", std)
     return final
 
 
 # ----------------------------------------------------------------------------------------------------------
 # stage 2: the latents of the training scenes
-def encode_scenes(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device, stop: _Stop) -> Path:
+def encode_scenes(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device) -> Path:
     """Stage 2: render, caption and encode ``n_train`` scenes in chunks; returns the folder."""
     import cv2
     from diffusers import AutoencoderKL
-    from safetensors.torch import save_file
 
     from .world import render_scene
 
@@ -221,8 +210,6 @@ def encode_scenes(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device, stop
         path = root / f"chunk-{c:04d}.safetensors"
         if path.is_file() and (root / f"chunk-{c:04d}.json").is_file():
             continue
-        if stop.requested:
-            break
         t0 = time.perf_counter()
         seeds = list(range(c * CHUNK, min((c + 1) * CHUNK, cfg.n_train)))
         scenes = [render_scene(s) for s in seeds]
@@ -235,11 +222,11 @@ def encode_scenes(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device, stop
                                                              for im in imgs])
                     x = torch.from_numpy(ims).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1.0
                     out[size].append((vae.encode(x).latent_dist.mean * sf).half().cpu())
-        with atomic_path(path) as tmp:
-            save_file({"latents128": torch.cat(out[128]).contiguous(), "latents64": torch.cat(out[64]).contiguous()},
-                      str(tmp))
-        write_json(root / f"chunk-{c:04d}.json", {"seeds": seeds, "captions": [s.caption for s in scenes],
-                                                   "classes": [list(s.classes) for s in scenes]})
+        with hold_interrupts():
+            save_tensors(path, {"latents128": torch.cat(out[128]).contiguous(),
+                                "latents64": torch.cat(out[64]).contiguous()})
+            write_json(root / f"chunk-{c:04d}.json", {"seeds": seeds, "captions": [s.caption for s in scenes],
+                                                       "classes": [list(s.classes) for s in scenes]})
         log.info("latents: chunk %d/%d in %.1f s", c + 1, n_chunks, time.perf_counter() - t0)
     return root
 
@@ -283,19 +270,19 @@ def _snr_weights(sched, t: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.clamp(snr, max=gamma) / snr
 
 
-def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: torch.device, stop: _Stop,
-               evaluate_fn=None) -> Path | None:
-    """Stage 3; returns the final pipeline folder, or None when stopped early."""
-    from diffusers import AutoencoderKL
-    from safetensors.torch import load_file, save_file
+def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: torch.device,
+               evaluate_fn=None) -> Path:
+    """Stage 3; returns the final pipeline folder."""
+    from safetensors.torch import load_file
 
     from ..tokenizer import clip_tokenizer
-    from .model import assemble, build_text_encoder, build_unet, noise_scheduler
+    from .model import build_text_encoder, build_unet, noise_scheduler
 
     root = Path(cfg.out) / "unet"
     final = Path(cfg.out) / "pipeline"
     if (final / "model_index.json").is_file():
         return final
+    root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     unet, text = build_unet().to(device), build_text_encoder().to(device)
     params = list(unet.parameters()) + list(text.parameters())
@@ -304,7 +291,7 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
     ema = _EMA(cfg.ema)
     sched = noise_scheduler()
     tok = clip_tokenizer()
-    step, log_rows = 0, []
+    step = 0
     last = root / "last"
     rng_state = None
     if (last / "state.json").is_file():
@@ -331,64 +318,61 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
             data[size] = (lat, _tokenize(tok, caps))
         return data[size]
 
+    def save() -> None:
+        tensors, ometa = optimizer_tensors(opt)
+        state = {**_prefixed("unet", unet.state_dict()), **_prefixed("text", text.state_dict()),
+                 **{f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.shadow.items()}, **tensors}
+        _save_state(last, state, {"step": step, "optimizer": ometa, "rng": rng.bit_generator.state,
+                                  "config": asdict(cfg)})
+
     unet.train()
     text.train()
     t0, losses = time.perf_counter(), []
-    while step < total and not stop.requested:
-        size, bs = (64, cfg.low_batch) if step < cfg.low_steps else (128, cfg.batch)
-        lat, ids = phase_data(size)
-        idx = torch.from_numpy(rng.integers(0, len(lat), bs))
-        x0 = lat[idx].float().to(device)
-        tokens = ids[idx].clone()
-        drop = torch.from_numpy(rng.random(bs) < cfg.uncond_prob)
-        tokens[drop] = empty
-        noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32)).to(device)
-        t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, bs)).long().to(device)
-        xt = sched.add_noise(x0, noise, t)
-        cond = text(tokens.to(device))[0]
-        pred = unet(xt, t, cond).sample
-        w = _snr_weights(sched, t, cfg.snr_gamma) if cfg.snr_gamma > 0 else torch.ones_like(t, dtype=torch.float32)
-        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(w).mean()
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(named, step)
-        step += 1
-        losses.append(loss.item())
-        if step % 25 == 0:
-            row = {"step": step, "size": size, "loss": round(float(np.mean(losses[-25:])), 5), "lr": lr,
-                   "s_per_step": round((time.perf_counter() - t0) / len(losses), 3), "time": round(time.time(), 1)}
-            log.info("unet %s", row)
-            with open(root / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-        if step % cfg.ckpt_every == 0 or step == total or stop.requested or step == cfg.low_steps:
-            tensors, ometa = optimizer_tensors(opt)
-            state = {**_prefixed("unet", unet.state_dict()), **_prefixed("text", text.state_dict()),
-                     **{f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.shadow.items()}, **tensors}
-            with atomic_path(last, directory=True) as tmp:
-                save_file(state, str(tmp / "state.safetensors"))
-                (tmp / "state.json").write_text(json.dumps(
-                    {"step": step, "optimizer": ometa, "rng": rng.bit_generator.state,
-                     "config": asdict(cfg)}, default=int) + "\n")
-        if evaluate_fn is not None and (step % cfg.eval_every == 0 or step == cfg.low_steps or step == total):
-            pipe = _ema_pipeline(vae_dir, ema, device)
-            folder = root / f"step-{step:06d}"
-            with atomic_path(folder, directory=True) as tmp:
-                pipe.save_pretrained(str(tmp), safe_serialization=True)
-            res = evaluate_fn(pipe, size, step)
-            with open(root / "eval.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(res) + "\n")
-            unet.train()
-            text.train()
-    if step < total:
-        return None
+    try:
+        while step < total:
+            size, bs = (64, cfg.low_batch) if step < cfg.low_steps else (128, cfg.batch)
+            lat, ids = phase_data(size)
+            idx = torch.from_numpy(rng.integers(0, len(lat), bs))
+            x0 = lat[idx].float().to(device)
+            tokens = ids[idx].clone()
+            tokens[torch.from_numpy(rng.random(bs) < cfg.uncond_prob)] = empty
+            noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32)).to(device)
+            t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, bs)).long().to(device)
+            pred = unet(sched.add_noise(x0, noise, t), t, text(tokens.to(device))[0]).sample
+            w = _snr_weights(sched, t, cfg.snr_gamma) if cfg.snr_gamma > 0 else torch.ones_like(t, dtype=torch.float32)
+            loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(w).mean()
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            ema.update(named, step)
+            step += 1
+            losses.append(loss.item())
+            if step % 25 == 0:
+                row = {"step": step, "size": size, "loss": round(float(np.mean(losses[-25:])), 5), "lr": lr,
+                       "s_per_step": round((time.perf_counter() - t0) / len(losses), 3), "time": round(time.time(), 1)}
+                log.info("unet %s", row)
+                with open(root / "log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+            if step % cfg.ckpt_every == 0 or step == total or step == cfg.low_steps:
+                save()
+            if evaluate_fn is not None and (step % cfg.eval_every == 0 or step == cfg.low_steps or step == total):
+                pipe = _ema_pipeline(vae_dir, ema, device)
+                _save_pipeline(root / f"step-{step:06d}", pipe)
+                res = evaluate_fn(pipe, size, step)
+                with open(root / "eval.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(res) + "\n")
+                unet.train()
+                text.train()
+    except KeyboardInterrupt:
+        log.warning("unet: stopped at step %d; checkpointing", step)
+        save()
+        raise
     pipe = _ema_pipeline(vae_dir, ema, device)
-    with atomic_path(final, directory=True) as tmp:
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
+    _save_pipeline(final, pipe)
     return final
 
 
@@ -405,8 +389,9 @@ def _ema_pipeline(vae_dir: Path, ema: _EMA, device: torch.device):
     return assemble(vae.eval(), unet.eval(), text.eval()).to(device)
 
 
-def train(cfg: ToyTrainConfig, evaluate: bool = True) -> Path | None:
-    """Run (or resume) every stage; returns the final pipeline folder, or None when stopped early."""
+def train(cfg: ToyTrainConfig, evaluate: bool = True) -> Path:
+    """Run (or resume) every stage; returns the final pipeline folder. Ctrl-C / SIGTERM checkpoint and
+    raise ``KeyboardInterrupt`` (see the module docstring)."""
     from ..pipeline import resolve_device
 
     device = resolve_device(cfg.device)
@@ -430,11 +415,6 @@ def train(cfg: ToyTrainConfig, evaluate: bool = True) -> Path | None:
         from .quality import training_eval
 
         eval_fn = lambda pipe, size, step: training_eval(pipe, size, step, cfg)  # noqa: E731
-    with _Stop() as stop:
-        vae_dir = train_vae(cfg, device, stop)
-        if stop.requested:
-            return None
-        lat_dir = encode_scenes(cfg, vae_dir, device, stop)
-        if stop.requested:
-            return None
-        return train_unet(cfg, vae_dir, lat_dir, device, stop, eval_fn)
+    vae_dir = train_vae(cfg, device)
+    lat_dir = encode_scenes(cfg, vae_dir, device)
+    return train_unet(cfg, vae_dir, lat_dir, device, eval_fn)

@@ -1,0 +1,75 @@
+"""A pccseg dataset in the formats other tools share datasets in: Hugging Face ``datasets``
+(``pccseg export DIR --format hf --out OUT``).
+
+The export is a ``datasets.DatasetDict`` written with ``save_to_disk``: one split per split file of
+``DIR/ImageSets/Segmentation`` (``train`` stays ``train``, ``val`` becomes ``validation``), each row
+``{"id", "image", "mask", "prompt", "classes"}``: ``image`` and ``mask`` are ``datasets.Image()`` features
+holding the files' own bytes (the JPEG, and the palette PNG whose pixel values are the labels, 255 =
+uncertain); ``prompt`` and ``classes`` come from ``manifest.jsonl`` (empty when the dataset has none).
+``OUT/id2label.json`` maps label values to class names, as Hugging Face segmentation models expect.
+``datasets.load_from_disk(OUT)`` reads it back; ``push_to_hub`` publishes it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .dataset import MANIFEST, read_manifest
+from .errors import InputError
+from .io import atomic_path, make_dir, remove_temps
+from .voc import SPLIT_DIR, VOCSegmentation, voc_root
+
+#: pccseg split name -> Hugging Face split name, where they differ.
+HF_SPLIT_NAMES = {"val": "validation"}
+ID2LABEL = "id2label.json"
+
+
+def _rows(samples: list[tuple[str, str, str, str, list[str]]]):
+    for stem, image, mask, prompt, classes in samples:
+        yield {"id": stem, "image": {"bytes": Path(image).read_bytes(), "path": Path(image).name},
+               "mask": {"bytes": Path(mask).read_bytes(), "path": Path(mask).name},
+               "prompt": prompt, "classes": classes}
+
+
+def export_hf(root: str | Path, out: str | Path, *, splits: Sequence[str] | None = None, progress: bool = True):
+    """Write the dataset at ``root`` to ``out`` as a Hugging Face ``DatasetDict`` (see the module
+    docstring); returns it. ``splits``: split names to export (default: every split file). Needs the
+    ``datasets`` package (``pip install 'pccseg[hf]'``); ``out`` is written atomically."""
+    try:
+        import datasets
+    except ImportError:
+        raise InputError("the Hugging Face export needs the 'datasets' package: pip install 'pccseg[hf]'",
+                         field="--format") from None
+    out = Path(out)
+    make_dir(out.parent)
+    remove_temps(out.parent, name=out.name)   # what a killed export left
+    root = voc_root(root)
+    if splits is None:
+        splits = sorted(p.stem for p in (root / SPLIT_DIR).glob("*.txt")) if (root / SPLIT_DIR).is_dir() else []
+        if not splits:
+            raise InputError(f"no split files in {SPLIT_DIR}/ (not a dataset folder?)", path=root)
+    manifest = {str(e.get("id")): e for e in read_manifest(root)} if (root / MANIFEST).is_file() else {}
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                                  "mask": datasets.Image(), "prompt": datasets.Value("string"),
+                                  "classes": datasets.Sequence(datasets.Value("string"))})
+    if not progress:
+        datasets.disable_progress_bars()
+    parts, class_names = {}, None
+    with tempfile.TemporaryDirectory(prefix="pccseg-export-") as cache:
+        for split in splits:
+            ds = VOCSegmentation(root, split)
+            class_names = ds.class_names
+            samples = [(stem, str(image), str(mask), manifest.get(stem, {}).get("prompt") or "",
+                        list(manifest.get(stem, {}).get("classes") or []))
+                       for stem, image, mask in zip(ds.stems, ds.images, ds.masks)]
+            parts[HF_SPLIT_NAMES.get(split, split)] = datasets.Dataset.from_generator(
+                _rows, features=features, gen_kwargs={"samples": samples}, cache_dir=cache,
+                split=datasets.NamedSplit(HF_SPLIT_NAMES.get(split, split)))
+        result = datasets.DatasetDict(parts)
+        with atomic_path(out, directory=True) as tmp:
+            result.save_to_disk(str(tmp))
+            (tmp / ID2LABEL).write_text(json.dumps({str(i): n for i, n in enumerate(class_names)}, indent=2) + "\n")
+    return datasets.load_from_disk(str(out))

@@ -1,0 +1,201 @@
+"""``pccseg experiment toy``: end to end at a tiny size on a random-weight model of the toy architecture
+(every stage, the files, resume, relabelling equal to the label API), the tables, the results page, the
+parallel jobs, and bad input."""
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pccseg.cli import main
+from pccseg.errors import InputError
+from pccseg.io import load_mask, write_json
+from pccseg.toy.config import RENDER_SEED, ExperimentConfig
+from pccseg.toy.experiment import UPPER, Layout, Table, make_tables, run_experiment, run_jobs
+
+
+@pytest.fixture(scope="module")
+def toy_folder(tmp_path_factory):
+    """A diffusers folder of the toy architecture with random weights (what --model takes)."""
+    from pccseg.toy.model import assemble, build_text_encoder, build_unet, build_vae
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("toymodel") / "pipeline"
+    assemble(build_vae(), build_unet(), build_text_encoder()).save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def tiny_config(out, model, **kw):
+    base = dict(out=str(out), model=str(model), num=2, val=2, steps=2, batch_size=2, iters=2, train_batch_size=2,
+                crop_size=32, judge_scenes=2, pictures=2, device="cpu", jobs=1, progress=False)
+    return ExperimentConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory, toy_folder):
+    n = torch.get_num_threads()
+    cfg = tiny_config(tmp_path_factory.mktemp("exp") / "exp", toy_folder)
+    results = run_experiment(cfg)
+    torch.set_num_threads(n)
+    return cfg, Layout(Path(cfg.out)), results
+
+
+def test_end_to_end_files_and_tables(done):
+    cfg, lay, results = done
+    tables = {t["title"].split(":")[0]: t for t in results["tables"]}
+    down = tables["Downstream"]
+    assert [r[0] for r in down["rows"]] == ["rendered (exact labels, upper bound)", "pcc", "dd", "attn"]
+    upper = down["rows"][0]
+    assert upper[-1] == (pytest.approx(100.0) if upper[-2] else None)          # share of its own mIoU
+    for name in (UPPER, "pcc", "dd", "attn"):
+        s = json.loads(lay.scores(name).read_text())
+        assert 0 <= s["miou"] <= 1 and len(s["iou"]) == 21
+        assert (lay.run(name) / "last" / "checkpoint.json").is_file()
+    # the toy world's class cue is colour, at 128 px: the training must keep hues and the native scale
+    run_cfg = json.loads((lay.run("pcc") / "config.json").read_text())
+    assert run_cfg["backbone_weights"] == "none" and run_cfg.get("photometric") in (None, False)
+    assert run_cfg.get("short_side") in (None, 128) and run_cfg["scale_min"] >= 0.5
+    quality = tables["Label quality"]
+    assert [r[0] for r in quality["rows"]] == ["pcc", "dd", "attn"]
+    with open(lay.root / "downstream.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][0] == "training set" and rows[0][-2:] == ["mIoU", "% of upper bound"] and len(rows) == 5
+    assert (lay.root / "results.md").read_text().count("### ") >= 4
+    page = (lay.root / "report" / "index.html").read_text()
+    assert "Downstream" in page and (lay.root / "report" / "samples.png").is_file()
+
+
+def test_relabelled_sets_equal_the_label_api_on_the_kept_captures(done):
+    from pccseg.capture_format import load_capture
+    from pccseg.labellers import default_params, label
+
+    cfg, lay, _ = done
+    for name in ("pcc", "dd", "attn"):
+        for stem in ("000000", "000001"):
+            want = label(load_capture(lay.generated / "captures" / stem), default_params(name)).mask.numpy()
+            assert np.array_equal(load_mask(lay.labelled(name) / "SegmentationClass" / f"{stem}.png"), want), name
+    # the held-out val scenes: rendered from RENDER_SEED + num on, disjoint from the upper bound's train scenes
+    seeds = {json.loads(x)["id"]: json.loads(x)["seed"] for x in (lay.rendered / "manifest.jsonl").read_text().splitlines()}
+    val = (lay.rendered / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert [seeds[s] for s in val] == [RENDER_SEED + cfg.num + i for i in range(cfg.val)]
+
+
+def test_rerun_resumes_and_redoes_only_what_is_missing(done):
+    cfg, lay, results = done
+    kept = lay.scores("pcc").stat().st_mtime_ns, (lay.generated / "JPEGImages" / "000000.jpg").stat().st_mtime_ns
+    (lay.labelled("attn") / "SegmentationClass" / "000001.png").unlink()     # as if killed mid-stage
+    lay.scores("dd").unlink()
+    log_before = (lay.run("dd") / "log.jsonl").read_text()
+    again = run_experiment(cfg)
+    assert (lay.labelled("attn") / "SegmentationClass" / "000001.png").is_file() and lay.scores("dd").is_file()
+    assert (lay.scores("pcc").stat().st_mtime_ns, (lay.generated / "JPEGImages" / "000000.jpg").stat().st_mtime_ns) \
+        == kept
+    assert (lay.run("dd") / "log.jsonl").read_text() == log_before            # finished run: not trained again
+    assert again["tables"] == results["tables"]
+    with pytest.raises(InputError, match=r"experiment.json: .*iters: 2 -> 3"):
+        run_experiment(dataclasses.replace(cfg, iters=3))
+
+
+def test_tables_known_answer():
+    cfg = ExperimentConfig(out="x", labellers=("pcc", "attn"), num=10, val=5, iters=7)
+    judge = {"n": 3, "pixel_acc": 0.99, "unknown": 0.01, "miou": 0.9, "adherence": 1.0}
+    quality = {"n": 10, "adherence": 0.5, "gt_unknown": 0.1, "labellers": {
+        "pcc": {"miou": 0.5, "miou_certain": 0.6, "uncertain": 0.2, "iou": {"background": 0.8, "dog": 0.2}},
+        "attn": {"miou": 0.25, "miou_certain": 0.25, "uncertain": 0.0, "iou": {"background": 0.5}}}}
+    names = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+             "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+             "tvmonitor"]
+
+    def scores(miou, bg, dog):
+        iou = [None] * 21
+        iou[0], iou[12] = bg, dog
+        return {"miou": miou, "iou": iou, "class_names": names}
+
+    t = make_tables(cfg, judge, quality, {UPPER: scores(0.8, 0.9, 0.7), "pcc": scores(0.6, 0.8, 0.4),
+                                          "attn": scores(0.2, 0.4, None)})
+    down = t["downstream"]
+    col = down.columns.index
+    assert down.columns[0] == "training set" and down.columns[1] == "background"
+    assert [r[col("dog")] for r in down.rows][:2] == pytest.approx([70.0, 40.0]) and down.rows[2][col("dog")] is None
+    assert [r[col("% of upper bound")] for r in down.rows] == pytest.approx([100.0, 75.0, 25.0])
+    assert down.rows[2][col("aeroplane")] is None
+    md = down.markdown()
+    assert "| pcc | 80.00 | - |" in md and md.splitlines()[3].startswith("|---|---:|")
+    lq = t["label_quality"]
+    assert lq.rows[0][0] == "pcc" and lq.rows[0][1:4] == pytest.approx([50.0, 60.0, 20.0])
+    assert lq.rows[1][lq.columns.index("dog")] is None and "50.0 %" in lq.note
+    assert Table("t", ["a", "b"], [["x", None], ["y", 0.5]]).csv() == "a,b\nx,\ny,0.5\n"
+
+
+def _job(folder, fail):
+    """Writes ``<pid>.txt``; with ``fail``, once the two others have written theirs, raises InputError."""
+    if not fail:
+        (folder / f"{os.getpid()}.txt").write_text("x")
+        return
+    for _ in range(600):
+        if len(list(folder.glob("*.txt"))) == 2:
+            break
+        time.sleep(0.05)
+    raise InputError("bad thing", path="somefile", field="somefield")
+
+
+def test_jobs_run_in_other_processes_and_errors_come_back(tmp_path):
+    with pytest.raises(InputError, match="^somefile: somefield: bad thing$"):
+        run_jobs(_job, [(tmp_path, False), (tmp_path, False), (tmp_path, True)], processes=2, threads=1)
+    pids = {int(p.stem) for p in tmp_path.glob("*.txt")}
+    assert len(pids) >= 1 and os.getpid() not in pids
+
+
+@pytest.mark.parametrize("bad, field", [(dict(num=0), "--num"), (dict(num=2.5), "--num"), (dict(val=-1), "--val"),
+                                        (dict(labellers=("pcc", "nope")), "--labellers"),
+                                        (dict(labellers=("pcc", "pcc")), "--labellers"), (dict(labellers=()), "--labellers"),
+                                        (dict(train_batch_size=1), "--train-batch-size"),
+                                        (dict(lr=float("nan")), "--lr"), (dict(jobs=0), "--jobs")])
+def test_config_refuses_bad_values(bad, field):
+    with pytest.raises(InputError) as e:
+        ExperimentConfig(out="x", **bad)
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("args, words", [(["--labellers", "pcc", "nope"], ["--labellers", "unknown labeller 'nope'"]),
+                                         (["--num", "0"], ["--num", "must be an integer >= 1"])])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, words):
+    assert main(["experiment", "toy", "--out", str(tmp_path / "e"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "e").exists()
+
+
+def test_results_page_renders_tables_and_refuses_malformed(tmp_path):
+    from pccseg.report import make_report
+
+    d = tmp_path / "exp"
+    d.mkdir()
+    (d / "samples.png").write_bytes(b"\x89PNG fake")
+    write_json(d / "results.json", {"title": "T", "tables": [{"title": "Down", "columns": ["set", "mIoU"],
+                                                              "rows": [["pcc", 12.345], ["dd", None]], "note": "n"}],
+                                    "pictures": [{"file": "samples.png", "caption": "cap"}, {"file": "../x.png"}],
+                                    "config": {"num": 3}})
+    html = make_report(d, tmp_path / "page").read_text()
+    assert "<td>pcc</td><td class=num>12.35</td>" in html and "<td class=num>-</td>" in html
+    assert (tmp_path / "page" / "samples.png").read_bytes() == b"\x89PNG fake" and "cap" in html
+    write_json(d / "results.json", {"tables": [{"title": "no columns"}]})
+    with pytest.raises(InputError, match="results.json: tables"):
+        make_report(d, tmp_path / "page2")
+
+
+def test_judge_error_and_named_picture():
+    from pccseg.toy.quality import judge_error, picture
+
+    j = judge_error(3)
+    assert j["n"] == 3 and j["pixel_acc"] > 0.95 and 0 <= j["unknown"] < 0.05
+    img = np.zeros((32, 32, 3), np.uint8)
+    plain = picture([img, img], {"gt": [np.zeros((32, 32), np.uint8)] * 2})
+    named = picture([img, img], {"gt": [np.zeros((32, 32), np.uint8)] * 2}, names=True)
+    assert plain.size == (64, 64) and named.size[1] == 64 and named.size[0] > 64
