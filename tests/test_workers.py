@@ -5,7 +5,6 @@ import json
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -14,11 +13,12 @@ import pytest
 
 from pccseg import cli
 from pccseg.capture_format import save_capture
-from pccseg.io import TEMP_SUFFIX, load_mask
+from pccseg.io import TEMP_SUFFIX
 from pccseg.labeller import LabelParams
 from pccseg.workers import LabelPool
 
 from test_capture_format import make_bad, small_capture
+from test_kill import _start
 
 if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover
     pytest.skip("needs fork", allow_module_level=True)
@@ -97,17 +97,6 @@ def test_pool_map_keeps_the_order_and_returns_bad_input(captures, tmp_path):
 
 
 # --------------------------------------------------------------------------- stopping and killing
-
-def _run(argv: list[str], stderr: str) -> None:
-    sys.stderr = open(stderr, "w", buffering=1)
-    sys.exit(cli.main(argv))
-
-
-def _start(argv: list[str], stderr: Path):
-    proc = multiprocessing.get_context("fork").Process(target=_run, args=(argv, str(stderr)))
-    proc.start()
-    return proc
-
 
 def _wait_for(ready, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
