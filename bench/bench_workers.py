@@ -4,7 +4,7 @@ machine as found and under an added competing load, with same-run ratios; and ge
 **label** — ``--captures`` planted captures at SD 2.1 shapes (512x512, latent 64x64, 210 heads of dim 64),
 saved as ``generate --keep-captures`` saves them, are labelled from disk (load + PCC, report parameters) by
 
-* ``threads``: this process, torch's default threads (``pccseg label`` before ``--workers``);
+* ``threads``: this process, torch's default threads (one ``label()`` at a time, its stages side by side);
 * ``1``: this process, one torch thread (``--workers 1``);
 * ``2``, ``N``: :class:`pccseg.workers.LabelPool` with 2 and N worker processes, one torch thread each
   (``--workers 2``, ``--workers N``; N = the cores this process may use);
