@@ -27,7 +27,7 @@ def meta_pipeline(arch: str) -> SimpleNamespace:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from pccseg.tokenizer import clip_tokenizer
+    from pccseg.capture.tokenizer import clip_tokenizer
 
     with torch.device("meta"):
         if arch == "sd21":
@@ -51,7 +51,7 @@ def main() -> None:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pccseg.capture import capture
+    from pccseg.capture.attention import capture
 
     pipe = meta_pipeline(args.arch)
     unet = pipe.unet

@@ -5,7 +5,7 @@ By default builds the full-size SD 2.1-base architecture from config with random
 encoder, 1024 wide, 23 layers; SD's VAE); ``--arch sdxl`` builds SDXL-base's instead (UNet 320/640/1280,
 1/2/10 transformer layers, 5/10/20 heads, cross-attention 2048, text-and-time conditioning; CLIP ViT-L and
 OpenCLIP-bigG text encoders; SDXL's VAE and Euler scheduler) — or loads ``--model`` (``tiny``,
-``tiny-sdxl``, a local diffusers folder, a hub id) through :func:`pccseg.pipeline.load_pipeline` — on
+``tiny-sdxl``, a local diffusers folder, a hub id) through :func:`pccseg.capture.pipeline.load_pipeline` — on
 ``--device`` in ``--dtype``, then in the same run,
 alternating (plain first on even repetitions, captured first on odd ones), ``--batch-size`` images per
 pipeline call (one prompt and one class list per image):
@@ -70,8 +70,8 @@ def sd21_base_pipeline(seed: int = 0):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from pccseg.tiny import SD_SCHEDULER
-    from pccseg.tokenizer import clip_tokenizer
+    from pccseg.capture.tiny import SD_SCHEDULER
+    from pccseg.capture.tokenizer import clip_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -87,7 +87,7 @@ def sd21_base_pipeline(seed: int = 0):
 
 def sdxl_base_pipeline(seed: int = 0):
     """SDXL-base's architecture (from its configs) with seeded random weights, float32, CPU."""
-    from pccseg.tiny import sdxl_pipeline
+    from pccseg.capture.tiny import sdxl_pipeline
 
     return sdxl_pipeline(SDXL_UNET, SDXL_TEXT, SDXL_TEXT2, SDXL_VAE, seed=seed)
 
@@ -152,7 +152,7 @@ def build_pipeline(model: str | None, device: torch.device, dtype: torch.dtype, 
         pipe = build(seed)
         pipe.to(device=device, dtype=dtype, silence_dtype_warnings=True)
         return pipe, name
-    from pccseg.pipeline import load_pipeline
+    from pccseg.capture.pipeline import load_pipeline
 
     return load_pipeline(model, dtype=dtype, device=device, seed=seed), model
 
@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--arch", choices=sorted(ARCHS), default="sd21",
                     help="architecture built with random weights when --model is not given (default sd21)")
     ap.add_argument("--model", default=None, help="default: --arch's architecture with random weights; or 'tiny', "
-                    "'tiny-sdxl', a local diffusers folder, a hub id (loaded by pccseg.pipeline.load_pipeline)")
+                    "'tiny-sdxl', a local diffusers folder, a hub id (loaded by pccseg.capture.pipeline.load_pipeline)")
     ap.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
     ap.add_argument("--size", type=int, default=None,
                     help="image height and width (default: 512 for --arch sd21, 1024 for sdxl, else the model's)")
@@ -193,11 +193,11 @@ def main() -> None:
     import diffusers
     import numpy as np
 
-    from pccseg.capture import capture, capture_nbytes
+    from pccseg.capture.attention import capture, capture_nbytes
     from pccseg.errors import InputError
-    from pccseg.generate import default_size
-    from pccseg.labeller import label
-    from pccseg.pipeline import resolve_device, resolve_dtype
+    from pccseg.dataset.generate import default_size
+    from pccseg.labellers.pcc import label
+    from pccseg.capture.pipeline import resolve_device, resolve_dtype
 
     dev = resolve_device(args.device)
     dt = resolve_dtype(args.dtype, dev)

@@ -2,7 +2,7 @@
 
 A planted synthetic capture (512x512 image, latent 64x64, 210 heads of dim 64) is labelled N times by
 
-* pccseg: ``pccseg.labeller.label`` (batched PCA by subspace iteration, torch k-means, subsampled refine fit);
+* pccseg: ``pccseg.labellers.pcc.label`` (batched PCA by subspace iteration, torch k-means, subsampled refine fit);
 * baseline: the same algorithm written straightforwardly, as the authors do: one scikit-learn ``PCA`` per
   head, scikit-learn ``KMeans(random_state=0)`` for the three cluster k-means and the k = 20 refine
   k-means on all 262,144 pixels; the other steps share pccseg's code.
@@ -38,10 +38,10 @@ def baseline_label(cap, p, random_state: int = 0):
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
-    from pccseg import classes as C
-    from pccseg import clusters as K
-    from pccseg import refine as R
-    from pccseg.features import minmax, pixel_grid
+    from pccseg.labellers import classes as C
+    from pccseg.labellers import clusters as K
+    from pccseg.labellers import refine as R
+    from pccseg.labellers.features import minmax, pixel_grid
 
     t = {}
     t0 = time.perf_counter()
@@ -97,8 +97,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from pccseg.labeller import LabelParams, label
-    from pccseg.synthetic import planted_capture, planted_layout
+    from pccseg.labellers.pcc import LabelParams, label
+    from pccseg.capture.synthetic import planted_capture, planted_layout
 
     p = LabelParams.preset(args.preset)
     cap = planted_capture(seed=0, device=args.device)

@@ -29,8 +29,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from pccseg.labellers import LABELLERS, label
-    from pccseg.synthetic import planted_capture, planted_layout
+    from pccseg.labellers.registry import LABELLERS, label
+    from pccseg.capture.synthetic import planted_capture, planted_layout
 
     cap = planted_capture(seed=0, device=args.device)
     layout = planted_layout()

@@ -46,7 +46,7 @@ PLANTED = dict(noise=3.0, image_noise=30.0)
 
 def parse_config(spec: str):
     """``PRESET[:field=value,...]`` -> LabelParams factory of the seed (``sklearn``: None)."""
-    from pccseg.labeller import LabelParams
+    from pccseg.labellers.pcc import LabelParams
 
     if spec == "sklearn":
         return None
@@ -60,7 +60,7 @@ def parse_config(spec: str):
 
 
 def label_mask(cap, make, seed: int) -> torch.Tensor:
-    from pccseg.labeller import LabelParams, label
+    from pccseg.labellers.pcc import LabelParams, label
 
     if make is None:
         return baseline_label(cap, LabelParams.preset("authors"), random_state=seed)[0]
@@ -68,14 +68,14 @@ def label_mask(cap, make, seed: int) -> torch.Tensor:
 
 
 def planted(n: int):
-    from pccseg.synthetic import planted_capture, planted_layout
+    from pccseg.capture.synthetic import planted_capture, planted_layout
 
     return [(planted_capture(seed=i, **PLANTED), planted_layout()) for i in range(n)]
 
 
 def toy_captures(model: str, n: int, cache: Path, size: int, steps: int, guidance: float):
     """``n`` toy captures with their colour-judge truth, generated once into ``cache``."""
-    from pccseg.capture_format import load_capture, save_capture
+    from pccseg.capture.format import load_capture, save_capture
     from pccseg.toy.judge import colour_labels
     from pccseg.toy.world import toy_prompt_records
 

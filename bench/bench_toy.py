@@ -47,8 +47,8 @@ def adherence_run(pipe, records, steps, guidance, batch_size, seed=2024):
 
 
 def speed(pipe, records, steps, guidance, batch_size, reps):
-    from pccseg.capture import capture
-    from pccseg.labeller import label
+    from pccseg.capture.attention import capture
+    from pccseg.labellers.pcc import label
 
     b = records[:batch_size]
     call = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="np")
@@ -102,8 +102,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from pccseg.pipeline import load_pipeline
-    from pccseg.prompts import TOY_PROMPTS, default_prompts_path
+    from pccseg.capture.pipeline import load_pipeline
+    from pccseg.dataset.prompts import TOY_PROMPTS, default_prompts_path
     from pccseg.toy.quality import judge_error
 
     records = json.loads(default_prompts_path(TOY_PROMPTS).read_text())[:a.prompts]

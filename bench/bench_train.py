@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_train import make_blocks_tree  # noqa: E402
 
-from pccseg.deeplab import load_model, normalize  # noqa: E402
-from pccseg.train import TrainConfig, train  # noqa: E402
-from pccseg.voc import VOCSegmentation  # noqa: E402
+from pccseg.train.deeplab import load_model, normalize  # noqa: E402
+from pccseg.train.loop import TrainConfig, train  # noqa: E402
+from pccseg.dataset.voc import VOCSegmentation  # noqa: E402
 
 
 def main() -> None:

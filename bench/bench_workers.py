@@ -6,7 +6,7 @@ saved as ``generate --keep-captures`` saves them, are labelled from disk (load +
 
 * ``threads``: this process, torch's default threads (one ``label()`` at a time, its stages side by side);
 * ``1``: this process, one torch thread (``--workers 1``);
-* ``2``, ``N``: :class:`pccseg.workers.LabelPool` with 2 and N worker processes, one torch thread each
+* ``2``, ``N``: :class:`pccseg.labellers.workers.LabelPool` with 2 and N worker processes, one torch thread each
   (``--workers 2``, ``--workers N``; N = the cores this process may use);
 
 each ``--reps`` times (after one warm-up pass), in rotating order. Then ``--load`` competing processes
@@ -46,9 +46,9 @@ def _burn(stop) -> None:
 
 def label_rate(dirs: list[Path], mode: str) -> float:
     """Images per second labelling ``dirs`` from disk in ``mode``: 'threads', or a number of processes."""
-    from pccseg.capture_format import load_capture
-    from pccseg.labeller import LabelParams, label
-    from pccseg.workers import LabelPool
+    from pccseg.capture.format import load_capture
+    from pccseg.labellers.pcc import LabelParams, label
+    from pccseg.labellers.workers import LabelPool
 
     params = LabelParams()
     t0 = time.perf_counter()
@@ -103,10 +103,10 @@ def label_table(dirs: list[Path], modes: list[str], reps: int, load: int) -> Non
 def generate_table(size: int, n: int, reps: int) -> None:
     import numpy as np
 
-    from pccseg.generate import generate
+    from pccseg.dataset.generate import generate
     from pccseg.io import load_mask
-    from pccseg.prompts import load_prompts, select
-    from pccseg.tiny import tiny_pipeline
+    from pccseg.dataset.prompts import load_prompts, select
+    from pccseg.capture.tiny import tiny_pipeline
 
     pipe, records = tiny_pipeline(0), select(load_prompts(), start=0, num=n)
     times: dict[int, list[float]] = {0: [], 1: []}
@@ -132,7 +132,7 @@ def generate_table(size: int, n: int, reps: int) -> None:
 
 
 def main() -> None:
-    from pccseg.workers import default_workers
+    from pccseg.labellers.workers import default_workers
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--captures", type=int, default=16, help="planted captures to label (default 16)")
@@ -148,8 +148,8 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, {default_workers()} usable by this process, torch {torch.__version__}, "
           f"torch default threads {torch.get_num_threads()}\n")
     if not args.skip_label:
-        from pccseg.capture_format import save_capture
-        from pccseg.synthetic import planted_capture
+        from pccseg.capture.format import save_capture
+        from pccseg.capture.synthetic import planted_capture
 
         n = args.workers or default_workers()
         modes = list(dict.fromkeys(["threads", "1", "2", str(n)]))

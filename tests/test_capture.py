@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pccseg.capture import CaptureAttnProcessor, capture, class_text, is_cross_layer, is_self_layer, layer_grid
-from pccseg.tiny import tiny_pipeline
+from pccseg.capture.attention import CaptureAttnProcessor, capture, class_text, is_cross_layer, is_self_layer, layer_grid
+from pccseg.capture.tiny import tiny_pipeline
 from pccseg.vocab import VOC_CLASSES, prompt_word
 
 H, W = 64, 48          # latent 8x6; UNet levels 8x6, 4x3, 2x2
@@ -219,7 +219,7 @@ def test_layer_grid_and_image_inputs(pipe):
 
 
 def test_capture_nbytes_matches_a_real_capture(pipe):
-    from pccseg.capture import capture_nbytes
+    from pccseg.capture.attention import capture_nbytes
 
     with capture(pipe, CLASSES[:1], self_probs=True) as cap:
         out = _call(pipe, 1, prompts=PROMPTS[:1], seeds=(1,))

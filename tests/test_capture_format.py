@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pccseg.capture_format import Capture, load_capture, save_capture
+from pccseg.capture.format import Capture, load_capture, save_capture
 from pccseg.errors import InputError
-from pccseg.synthetic import SD21, planted_capture, planted_layout
+from pccseg.capture.synthetic import SD21, planted_capture, planted_layout
 
 
 def small_capture(seed=0):
@@ -132,8 +132,8 @@ def test_bad_self_probs_refused(bad, message):
 
 
 def test_as_saved_labels_like_the_saved_capture(tmp_path):
-    from pccseg.capture_format import as_saved
-    from pccseg.labeller import label
+    from pccseg.capture.format import as_saved
+    from pccseg.labellers.pcc import label
 
     cap = small_capture()
     rounded = as_saved(cap)

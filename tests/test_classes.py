@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pccseg.classes import assign_segments, binary_maps, block_sum_blur, class_maps, segment_iou, vote
+from pccseg.labellers.classes import assign_segments, binary_maps, block_sum_blur, class_maps, segment_iou, vote
 
 
 def test_class_maps_sot_background_eot_dropped_multi_token_max_and_class_named_twice():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pccseg.clusters import connected_components, kmeans, relabel_small
+from pccseg.labellers.clusters import connected_components, kmeans, relabel_small
 
 
 def _blobs(seed=0):

@@ -72,8 +72,8 @@ def test_end_to_end_files_and_tables(done):
 
 
 def test_relabelled_sets_equal_the_label_api_on_the_kept_captures(done):
-    from pccseg.capture_format import load_capture
-    from pccseg.labellers import default_params, label
+    from pccseg.capture.format import load_capture
+    from pccseg.labellers.registry import default_params, label
 
     cfg, lay, _ = done
     for name in ("pcc", "dd", "attn"):
@@ -173,7 +173,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, words):
 
 
 def test_results_page_renders_tables_and_refuses_malformed(tmp_path):
-    from pccseg.report import make_report
+    from pccseg.pictures.report import make_report
 
     d = tmp_path / "exp"
     d.mkdir()

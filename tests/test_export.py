@@ -38,7 +38,7 @@ def test_export_hf_reads_back(tmp_path, capsys):
 
 
 def test_export_refuses_what_is_not_a_dataset(tmp_path):
-    from pccseg.export import export_hf
+    from pccseg.dataset.export import export_hf
 
     with pytest.raises(InputError, match="no split files"):
         export_hf(tmp_path, tmp_path / "out")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pccseg.errors import InputError
-from pccseg.features import head_pca, layer_pca, minmax, pca_features, top_eigenvectors
+from pccseg.labellers.features import head_pca, layer_pca, minmax, pca_features, top_eigenvectors
 
 
 def _reference_pca(x: np.ndarray, n: int) -> np.ndarray:
@@ -94,7 +94,7 @@ def _features_reference(pca, size):
         m = torch.nn.functional.interpolate(maps.permute(0, 3, 1, 2).reshape(1, heads * n, hl, wl),
                                             size=size, mode="nearest")
         cols.append(m.reshape(heads * n, -1).t())
-    from pccseg.features import pixel_grid
+    from pccseg.labellers.features import pixel_grid
     m = torch.cat(cols, 1)
     lo, hi = m.min(0).values, m.max(0).values
     scale = torch.where(hi > lo, 1.0 / torch.where(hi > lo, hi - lo, torch.ones_like(lo)), torch.zeros_like(lo))

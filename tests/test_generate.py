@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from pccseg import cli
-from pccseg.capture_format import load_capture
-from pccseg.dataset import Dataset, read_manifest, settings_diff
+from pccseg.capture.format import load_capture
+from pccseg.dataset.folder import Dataset, read_manifest, settings_diff
 from pccseg.errors import InputError
-from pccseg.generate import generate, split_records
+from pccseg.dataset.generate import generate, split_records
 from pccseg.io import load_image, load_mask
-from pccseg.prompts import PromptRecord, load_prompts, select
-from pccseg.tiny import tiny_pipeline
+from pccseg.dataset.prompts import PromptRecord, load_prompts, select
+from pccseg.capture.tiny import tiny_pipeline
 from pccseg.vocab import VOC_CLASSES
 
 KW = dict(steps=2, height=64, width=64, seed=2024)
@@ -119,7 +119,7 @@ def test_rerun_with_keep_captures_adds_the_captures(pipe, records, tmp_path):
 
 
 def test_failure_mid_run_leaves_only_complete_samples(pipe, records, tmp_path):
-    from pccseg.labeller import label
+    from pccseg.labellers.pcc import label
 
     out = tmp_path / "ds"
     calls = []
@@ -186,12 +186,12 @@ def test_cli_generate_tiny(tmp_path, monkeypatch):
     s = json.loads((out / "settings.json").read_text())
     assert s["model"] == "tiny" and s["label_params"]["vote_rule"] == "authors" and s["label_params"]["refine_k"] == 8
 
-    import pccseg.pipeline
+    import pccseg.capture.pipeline
 
     def no_load(*a, **k):
         raise AssertionError("model loaded")
 
-    monkeypatch.setattr(pccseg.pipeline, "load_pipeline", no_load)
+    monkeypatch.setattr(pccseg.capture.pipeline, "load_pipeline", no_load)
     assert cli.main(args) == 0                                              # all done: no model needed
     assert cli.main(args[:-1] + ["9"]) == 2                                 # other label params
     assert cli.main(["generate", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
@@ -240,7 +240,7 @@ def test_cli_custom_classes(tmp_path):
 
 
 def test_load_pipeline_tiny_folder_and_errors(pipe, tmp_path, monkeypatch):
-    from pccseg.pipeline import check_model, load_pipeline
+    from pccseg.capture.pipeline import check_model, load_pipeline
 
     folder = tmp_path / "tiny-sd"
     pipe.save_pretrained(str(folder))
@@ -270,8 +270,8 @@ def test_load_pipeline_tiny_folder_and_errors(pipe, tmp_path, monkeypatch):
 def test_val_share_holds_out_a_fixed_part(pipe, tmp_path):
     from torchvision.datasets import VOCSegmentation as TorchvisionVOC
 
-    from pccseg.dataset import val_stems
-    from pccseg.voc import VOCSegmentation
+    from pccseg.dataset.folder import val_stems
+    from pccseg.dataset.voc import VOCSegmentation
 
     records = select(load_prompts(), start=0, num=4)
     out = tmp_path / "ds"

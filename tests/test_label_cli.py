@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from pccseg.capture_format import save_capture
+from pccseg.capture.format import save_capture
 from pccseg.cli import build_parser, main
 from pccseg.commands.label import params_from_args
 from pccseg.io import load_mask
-from pccseg.labeller import LabelParams
+from pccseg.labellers.pcc import LabelParams
 
 from test_capture_format import CORRUPTIONS, make_bad, small_capture
 
@@ -108,8 +108,8 @@ def test_label_writes_a_dataset_that_trains(tmp_path, capsys):
     trains on it and validates on its held-out split; a rerun resumes."""
     from torchvision.datasets import VOCSegmentation as TorchvisionVOC
 
-    from pccseg.dataset import read_manifest
-    from pccseg.deeplab import read_checkpoint_meta
+    from pccseg.dataset.folder import read_manifest
+    from pccseg.train.deeplab import read_checkpoint_meta
     from pccseg.io import load_image
 
     caps = tmp_path / "captures"
@@ -154,7 +154,7 @@ def test_label_dataset_writes_nothing_before_the_first_sample_and_repairs_a_kill
     a rerun removes what a kill left (a temporary file, a torn manifest line) and makes that sample again."""
     import shutil
 
-    from pccseg.dataset import read_manifest
+    from pccseg.dataset.folder import read_manifest
 
     caps = tmp_path / "captures"
     make_bad(caps, "nan", "000000")
@@ -181,8 +181,8 @@ def test_label_dataset_writes_nothing_before_the_first_sample_and_repairs_a_kill
 # ------------------------------------------------------------------ --labeller pcc|dd|attn
 
 def test_params_from_args_for_each_labeller():
-    from pccseg.labeller_attn import AttnParams
-    from pccseg.labeller_dd import DDParams
+    from pccseg.labellers.attn import AttnParams
+    from pccseg.labellers.dd import DDParams
 
     assert params_from_args(_args("--labeller", "dd")) == DDParams()
     assert params_from_args(_args("--labeller", "dd", "--dd-power", "2", "--dd-class-downsample", "2",
@@ -236,7 +236,7 @@ def test_relabel_with_another_labeller_then_resume_refused(captures, tmp_path, c
 
 
 def test_dd_on_a_capture_without_self_probs(captures, tmp_path, capsys):
-    from pccseg.synthetic import SD21, planted_capture
+    from pccseg.capture.synthetic import SD21, planted_capture
 
     save_capture(captures / "000000old", planted_capture(image_size=(64, 64), latent=(16, 16), layers=SD21[::3],
                                                           heads_per_layer=2, head_dim=8, self_probs=False))

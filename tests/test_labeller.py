@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from pccseg.errors import InputError
-from pccseg.labeller import LabelParams, label
-from pccseg.synthetic import SD21, planted_capture, planted_layout
+from pccseg.capture.synthetic import SD21, planted_capture, planted_layout
+from pccseg.labellers.pcc import LabelParams, label
 
 
 def miou(pred: torch.Tensor, truth: torch.Tensor) -> float:
@@ -85,7 +85,7 @@ def test_float16_attention_is_accepted():
 
 
 def test_authors_preset_blurs_the_token_maps_and_fits_the_refine_kmeans_on_all_pixels():
-    from pccseg.classes import block_sum_blur, class_maps
+    from pccseg.labellers.classes import block_sum_blur, class_maps
 
     p = LabelParams.preset("authors")
     assert p.class_blur and p.refine_subsample == 0 and not LabelParams().class_blur
@@ -98,7 +98,7 @@ def test_authors_preset_blurs_the_token_maps_and_fits_the_refine_kmeans_on_all_p
 
 
 def test_seed_votes_pool_the_votes_and_the_refined_masks_of_every_seed():
-    from pccseg.classes import vote
+    from pccseg.labellers.classes import vote
 
     cap = _small(image_size=(128, 128), latent=(32, 32), noise=2.0, image_noise=40.0, seed=3)
     p = LabelParams(ks=(3, 5), thresholds=(0.4, 0.6), seed=5, artefact_ring=False)
@@ -111,7 +111,7 @@ def test_seed_votes_pool_the_votes_and_the_refined_masks_of_every_seed():
     assert torch.equal(voted.clusters[3], runs[0].clusters[3])                       # the first seed's
     assert torch.equal(voted.refine_segments, runs[0].refine_segments)
     # each seed refines the pooled blocky mask; the pixels vote (report rule: more than half)
-    from pccseg.refine import dominant_labels, image_segments
+    from pccseg.labellers.refine import dominant_labels, image_segments
 
     up = voted.blocky.repeat_interleave(4, 0).repeat_interleave(4, 1)
     per_seed = [dominant_labels(up, image_segments(cap.image, seed=s)) for s in (5, 6, 7)]
@@ -128,7 +128,7 @@ def test_new_params_are_checked(name, value):
 
 
 def test_stages_side_by_side_give_the_results_of_one_thread():
-    from pccseg.labeller import torch_threads
+    from pccseg.labellers.pcc import torch_threads
 
     cap = _small(image_size=(128, 128), latent=(32, 32), noise=2.0, seed=4)
     with torch_threads(1):

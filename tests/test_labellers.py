@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pccseg.capture_format import Capture
-from pccseg.classes import merge_tokens
+from pccseg.capture.format import Capture
+from pccseg.labellers.classes import merge_tokens
 from pccseg.errors import InputError
-from pccseg.labeller import LabelParams, LabelResult
-from pccseg.labeller_attn import AttnParams, MapsResult
-from pccseg.labeller_dd import DDParams
-from pccseg.labellers import LABELLERS, default_params, get_labeller, label, labeller_of, params_record
-from pccseg.synthetic import SD21, planted_capture, planted_layout
+from pccseg.labellers.pcc import LabelParams, LabelResult
+from pccseg.labellers.attn import AttnParams, MapsResult
+from pccseg.labellers.dd import DDParams
+from pccseg.labellers.registry import LABELLERS, default_params, get_labeller, label, labeller_of, params_record
+from pccseg.capture.synthetic import SD21, planted_capture, planted_layout
 
 from test_labeller import miou
 

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import jaccard_score, recall_score
 
-from pccseg.metrics import confusion_matrix, scores_from_confusion
+from pccseg.train.metrics import confusion_matrix, scores_from_confusion
 
 
 def random_masks(seed, shape=(3, 37, 41), num_classes=6, ignore_share=0.2):

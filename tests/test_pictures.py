@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pccseg.capture_format import Capture, save_capture
+from pccseg.capture.format import Capture, save_capture
 from pccseg.cli import main
 from pccseg.errors import InputError
 from pccseg.io import save_image, save_mask
-from pccseg.labeller import LabelParams, LabelResult
-from pccseg.report import dataset_stats, make_report
-from pccseg.show import boundaries, colorize, overlay, pick_heads, resize_nearest, stage_figure
-from pccseg.show import save_stage_figure
+from pccseg.labellers.pcc import LabelParams, LabelResult
+from pccseg.pictures.report import dataset_stats, make_report
+from pccseg.pictures.show import boundaries, colorize, overlay, pick_heads, resize_nearest, stage_figure
+from pccseg.pictures.show import save_stage_figure
 from pccseg.vocab import VOC_CLASSES, VOC_PALETTE
 
 
@@ -189,7 +189,7 @@ def test_overlay_outlines_a_class_the_colour_of_the_image():
 def test_blocky_panel_shows_dark_classes():
     """The blocky mask is drawn on a grey ground, regions outlined: VOC's cat (64, 0, 0) on its black
     background would be all but invisible."""
-    from pccseg.show import MASK_GROUND
+    from pccseg.pictures.show import MASK_GROUND
 
     m = np.zeros((8, 8), np.uint8)
     m[2:6, 2:6] = 8
@@ -205,7 +205,7 @@ def test_blocky_panel_shows_dark_classes():
 
 
 def test_sample_figures_are_readable_at_their_size(tmp_path):
-    from pccseg.report import samples_figure
+    from pccseg.pictures.report import samples_figure
 
     root = make_dataset(tmp_path / "ds", n=2)
     for ids in (["000000"], ["000000", "000001"]):
@@ -264,7 +264,7 @@ def test_stage_figure_has_a_panel_per_stage(tmp_path):
 
 def _fake_label(monkeypatch):
     """Replace the labeller by the hand-made result (the CLI plumbing is what is tested here)."""
-    import pccseg.labeller as lab_mod
+    import pccseg.labellers.pcc as lab_mod
 
     seen = {}
 
@@ -293,7 +293,7 @@ def test_show_cli_passes_label_options(tmp_path, monkeypatch):
 
 
 def _planted():
-    from pccseg.synthetic import planted_capture
+    from pccseg.capture.synthetic import planted_capture
 
     cap = planted_capture(image_size=(128, 128), latent=(16, 16), heads_per_layer=1, head_dim=8)
     cap.meta["prompt"] = "a person, a dog and a potted plant"
@@ -301,7 +301,7 @@ def _planted():
 
 
 def test_stage_figure_on_real_labeller_output(tmp_path):
-    from pccseg.labeller import label
+    from pccseg.labellers.pcc import label
 
     cap = _planted()
     res = label(cap)
@@ -334,8 +334,8 @@ def test_show_cli_on_capture_dir_and_on_id(tmp_path, capsys):
 
 @pytest.mark.parametrize("labeller", ["dd", "attn"])
 def test_show_dd_and_attn(tmp_path, labeller):
-    from pccseg.labellers import default_params, label
-    from pccseg.show import maps_figure
+    from pccseg.labellers.registry import default_params, label
+    from pccseg.pictures.show import maps_figure
 
     cap = _planted()
     fig = maps_figure(cap, label(cap, default_params(labeller)))

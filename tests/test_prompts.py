@@ -6,8 +6,8 @@ import logging
 import pytest
 
 from pccseg.errors import InputError
-from pccseg.prompts import check_lengths, load_prompts, parse_classes_option, select
-from pccseg.tokenizer import clip_tokenizer
+from pccseg.dataset.prompts import check_lengths, load_prompts, parse_classes_option, select
+from pccseg.capture.tokenizer import clip_tokenizer
 
 
 def test_shipped_voc_set():
@@ -98,6 +98,6 @@ def test_long_prompt_warns(tmp_path, caplog):
     long = " ".join(["a very long prompt about a cat"] * 20)
     p = _write(tmp_path, [GOOD[0], {"id": 3, "prompt_sd": long, "classes": ["cat"]}])
     recs = load_prompts(p)
-    with caplog.at_level(logging.WARNING, logger="pccseg.prompts"):
+    with caplog.at_level(logging.WARNING, logger="pccseg.dataset.prompts"):
         assert check_lengths(recs, clip_tokenizer(), path=p) == [1]
     assert "record 1: prompt_sd has" in caplog.text and "truncated" in caplog.text

@@ -1,6 +1,6 @@
 import torch
 
-from pccseg.refine import artefact_ring, dominant_labels, image_segments, pixel_features, subsample_rows
+from pccseg.labellers.refine import artefact_ring, dominant_labels, image_segments, pixel_features, subsample_rows
 
 
 def _two_colour_image(h=64, w=64, edge=37, seed=0):

@@ -20,13 +20,13 @@ import pytest
 import torch
 
 from pccseg import cli
-from pccseg.capture_format import load_capture, save_capture
-from pccseg.dataset import Dataset, read_manifest
+from pccseg.capture.format import load_capture, save_capture
+from pccseg.dataset.folder import Dataset, read_manifest
 from pccseg.errors import InputError
-from pccseg.generate import generate
+from pccseg.dataset.generate import generate
 from pccseg.io import TEMP_SUFFIX, atomic_path, check_stem, load_mask, read_json, read_jsonl, remove_temps
-from pccseg.labeller import CHECKS, LabelParams
-from pccseg.prompts import load_prompts
+from pccseg.labellers.pcc import CHECKS, LabelParams
+from pccseg.dataset.prompts import load_prompts
 from pccseg.signals import Terminated, handle_interrupts, hold_interrupts
 
 from test_capture_format import small_capture
@@ -320,7 +320,7 @@ def test_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path, tiny):
 
 
 def test_relabelling_saved_captures_gives_the_dataset_masks(tmp_path, pipe, records):
-    from pccseg.labeller import label
+    from pccseg.labellers.pcc import label
 
     seen = {}
 
@@ -439,7 +439,7 @@ def no_hub_cache(tmp_path, monkeypatch):
 def test_unreachable_hub_fails_fast_with_one_line(no_hub_cache, monkeypatch, tmp_path, capsys):
     import huggingface_hub
 
-    import pccseg.pipeline as P
+    import pccseg.capture.pipeline as P
 
     asked = []
 

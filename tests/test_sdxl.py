@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pccseg import cli
-from pccseg.capture import capture, capture_nbytes, is_self_layer
-from pccseg.labeller import label
-from pccseg.tiny import tiny_sdxl_pipeline
+from pccseg.capture.attention import capture, capture_nbytes, is_self_layer
+from pccseg.labellers.pcc import label
+from pccseg.capture.tiny import tiny_sdxl_pipeline
 
 H, W = 128, 96         # latent 16x12; SDXL's levels 16x12 (no attention), 8x6 (1 layer), 4x3 (2 layers)
 PROMPTS = ["a photo of a cat on a sofa", "a person and a car"]
@@ -70,7 +70,7 @@ def test_sdxl_class_keys_are_the_prompt_embedding_of_the_class_text(pipe):
 
 def test_sdxl_loads_from_folder_by_class_name_and_generates(pipe, tmp_path):
     from pccseg.errors import InputError
-    from pccseg.pipeline import check_model, load_pipeline, pipeline_class_name
+    from pccseg.capture.pipeline import check_model, load_pipeline, pipeline_class_name
 
     assert check_model("tiny-sdxl") == "tiny" and pipeline_class_name("tiny-sdxl") == "StableDiffusionXLPipeline"
     folder = tmp_path / "tiny-sdxl"

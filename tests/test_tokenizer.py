@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pccseg.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE, clip_tokenizer, derive_vocab, tokenizer_files
+from pccseg.capture.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE, clip_tokenizer, derive_vocab, tokenizer_files
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_derived_vocab_matches_clip_layout(tmp_path):
 def test_agrees_with_open_clip(tok):
     from open_clip.tokenizer import SimpleTokenizer
 
-    from pccseg.prompts import load_prompts
+    from pccseg.dataset.prompts import load_prompts
 
     ref = SimpleTokenizer()
     texts = [r.prompt for r in load_prompts()[:200:7]] + [

@@ -82,7 +82,7 @@ def test_present_classes_threshold():
 
 
 def test_prompt_records_and_shipped_file():
-    from pccseg.prompts import TOY_PROMPTS, default_prompts_path, load_prompts
+    from pccseg.dataset.prompts import TOY_PROMPTS, default_prompts_path, load_prompts
 
     recs = world.toy_prompt_records(50, seed=3)
     assert recs == world.toy_prompt_records(50, seed=3) and recs != world.toy_prompt_records(50, seed=4)
@@ -93,7 +93,7 @@ def test_prompt_records_and_shipped_file():
 
 def test_toy_dataset_reads_with_voc_reader(tmp_path):
     from pccseg.toy.dataset import write_toy_dataset
-    from pccseg.voc import read_split
+    from pccseg.dataset.voc import read_split
 
     out = tmp_path / "gt"
     res = write_toy_dataset(out, 4, 2, seed=77)
@@ -111,7 +111,7 @@ def test_toy_dataset_reads_with_voc_reader(tmp_path):
 
 def test_toy_records_refuse_unknown_classes(tmp_path):
     from pccseg.errors import InputError
-    from pccseg.prompts import load_prompts
+    from pccseg.dataset.prompts import load_prompts
 
     p = tmp_path / "p.json"
     p.write_text(json.dumps([{"id": 1, "prompt_sd": "a dog", "classes": ["dog"]},

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from pccseg.cli import main
-from pccseg.deeplab import (backbone_state, build_model, find_checkpoint, normalize, read_checkpoint_meta)
+from pccseg.train.deeplab import (backbone_state, build_model, find_checkpoint, normalize, read_checkpoint_meta)
 from pccseg.errors import InputError
-from pccseg.evaluate import evaluate, predict
+from pccseg.train.evaluate import evaluate, predict
 from pccseg.io import load_mask, save_image, save_mask
-from pccseg.train import (StreamSampler, TrainConfig, TrainStream, augment, segmentation_loss, train)
-from pccseg.voc import VOCSegmentation
+from pccseg.train.loop import (StreamSampler, TrainConfig, TrainStream, augment, segmentation_loss, train)
+from pccseg.dataset.voc import VOCSegmentation
 from safetensors.torch import load_file, save_file
 
 COLORS = {1: (220, 30, 30), 2: (30, 200, 40)}
@@ -378,7 +378,7 @@ def test_augment_short_side_and_cat_max_ratio():
 
 
 def test_photometric_distortion_changes_colour_only():
-    from pccseg.train import photometric_distortion
+    from pccseg.train.loop import photometric_distortion
 
     rng = np.random.default_rng(0)
     image = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 16, 16), dtype=np.uint8))
@@ -404,7 +404,7 @@ def test_loss_averaging_as_mmsegmentation():
 
 
 def test_gradient_clipping(tmp_path):
-    from pccseg import train as train_module
+    from pccseg.train import loop as train_module
 
     data = make_blocks_tree(tmp_path / "data", n=2, size=32)
     norms = {}

@@ -6,9 +6,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-from pccseg.capture import capture, is_self_layer
-from pccseg.labeller import label
-from pccseg.tiny import SD_SCHEDULER, tiny_pipeline, tiny_unet_config
+from pccseg.capture.attention import capture, is_self_layer
+from pccseg.labellers.pcc import label
+from pccseg.capture.tiny import SD_SCHEDULER, tiny_pipeline, tiny_unet_config
 
 H, W = 64, 128   # latent 8x16
 

@@ -9,7 +9,7 @@ import torch
 from pccseg.cli import main
 from pccseg.errors import InputError
 from pccseg.io import load_mask, save_image, save_mask
-from pccseg.voc import VOCSegmentation, read_class_names
+from pccseg.dataset.voc import VOCSegmentation, read_class_names
 
 
 def make_voc_tree(root, n=3, size=(24, 32), split="train", values=(0, 1, 15), seed=0):
@@ -113,7 +113,7 @@ def test_missing_root_cli(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from pccseg.deeplab import build_model, save_checkpoint
+    from pccseg.train.deeplab import build_model, save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "last"
     save_checkpoint(path, build_model("mobilenet_v3_large", 21, aux_loss=False),

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from pccseg import cli
-from pccseg.capture_format import save_capture
+from pccseg.capture.format import save_capture
 from pccseg.io import TEMP_SUFFIX
-from pccseg.labeller import LabelParams
-from pccseg.workers import LabelPool
+from pccseg.labellers.pcc import LabelParams
+from pccseg.labellers.workers import LabelPool
 
 from test_capture_format import make_bad, small_capture
 from test_kill import _start
@@ -171,9 +171,9 @@ def record_pid(cap, params):
 
 
 def test_generate_labels_in_a_worker_with_the_same_dataset(tmp_path, monkeypatch):
-    from pccseg.generate import generate
-    from pccseg.prompts import load_prompts, select
-    from pccseg.tiny import tiny_pipeline
+    from pccseg.dataset.generate import generate
+    from pccseg.dataset.prompts import load_prompts, select
+    from pccseg.capture.tiny import tiny_pipeline
 
     pipe, records = tiny_pipeline(0), select(load_prompts(), start=0, num=3)
     kw = dict(steps=2, height=64, width=64, seed=2024, progress=False, rank=0, world_size=1, label_fn=record_pid)

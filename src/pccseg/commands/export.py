@@ -7,7 +7,7 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_hf
+    from ..dataset.export import export_hf
 
     result = export_hf(args.directory, args.out, splits=args.splits, progress=not args.quiet)
     sizes = ", ".join(f"{name} {len(part)}" for name, part in result.items())

@@ -16,20 +16,20 @@ from pathlib import Path
 
 from ..errors import InputError
 
-log = logging.getLogger("pccseg.generate")
+log = logging.getLogger("pccseg.dataset.generate")
 
 
 def _model_defaults(args: argparse.Namespace) -> None:
     """Fill the options left unset with the model's defaults: steps, guidance, prompt file."""
-    from ..generate import DEFAULT_STEPS
-    from ..prompts import DEFAULT_PROMPTS, TOY_PROMPTS, default_prompts_path
+    from ..dataset.generate import DEFAULT_STEPS
+    from ..dataset.prompts import DEFAULT_PROMPTS, TOY_PROMPTS, default_prompts_path
 
     if args.model == "toy":
         from ..toy.config import TOY_GUIDANCE, TOY_STEPS
 
         steps, guidance, prompts = TOY_STEPS, TOY_GUIDANCE, TOY_PROMPTS
     elif args.model in ("tiny", "tiny-sdxl"):
-        from ..tiny import TINY_STEPS
+        from ..capture.tiny import TINY_STEPS
 
         steps, guidance, prompts = TINY_STEPS, None, DEFAULT_PROMPTS
     else:
@@ -41,8 +41,8 @@ def _model_defaults(args: argparse.Namespace) -> None:
 
 
 def build_settings(args: argparse.Namespace, *, class_names, label_params, height, width, dtype, steps):
-    from ..generate import default_guidance, run_settings
-    from ..pipeline import TINY, TINY_SDXL, pipeline_class
+    from ..dataset.generate import default_guidance, run_settings
+    from ..capture.pipeline import TINY, TINY_SDXL, pipeline_class
 
     prompts = args.prompts_name
     guidance = default_guidance(pipeline_class(args.model)) if args.guidance is None else args.guidance
@@ -54,12 +54,12 @@ def build_settings(args: argparse.Namespace, *, class_names, label_params, heigh
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..commands.label import params_from_args
-    from ..dataset import Dataset
-    from ..generate import check_options, distributed_state, generate
+    from .label import params_from_args
+    from ..dataset.folder import Dataset
+    from ..dataset.generate import check_options, distributed_state, generate
     from ..io import make_dir
-    from ..pipeline import check_model, model_default_size, resolve_device, resolve_dtype
-    from ..prompts import check_lengths, load_prompts, parse_classes_option, select
+    from ..capture.pipeline import check_model, model_default_size, resolve_device, resolve_dtype
+    from ..dataset.prompts import check_lengths, load_prompts, parse_classes_option, select
     from ..vocab import VOC_CLASSES
 
     # 1. inputs, all before any model work
@@ -103,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     # 2. the model
-    from ..pipeline import load_pipeline
+    from ..capture.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model, dtype=dtype, device=device, seed=args.tiny_seed)
     if settings is None:
-        from ..generate import default_size
+        from ..dataset.generate import default_size
 
         dh, dw = default_size(pipe)
         height, width = height or dh, width or dw
@@ -132,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from ..commands.label import add_label_arguments
-    from ..generate import DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_STEPS
+    from .label import add_label_arguments
+    from ..dataset.generate import DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_STEPS
 
     p = sub.add_parser(
         "generate", help="generate a labelled segmentation dataset with Stable Diffusion + PCC",

@@ -7,8 +7,8 @@ Also provides the labeller options for other commands (``generate`` and ``show``
 * :func:`add_label_arguments` adds ``--labeller``, ``--preset report|authors`` (PCC) and one option per
   field of every labeller's parameters. Options left unset take the labeller's (PCC: the preset's) value.
 * :func:`params_from_args` turns the parsed namespace into the chosen labeller's parameters
-  (:class:`~pccseg.labeller.LabelParams`, :class:`~pccseg.labeller_dd.DDParams` or
-  :class:`~pccseg.labeller_attn.AttnParams`); an option of another labeller is refused.
+  (:class:`~pccseg.labellers.pcc.LabelParams`, :class:`~pccseg.labellers.dd.DDParams` or
+  :class:`~pccseg.labellers.attn.AttnParams`); an option of another labeller is refused.
 
 PCC option names are the field names with dashes (``--cluster-connectivity``), except the k-means seed
 ``LabelParams.seed``, which is ``--kmeans-seed`` so that it never clashes with a generation seed; their
@@ -115,8 +115,8 @@ def _option_kwargs(tp) -> dict:
 
 def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--labeller``, ``--preset`` and one option per parameter of every labeller (all "unset")."""
-    from ..labeller import LabelParams
-    from ..labellers import DEFAULT_LABELLER, LABELLERS
+    from ..labellers.pcc import LabelParams
+    from ..labellers.registry import DEFAULT_LABELLER, LABELLERS
 
     parser.add_argument("--labeller", default=DEFAULT_LABELLER, metavar="{" + ",".join(LABELLERS) + "}",
                         help="; ".join(f"{lab.name}: {lab.summary}" for lab in LABELLERS.values())
@@ -148,8 +148,8 @@ def params_from_args(args: argparse.Namespace):
         InputError: an unknown labeller, an option of another labeller, or a value the parameters refuse
             (each names the option).
     """
-    from ..labeller import LabelParams
-    from ..labellers import DEFAULT_LABELLER, LABELLERS, get_labeller
+    from ..labellers.pcc import LabelParams
+    from ..labellers.registry import DEFAULT_LABELLER, LABELLERS, get_labeller
 
     try:
         chosen = get_labeller(getattr(args, "labeller", None) or DEFAULT_LABELLER)
@@ -182,7 +182,7 @@ def capture_dirs(paths: list[str | Path]) -> list[Path]:
     A directory is a capture when it holds ``capture.json`` or ``capture.safetensors``. Sub-directories
     are listed sorted by name; hidden ones (``.name``, e.g. temporary files) are skipped.
     """
-    from ..capture_format import META_FILE, TENSOR_FILE
+    from ..capture.format import META_FILE, TENSOR_FILE
 
     out: list[Path] = []
     for p in map(Path, paths):
@@ -211,9 +211,9 @@ def check_label_settings(out: Path, params, *, overwrite: bool = False) -> dict:
     A file without ``labeller`` (written before there were several) is PCC's.
     """
     from .. import __version__
-    from ..dataset import settings_diff
+    from ..dataset.folder import settings_diff
     from ..io import read_json
-    from ..labellers import DEFAULT_LABELLER, params_record
+    from ..labellers.registry import DEFAULT_LABELLER, params_record
 
     new = dict(params_record(params), pccseg_version=__version__)
     path = out / LABEL_SETTINGS
@@ -234,10 +234,10 @@ def open_dataset(out: Path, first_capture: Path, params, *, val_share: float, ov
     with the first sample, as ``label_params.json``): the source, the class names (those of
     ``first_capture``; every capture must have them), the labeller and its parameters and the val share.
     A folder holding other settings is refused, unless ``overwrite`` (then every sample is redone)."""
-    from ..capture_format import META_FILE
-    from ..dataset import Dataset, check_val_share
+    from ..capture.format import META_FILE
+    from ..dataset.folder import Dataset, check_val_share
     from ..io import read_json
-    from ..labellers import params_record
+    from ..labellers.registry import params_record
     from ..vocab import VOC_CLASSES
 
     check_val_share(val_share, field="--val-share")
@@ -262,7 +262,7 @@ def check_class_names(cap, class_names) -> None:
 def write_sample(ds, stem: str, cap, mask, seconds: float, class_names) -> None:
     """One labelled capture into the dataset ``ds``: image (JPEG), manifest line, then the mask (last: its
     presence marks the sample done), each written atomically."""
-    from ..dataset import JPEG_QUALITY, mask_stats
+    from ..dataset.folder import JPEG_QUALITY, mask_stats
     from ..io import save_image, save_mask
 
     save_image(ds.image_path(stem), cap.image.cpu().numpy(), quality=JPEG_QUALITY)
@@ -279,11 +279,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..capture_format import load_capture
+    from ..capture.format import load_capture
     from ..io import make_dir, remove_temps, save_mask, write_json
-    from ..pipeline import resolve_device
+    from ..capture.pipeline import resolve_device
     from ..signals import hold_interrupts
-    from ..workers import LabelPool, default_workers
+    from ..labellers.workers import LabelPool, default_workers
 
     params = params_from_args(args)
     if args.workers is not None and args.workers < 1:

@@ -21,7 +21,7 @@ def resolve_capture(target: str, data: str | None) -> Path:
     directory is taken as is. An ID never leads out of ``DATA/captures``.
     """
     if data is not None:
-        from ..dataset import CAPTURES, sample_stem
+        from ..dataset.folder import CAPTURES, sample_stem
         from ..io import check_stem
 
         droot = Path(data)
@@ -55,11 +55,11 @@ def resolve_capture(target: str, data: str | None) -> Path:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from ..capture_format import load_capture
+    from ..capture.format import load_capture
     from ..io import make_dir, remove_temps
-    from ..labellers import label
-    from ..pipeline import resolve_device
-    from ..show import check_figure_options, save_stage_figure
+    from ..labellers.registry import label
+    from ..capture.pipeline import resolve_device
+    from ..pictures.show import check_figure_options, save_stage_figure
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -78,7 +78,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..report import make_report
+    from ..pictures.report import make_report
 
     page = make_report(args.directory, args.out, samples_per_class=args.samples)
     print(page)

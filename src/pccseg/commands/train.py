@@ -18,7 +18,7 @@ from ..errors import InputError
 
 
 def register(sub) -> None:
-    from ..train_config import ARCHS, TrainConfig
+    from ..train.config import ARCHS, TrainConfig
 
     d = TrainConfig(data="", out="")
     p = sub.add_parser("train", help="train DeepLabv3 on a VOC-layout dataset, validate on VOC val",
@@ -120,8 +120,8 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
-    from ..train import train
-    from ..train_config import TrainConfig
+    from ..train.loop import train
+    from ..train.config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = {k: v for k, v in vars(args).items() if k in names}
@@ -134,10 +134,10 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from ..deeplab import read_checkpoint_meta
-    from ..evaluate import evaluate, selected_on
+    from ..train.deeplab import read_checkpoint_meta
+    from ..train.evaluate import evaluate, selected_on
     from ..io import atomic_path, make_dir, remove_temps, write_json
-    from ..voc import VOCSegmentation
+    from ..dataset.voc import VOCSegmentation
 
     if args.save_predictions and not args.out:
         raise InputError("--save-predictions needs --out", field="--out")

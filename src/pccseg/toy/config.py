@@ -121,7 +121,7 @@ class ExperimentConfig:
                 fail(name, f"must be a finite number > 0, got {v!r}")
         if not isinstance(self.labellers, tuple) or not self.labellers:
             fail("labellers", f"must name at least one labeller, got {self.labellers!r}")
-        from ..labellers import get_labeller
+        from ..labellers.registry import get_labeller
 
         for name in self.labellers:
             try:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..dataset import JPEG_QUALITY, Dataset, sample_stem
+from ..dataset.folder import JPEG_QUALITY, Dataset, sample_stem
 from ..errors import InputError
 from ..io import atomic_path, save_image, save_mask
-from ..voc import SPLIT_DIR
+from ..dataset.voc import SPLIT_DIR
 from .config import RENDER_SEED
 
 

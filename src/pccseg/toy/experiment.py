@@ -9,18 +9,18 @@ file is written atomically, so a killed run resumes where it stopped. Folder ``D
 =================================  ==========================================================================
 ``experiment.json``                the :class:`~pccseg.toy.config.ExperimentConfig` (a rerun with other
                                    settings is refused)
-``generated/``                     1. the first N toy prompts generated with the model (:func:`pccseg.generate.
+``generated/``                     1. the first N toy prompts generated with the model (:func:`pccseg.dataset.generate.
                                    generate`, seed 2024 + i, captures kept) and labelled with PCC: the
                                    ``pcc`` set
-``sets/<labeller>/``               2. every other labeller on the same captures (:func:`pccseg.labellers.label`)
+``sets/<labeller>/``               2. every other labeller on the same captures (:func:`pccseg.labellers.registry.label`)
 ``judge.json``, ``quality.json``   3. the colour judge's error on rendered scenes; each labeller's masks
                                    against the judge's ground truth of the generated images
 ``rendered/``                      4. N rendered scenes with exact labels (``train``: the upper bound) and V
                                    held-out ones (``val``), seeds from :data:`~pccseg.toy.config.RENDER_SEED`
-``runs/<set>/``, ``scores/``       5. DeepLabv3-MobileNetV3 (random init, :func:`pccseg.train.train`) per set,
-                                   scored on the rendered val split (:func:`pccseg.evaluate.evaluate`)
+``runs/<set>/``, ``scores/``       5. DeepLabv3-MobileNetV3 (random init, :func:`pccseg.train.loop.train`) per set,
+                                   scored on the rendered val split (:func:`pccseg.train.evaluate.evaluate`)
 ``results.md``, ``results.json``,  6. the tables; ``samples.png``: images with every labeller's mask beside
-``*.csv``, ``samples.png``,        the ground truth; ``report/index.html`` (:func:`pccseg.report.make_report`)
+``*.csv``, ``samples.png``,        the ground truth; ``report/index.html`` (:func:`pccseg.pictures.report.make_report`)
 ``report/``
 =================================  ==========================================================================
 
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from ..dataset import Dataset, settings_diff
+from ..dataset.folder import Dataset, settings_diff
 from ..errors import InputError
 from ..io import load_image, load_mask, read_json, save_image, write_json
 from ..vocab import VOC_CLASSES
@@ -140,7 +140,7 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], processes: int, threads: int) 
 # -------------------------------------------------------------------------------------- 1. generation
 def toy_records(num: int):
     """The first ``num`` records of the shipped toy prompt set."""
-    from ..prompts import TOY_PROMPTS, default_prompts_path, load_prompts, select
+    from ..dataset.prompts import TOY_PROMPTS, default_prompts_path, load_prompts, select
 
     path = default_prompts_path(TOY_PROMPTS)
     records = select(load_prompts(path), num=num)
@@ -152,9 +152,9 @@ def toy_records(num: int):
 def generate_part(cfg: ExperimentConfig, device: str, rank: int, world: int) -> int:
     """Generate (with captures) and PCC-label process ``rank``'s share of the records; returns the number
     of new images."""
-    from ..generate import generate
-    from ..pipeline import load_pipeline
-    from ..prompts import TOY_PROMPTS
+    from ..dataset.generate import generate
+    from ..capture.pipeline import load_pipeline
+    from ..dataset.prompts import TOY_PROMPTS
 
     pipe = load_pipeline(cfg.model, device=device)
     report = generate(pipe, toy_records(cfg.num), Layout(Path(cfg.out)).generated, steps=cfg.steps,
@@ -181,10 +181,10 @@ def stage_generate(cfg: ExperimentConfig, lay: Layout, device: str, processes: i
 def stage_relabel(cfg: ExperimentConfig, lay: Layout, device: str) -> bool:
     """Label the kept captures with every labeller other than PCC into ``sets/<labeller>/`` (a VOC-layout
     dataset: the generated image, the labeller's mask, a manifest line, ``settings.json``)."""
-    from ..capture_format import load_capture
-    from ..generate import JPEG_QUALITY, manifest_entry
+    from ..capture.format import load_capture
+    from ..dataset.generate import JPEG_QUALITY, manifest_entry
     from ..io import save_mask
-    from ..labellers import default_params, label, params_record
+    from ..labellers.registry import default_params, label, params_record
     from ..signals import hold_interrupts
 
     records = toy_records(cfg.num)
@@ -245,7 +245,7 @@ def stage_quality(cfg: ExperimentConfig, lay: Layout) -> bool:
 
 # ------------------------------------------------------------------------------------------ 4. render
 def stage_render(cfg: ExperimentConfig, lay: Layout) -> bool:
-    from ..voc import SPLIT_DIR
+    from ..dataset.voc import SPLIT_DIR
     from .dataset import write_toy_dataset
 
     if (lay.rendered / SPLIT_DIR / "val.txt").is_file():
@@ -256,11 +256,11 @@ def stage_render(cfg: ExperimentConfig, lay: Layout) -> bool:
 
 # ------------------------------------------------------------------------------------ 5. train, score
 def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str, progress: bool = False):
-    """The :class:`~pccseg.train.TrainConfig` of one training set: DeepLabv3-MobileNetV3, random init
+    """The :class:`~pccseg.train.config.TrainConfig` of one training set: DeepLabv3-MobileNetV3, random init
     (no ImageNet weights: the toy world is its own domain), no auxiliary head, no validation during
     training (the final weights are scored). The toy world's class cue is colour at 128 px, so no
     photometric distortion (it shifts hues) and no resize to a 512 short side."""
-    from ..train import TrainConfig
+    from ..train.config import TrainConfig
 
     return TrainConfig(data=str(data), out=str(out), arch="mobilenet_v3_large", backbone_weights="none",
                        aux_loss=False, iters=cfg.iters, batch_size=cfg.train_batch_size, lr=cfg.lr,
@@ -273,9 +273,9 @@ def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str, prog
 def train_and_score(cfg: ExperimentConfig, name: str, device: str, progress: bool = False) -> dict:
     """Train on set ``name`` (resuming ``runs/<name>``), score the final weights on the rendered val split
     and write ``scores/<name>.json``."""
-    from ..evaluate import evaluate
-    from ..train import train
-    from ..voc import VOCSegmentation
+    from ..train.evaluate import evaluate
+    from ..train.loop import train
+    from ..dataset.voc import VOCSegmentation
 
     lay = Layout(Path(cfg.out))
     t0 = time.perf_counter()
@@ -430,8 +430,8 @@ def _cpu_seconds() -> float:
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
     """Run (or resume) every stage; returns ``results.json``'s content."""
-    from ..pipeline import check_model, resolve_device
-    from ..report import make_report
+    from ..capture.pipeline import check_model, resolve_device
+    from ..pictures.report import make_report
 
     lay = Layout(Path(cfg.out))
     check_model(cfg.model)

@@ -6,7 +6,7 @@
   cross-attention down and up blocks at the first three levels (``attn1`` self-attention and ``attn2``
   cross-attention, linear projections, heads of 16 dimensions: 2/4/6 heads), no attention at the last.
 * ``CLIPTextModel`` 64 wide with 2 layers and CLIP's full 49,408-token vocabulary, with the real CLIP BPE
-  tokenizer (:mod:`pccseg.tokenizer`), trained with the UNet.
+  tokenizer (:mod:`pccseg.capture.tokenizer`), trained with the UNet.
 * SD's noise schedule (scaled linear, 1000 steps, epsilon prediction); sampling with DPM-Solver++.
 
 :func:`toy_pipeline` builds it (random weights, or a saved folder); ``load_pipeline("toy")`` loads the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..tiny import SD_SCHEDULER
+from ..capture.tiny import SD_SCHEDULER
 from .config import TOY_SIZE
 
 LATENT_FACTOR = 4     #: VAE downsampling
@@ -91,7 +91,7 @@ def assemble(vae, unet, text_encoder):
     """A ``StableDiffusionPipeline`` from the three models (no safety checker, progress bar off)."""
     from diffusers import StableDiffusionPipeline
 
-    from ..tokenizer import clip_tokenizer
+    from ..capture.tokenizer import clip_tokenizer
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=clip_tokenizer(), unet=unet,
                                    scheduler=scheduler(), safety_checker=None, feature_extractor=None,
@@ -129,8 +129,8 @@ def toy_pipeline(path: str | Path | None = None, *, dtype: torch.dtype = torch.f
     from diffusers import StableDiffusionPipeline
 
     from ..errors import InputError
-    from ..pipeline import _dtype_kwarg
-    from ..tokenizer import clip_tokenizer
+    from ..capture.pipeline import _dtype_kwarg
+    from ..capture.tokenizer import clip_tokenizer
 
     folder = Path(path) if path is not None else weights_dir()
     if not (folder / "model_index.json").is_file():

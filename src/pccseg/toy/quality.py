@@ -28,7 +28,7 @@ def attention_mask(capture, threshold: float = 0.5) -> torch.Tensor:
     classes, background where every map is below ``threshold``. (H, W) uint8."""
     import torch.nn.functional as F
 
-    from ..classes import class_maps
+    from ..labellers.classes import class_maps
 
     ids, maps = class_maps(capture.token_maps, capture.token_classes)
     keep = [i for i, c in enumerate(ids) if c != 0]
@@ -102,8 +102,8 @@ def score_model(pipe, records: Sequence[dict], *, size: int = 128, steps: int = 
     attention only. Returns a dict with ``adherence``, per-labeller mask scores, ``images`` (uint8 list)
     and ``masks`` (name -> list) for pictures.
     """
-    from ..capture import capture
-    from ..labeller import label
+    from ..capture.attention import capture
+    from ..labellers.pcc import label
 
     if labellers is None:
         labellers = {"pcc": lambda c: label(c).mask, "attn": attention_mask}

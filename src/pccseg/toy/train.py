@@ -275,7 +275,7 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
     """Stage 3; returns the final pipeline folder."""
     from safetensors.torch import load_file
 
-    from ..tokenizer import clip_tokenizer
+    from ..capture.tokenizer import clip_tokenizer
     from .model import build_text_encoder, build_unet, noise_scheduler
 
     root = Path(cfg.out) / "unet"
@@ -392,7 +392,7 @@ def _ema_pipeline(vae_dir: Path, ema: _EMA, device: torch.device):
 def train(cfg: ToyTrainConfig, evaluate: bool = True) -> Path:
     """Run (or resume) every stage; returns the final pipeline folder. Ctrl-C / SIGTERM checkpoint and
     raise ``KeyboardInterrupt`` (see the module docstring)."""
-    from ..pipeline import resolve_device
+    from ..capture.pipeline import resolve_device
 
     device = resolve_device(cfg.device)
     if device.type == "cpu":

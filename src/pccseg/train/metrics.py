@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .vocab import IGNORE_INDEX
+from ..vocab import IGNORE_INDEX
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,

@@ -40,12 +40,12 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .dataset import IMAGES, MANIFEST, MASKS, SETTINGS, sample_stem  # noqa: E402
-from .errors import InputError  # noqa: E402
-from .io import atomic_path, check_stem, load_image, load_mask, make_dir, read_json, read_jsonl  # noqa: E402
-from .io import remove_temps  # noqa: E402
+from ..dataset.folder import IMAGES, MANIFEST, MASKS, SETTINGS, sample_stem  # noqa: E402
+from ..errors import InputError  # noqa: E402
+from ..io import atomic_path, check_stem, load_image, load_mask, make_dir, read_json, read_jsonl  # noqa: E402
+from ..io import remove_temps  # noqa: E402
 from .show import legend_handles, overlay, save_figure  # noqa: E402
-from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE, check_class_names  # noqa: E402
+from ..vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE, check_class_names  # noqa: E402
 
 LOG = "log.jsonl"
 RESULTS = "results.json"

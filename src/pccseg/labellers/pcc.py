@@ -16,12 +16,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import InputError
+from ..errors import InputError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
     import torch
 
-    from .capture_format import Capture
+    from ..capture.format import Capture
 
 Preset = Literal["report", "authors"]
 

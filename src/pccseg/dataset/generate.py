@@ -1,8 +1,8 @@
 """Prompts -> images + PCC masks, straight to a VOC-layout dataset (docs/method.md sections 0-4).
 
-:func:`generate` runs the pipeline on batches of prompt records with :func:`pccseg.capture.capture`
-around each call, labels every image right after its batch with :func:`pccseg.labeller.label`, and writes
-the dataset directory described in :mod:`pccseg.dataset`. Record ``i`` of the prompt file (0-based) is
+:func:`generate` runs the pipeline on batches of prompt records with :func:`pccseg.capture.attention.capture`
+around each call, labels every image right after its batch with :func:`pccseg.labellers.pcc.label`, and writes
+the dataset directory described in :mod:`pccseg.dataset.folder`. Record ``i`` of the prompt file (0-based) is
 generated with seed ``seed + i`` (report: 2024 + index) on its own CPU ``torch.Generator``, so an image
 does not depend on the batch it is in. Running the same call again skips samples that are done; under
 ``accelerate launch`` every process takes the records whose index is its rank modulo the world size.
@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .dataset import JPEG_QUALITY, Dataset, check_val_share, mask_stats
-from .errors import InputError
-from .io import make_dir, save_image, save_mask
+from .. import __version__
+from .folder import JPEG_QUALITY, Dataset, check_val_share, mask_stats
+from ..errors import InputError
+from ..io import make_dir, save_image, save_mask
 from .prompts import PromptRecord
-from .signals import hold_interrupts
-from .vocab import VOC_CLASSES
+from ..signals import hold_interrupts
+from ..vocab import VOC_CLASSES
 
 if TYPE_CHECKING:  # imported where used, so that the CLI's --help does not load torch
     import torch
@@ -77,7 +77,7 @@ def run_settings(*, model: str, steps: int, guidance: float, height: int, width:
     ``label_params``. ``val_share`` (the share of samples held out in val.txt) is recorded only when it
     is not 0.
     """
-    from .labellers import default_params, params_record
+    from ..labellers.registry import default_params, params_record
 
     check_val_share(val_share)
     return dict(model=model, steps=int(steps), guidance=float(guidance), height=int(height), width=int(width),
@@ -151,8 +151,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``.
 
     Args:
-        pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (see :func:`pccseg.pipeline.load_pipeline`).
-        records: prompt records (see :mod:`pccseg.prompts`); the seed of a record is ``seed + record.index``.
+        pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (see :func:`pccseg.capture.pipeline.load_pipeline`).
+        records: prompt records (see :mod:`pccseg.dataset.prompts`); the seed of a record is ``seed + record.index``.
         steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5 for SD).
         height, width: image size (None: the pipeline's default, 512 for SD 2.1-base).
         keep_captures: also write ``captures/<stem>/`` (capture directories, float16 self-attention), with
@@ -163,13 +163,13 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         settings: settings.json content (None: built from the arguments); an existing folder whose
             settings differ raises :class:`InputError` before any model work.
         val_share: hold this share of the samples out of train.txt, in val.txt (see
-            :func:`pccseg.dataset.val_stems`).
+            :func:`pccseg.dataset.folder.val_stems`).
         rank, world_size: this process's share (None: from accelerate's ``PartialState``). Given with a
             world size above 1, nothing waits for the other processes: the caller repairs the folder
             (:meth:`Dataset.repair`) before it starts them, and rebuilds it (:meth:`Dataset.rebuild`) after.
-        label_fn: the labelling function (default :func:`pccseg.labellers.label`), for tests.
+        label_fn: the labelling function (default :func:`pccseg.labellers.registry.label`), for tests.
         label_workers: processes that label beside this one, which samples the next batch meanwhile
-            (:class:`pccseg.workers.LabelPool`, one torch thread each); 0: this process labels each batch
+            (:class:`pccseg.labellers.workers.LabelPool`, one torch thread each); 0: this process labels each batch
             before it samples the next. None: 1 when the pipeline runs on the CPU and ``label_fn`` is not
             given, else 0. The masks are the same either way.
 
@@ -178,10 +178,10 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     """
     import torch
 
-    from .capture import capture
-    from .capture_format import as_saved, save_capture
-    from .labellers import default_params, labeller_of
-    from .workers import LabelPool
+    from ..capture.attention import capture
+    from ..capture.format import as_saved, save_capture
+    from ..labellers.registry import default_params, labeller_of
+    from ..labellers.workers import LabelPool
 
     check_options(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width)
     if label_workers is None:

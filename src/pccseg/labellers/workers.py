@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .capture_format import Capture, load_capture
-from .errors import InputError
-from .labeller import torch_threads
+from ..capture.format import Capture, load_capture
+from ..errors import InputError
+from .pcc import torch_threads
 
 
 def default_workers(device: str | torch.device = "cpu") -> int:
@@ -128,7 +128,7 @@ class LabelPool:
     Args:
         params: the labeller's parameters.
         processes: worker processes (0: label in this process).
-        label_fn: the labelling function (default :func:`pccseg.labellers.label`); with workers it must be
+        label_fn: the labelling function (default :func:`pccseg.labellers.registry.label`); with workers it must be
             picklable where workers are spawned (CUDA, systems without fork).
         device: where the captures are labelled.
     """
@@ -136,7 +136,7 @@ class LabelPool:
     def __init__(self, params: Any, processes: int, *, label_fn: Callable | None = None,
                  device: str | torch.device = "cpu"):
         if label_fn is None:
-            from .labellers import label as label_fn
+            from .registry import label as label_fn
         if isinstance(processes, bool) or not isinstance(processes, int) or processes < 0:
             raise ValueError(f"processes must be an integer >= 0, got {processes!r}")
         self.params, self.processes, self.label_fn = params, processes, label_fn

@@ -1,4 +1,4 @@
-"""The settings of a training run (:class:`TrainConfig`), apart from :mod:`pccseg.train` so that the
+"""The settings of a training run (:class:`TrainConfig`), apart from :mod:`pccseg.train.loop` so that the
 command line can show them in ``pccseg train --help`` without importing torch."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import InputError
+from ..errors import InputError
 
 ARCHS = ("resnet50", "resnet101", "mobilenet_v3_large")
 

@@ -29,9 +29,9 @@ import torch
 from safetensors import SafetensorError as SafetensorsError
 from safetensors.torch import load_file
 
-from .errors import InputError
-from .io import atomic_path, load_image, read_json, save_image, save_tensors
-from .vocab import VOC_CLASSES, check_class_names
+from ..errors import InputError
+from ..io import atomic_path, load_image, read_json, save_image, save_tensors
+from ..vocab import VOC_CLASSES, check_class_names
 
 IMAGE_FILE = "image.png"
 TENSOR_FILE = "capture.safetensors"

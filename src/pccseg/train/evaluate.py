@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deeplab import load_model, normalize, read_checkpoint_meta, rescale_factor, rescaled_size
-from .errors import InputError, unwrap_worker_error
-from .io import make_dir, remove_temps, save_mask
+from ..errors import InputError, unwrap_worker_error
+from ..io import make_dir, remove_temps, save_mask
 from .metrics import Scores, confusion_matrix, scores_from_confusion
-from .voc import VOCSegmentation
+from ..dataset.voc import VOCSegmentation
 
 
 def _base(ds) -> tuple[VOCSegmentation, list[int]]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .dataset import sample_stem
-from .errors import InputError
-from .io import parse_json, read_text
-from .vocab import VOC_CLASSES
+from .folder import sample_stem
+from ..errors import InputError
+from ..io import parse_json, read_text
+from ..vocab import VOC_CLASSES
 
 log = logging.getLogger(__name__)
 

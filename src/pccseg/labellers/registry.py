@@ -4,13 +4,13 @@ Each labeller is a module with a frozen parameter dataclass (checked in ``__post
 ``label(capture, params) -> result``, where ``result.mask`` is the (H, W) uint8 mask and
 ``result.uncertain_share`` its share of 255:
 
-========  ===========================  ===============================================  ======================
-name      module                       parameters                                       result
-========  ===========================  ===============================================  ======================
-``pcc``   :mod:`pccseg.labeller`       :class:`~pccseg.labeller.LabelParams`            ``LabelResult``
-``dd``    :mod:`pccseg.labeller_dd`    :class:`~pccseg.labeller_dd.DDParams`            ``MapsResult``
-``attn``  :mod:`pccseg.labeller_attn`  :class:`~pccseg.labeller_attn.AttnParams`        ``MapsResult``
-========  ===========================  ===============================================  ======================
+========  ============================  ==========================================  ===============
+name      module                        parameters                                  result
+========  ============================  ==========================================  ===============
+``pcc``   :mod:`pccseg.labellers.pcc`   :class:`~pccseg.labellers.pcc.LabelParams`  ``LabelResult``
+``dd``    :mod:`pccseg.labellers.dd`    :class:`~pccseg.labellers.dd.DDParams`      ``MapsResult``
+``attn``  :mod:`pccseg.labellers.attn`  :class:`~pccseg.labellers.attn.AttnParams`  ``MapsResult``
+========  ============================  ==========================================  ===============
 
 :func:`label` picks the labeller from the type of the parameters (None: PCC with the report's values), so
 ``label(capture)``, ``label(capture, LabelParams(...))`` and ``label(capture, DDParams())`` all work.
@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import labeller as pcc
-from . import labeller_attn as attn
-from . import labeller_dd as dd
-from .errors import InputError
+from . import attn, dd, pcc
+from ..errors import InputError
 
 if TYPE_CHECKING:
-    from .capture_format import Capture
+    from ..capture.format import Capture
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .io import atomic_path
+from ..io import atomic_path
 
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"

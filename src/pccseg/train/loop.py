@@ -5,9 +5,10 @@ recipe and every remaining difference).
 :func:`train` reads top to bottom, like torchvision's ``references/segmentation/train.py``:
 :func:`_setup` (processes, device, precision), :func:`_data`, :func:`_model`, :func:`_optimizer`,
 :func:`_start` (a fresh run or the resumption of ``RUN/last``), then the loop: :func:`_step` per
-iteration, :func:`_validate` every ``val_every`` iterations and :func:`_save` for the checkpoints.
-The model, its checkpoints and the input normalisation live in :mod:`pccseg.deeplab`, which
-:mod:`pccseg.evaluate` shares.
+iteration, :func:`_log_loss` every ``log_every``, :func:`_validate` every ``val_every`` iterations and
+:func:`_save` for the checkpoints.
+The model, its checkpoints and the input normalisation live in :mod:`pccseg.train.deeplab`, which
+:mod:`pccseg.train.evaluate` shares.
 
 Determinism and resume: the training images form one endless stream; sample ``k`` of the stream is
 image ``perm(seed, epoch)[k % N]`` with ``epoch = k // N``, augmented by a generator seeded with
@@ -43,13 +44,13 @@ from torchvision.transforms import InterpolationMode
 from .deeplab import (CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, backbone_state,  # noqa: F401
                       build_model, load_model, load_training_state, normalize, read_checkpoint_meta,
                       rescale_factor, rescaled_size, save_checkpoint, unwrap)
-from .errors import InputError, unwrap_worker_error
+from ..errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
-from .io import atomic_path, make_dir, read_jsonl, remove_temps, write_json
-from .signals import hold_interrupts
-from .train_config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
-from .vocab import IGNORE_INDEX
-from .voc import VOCSegmentation, voc_root
+from ..io import atomic_path, make_dir, read_jsonl, remove_temps, write_json
+from ..signals import hold_interrupts
+from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
+from ..vocab import IGNORE_INDEX
+from ..dataset.voc import VOCSegmentation, voc_root
 
 logger = logging.getLogger(__name__)
 
@@ -437,6 +438,21 @@ def _loader(config: TrainConfig, env: _Env, train_set: VOCSegmentation, start: i
         generator=torch.Generator().manual_seed(config.seed))  # own generator: keeps the global RNG exact
 
 
+def _log_loss(env: _Env, progress: _Progress, loss_sum: torch.Tensor, lr: float, seconds: float, log: _Log,
+              bar) -> None:
+    """Log the mean loss (over the iterations since the last line and the ranks), then start the sum
+    afresh; a loss that is not finite stops the run."""
+    it = progress.iteration
+    mean = _mean_over_ranks(loss_sum / progress.loss_n, env).item()
+    if not math.isfinite(mean):
+        raise RuntimeError(f"loss is {mean} at iteration {it}; lower --lr or check the data")
+    log.write({"iter": it, "loss": mean, "lr": lr, "time": round(seconds, 3)})
+    loss_sum.zero_()
+    progress.loss_n = 0
+    if bar is not None:
+        bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
+
+
 def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progress: _Progress, log) -> None:
     """Score the validation split as ``evaluate`` does (images split over the ranks), log the scores, and
     with ``keep_best`` save ``RUN/best`` when the mIoU is the best so far."""
@@ -547,14 +563,7 @@ def train(config: TrainConfig) -> dict:
         progress.loss_n += 1
         seconds = before + time.perf_counter() - t0
         if it % config.log_every == 0 or it == config.iters:
-            mean = _mean_over_ranks(loss_sum / progress.loss_n, env).item()
-            if not math.isfinite(mean):
-                raise RuntimeError(f"loss is {mean} at iteration {it}; lower --lr or check the data")
-            log.write({"iter": it, "loss": mean, "lr": lr, "time": round(seconds, 3)})
-            loss_sum.zero_()
-            progress.loss_n = 0
-            if bar is not None:
-                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
+            _log_loss(env, progress, loss_sum, lr, seconds, log, bar)
         if bar is not None:
             bar.update(1)
 
@@ -562,8 +571,7 @@ def train(config: TrainConfig) -> dict:
         if validated:
             _validate(config, env, model, val_set, class_names, progress, log)
         if validated or it % (config.save_every or config.val_every) == 0 or it == stop:
-            progress.loss_sum = _mean_over_ranks(loss_sum, env).item()
-            progress.seconds = seconds
+            progress.loss_sum, progress.seconds = _mean_over_ranks(loss_sum, env).item(), seconds
             if env.main:
                 _save(config, env, LAST, model, progress, class_names,
                       miou=progress.last_miou if validated else None,

@@ -1,7 +1,7 @@
 """Pictures of every stage of a labeller for one image (``pccseg show``).
 
-:func:`stage_figure` draws one panel per stage of :func:`pccseg.labeller.label`, from the
-:class:`~pccseg.labeller.LabelResult` it returns:
+:func:`stage_figure` draws one panel per stage of :func:`pccseg.labellers.pcc.label`, from the
+:class:`~pccseg.labellers.pcc.LabelResult` it returns:
 
 1. the image and the first three principal components of a few self-attention heads (one head per
    resolution) as RGB;
@@ -39,9 +39,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from scipy.ndimage import binary_dilation  # noqa: E402
 
-from .errors import InputError  # noqa: E402
-from .io import atomic_path  # noqa: E402
-from .vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
+from ..errors import InputError  # noqa: E402
+from ..io import atomic_path  # noqa: E402
+from ..vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
 
 #: Colour of uncertain (255) pixels: white stripes (drawn over the image or a light grey ground).
 UNCERTAIN_RGB = np.array([255, 255, 255], dtype=np.uint8)
@@ -240,12 +240,12 @@ def check_figure_options(*, n_heads: int = 3, dpi: int = 100) -> None:
 
 def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int = 5, alpha: float = 0.55,
                  dpi: int = 100) -> Figure:
-    """One figure, one panel per PCC stage, for one image.
+    """One figure, one panel per PCC stage, for one image: a row per part of the method.
 
     Args:
-        capture: the :class:`~pccseg.capture_format.Capture` that was labelled (image, class names,
+        capture: the :class:`~pccseg.capture.format.Capture` that was labelled (image, class names,
             ``meta["prompt"]`` for the title).
-        result: its :class:`~pccseg.labeller.LabelResult`.
+        result: its :class:`~pccseg.labellers.pcc.LabelResult`.
         n_heads: how many heads' principal components to show (from different resolutions).
         max_cols: panels per row at most (longer stages wrap).
         alpha: opacity of the mask over the image.
@@ -254,21 +254,32 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
     """
     check_figure_options(n_heads=n_heads, dpi=dpi)
     image = to_numpy(capture.image).astype(np.uint8)
-    H, W = image.shape[:2]
     names = tuple(getattr(capture, "class_names", None) or VOC_CLASSES)
-    params = result.params
-    rows: list[list] = []  # each entry: a function(ax)
+    thresholds = sorted(float(t) for t in result.params.thresholds)
+    rows = [_components_row(image, result, n_heads),      # 2.1: principal components of heads
+            _clusters_row(result),                        # 2.3-2.4: k-means, segments
+            _class_maps_row(result, names, thresholds),   # 3: class maps and their thresholds
+            _masks_row(image, result, alpha)]             # 3-4: votes, blocky mask, refinement, final mask
+    present = ({int(v) for v in np.unique(to_numpy(result.mask))} | set(result.class_ids)
+               | {int(v) for v in np.unique(to_numpy(result.blocky))})
+    lines = [(f"threshold {t:g}", st) for t, st in zip(thresholds, _THRESHOLD_STYLES)]
+    return _panel_figure(rows, "PCC stages", capture, present, lines, max_cols=max_cols, dpi=dpi)
 
-    # -- row 1: image + principal components
-    row = [lambda ax: _label_panel(ax, image, f"image ({H}x{W})")]
+
+# Each row of the stage figure is a list of functions ``draw(ax)``, one per panel.
+def _components_row(image: np.ndarray, result: Any, n_heads: int) -> list:
+    """The image, then the first three principal components (as RGB) of ``n_heads`` heads."""
+    row = [_image_panel(image)]
     for layer, head in pick_heads(result.pca, n_heads):
         pc = result.pca[layer][head]
         h, w = int(pc.shape[0]), int(pc.shape[1])
         row.append(lambda ax, pc=pc, layer=layer, head=head, h=h, w=w: _label_panel(
             ax, pca_rgb(pc), f"PCA 1-3, {h}x{w} head\n{short_layer(layer)} head {head}"))
-    rows.append(row)
+    return row
 
-    # -- row 2: clusters (+ segment borders)
+
+def _clusters_row(result: Any) -> list:
+    """The k-means clusters of every k, with the borders of their connected segments."""
     row = []
     for k in sorted(result.clusters):
         cl = to_numpy(result.clusters[k]).astype(np.int64)
@@ -285,11 +296,13 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
                 title += f"\n{len(np.unique(seg))} segments (borders)"
             _label_panel(ax, rgb, title)
         row.append(draw)
-    rows.append(row)
+    return row
 
-    # -- row 3: class maps with threshold contours
+
+def _class_maps_row(result: Any, names: Sequence[str], thresholds: list[float]) -> list:
+    """Each class map with the contours of the thresholds (the background's scaled by its factor)."""
+    params = result.params
     maps = to_numpy(result.class_maps).astype(np.float32)
-    thresholds = sorted(float(t) for t in params.thresholds)
     row = []
     for i, cid in enumerate(result.class_ids):
         is_bg = int(cid) == 0
@@ -297,12 +310,15 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
         title = f"{_class_name(names, cid)}{' (SoT)' if is_bg else ''} map\n> {'/'.join(f'{v:.2g}' for v in levels)}"
         row.append(lambda ax, m=maps[i], title=title, levels=levels: _map_panel(
             ax, m, title, list(zip(levels, _THRESHOLD_STYLES))))
-    rows.append(row)
+    return row
 
-    # -- row 4: votes, blocky, refinement, final
-    row = []
+
+def _masks_row(image: np.ndarray, result: Any, alpha: float) -> list:
+    """The vote agreement with the uncertainty cut-off, the blocky mask, the refinement segments and the
+    final mask over the image."""
+    H, W = image.shape[:2]
     share = to_numpy(result.vote_share).astype(np.float32)
-    cut, cut_txt = _cut_off(params)
+    cut, cut_txt = _cut_off(result.params)
 
     def draw_share(ax):
         im = ax.imshow(share, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -315,7 +331,7 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
         _off(ax)
         cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         cb.ax.tick_params(labelsize=7)
-    row.append(draw_share)
+    row = [draw_share]
 
     blocky = to_numpy(result.blocky)
     b_unc = float((blocky == IGNORE_INDEX).mean())
@@ -334,15 +350,17 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
             rgb[b] = (255, 255, 0)
             _label_panel(ax, rgb, f"RGB refinement\n{len(np.unique(rs))} segments")
         row.append(draw_rs)
-    mask = to_numpy(result.mask)
-    unc = float((mask == IGNORE_INDEX).mean())
-    row.append(lambda ax: _label_panel(ax, overlay(image, mask, alpha),
-                                       f"final mask over image\nuncertain {100 * unc:.1f}%"))
-    rows.append(row)
+    row.append(_final_mask_panel(image, to_numpy(result.mask), alpha))
+    return row
 
-    present = {int(v) for v in np.unique(mask)} | {int(v) for v in np.unique(blocky)} | set(result.class_ids)
-    lines = [(f"threshold {t:g}", st) for t, st in zip(thresholds, _THRESHOLD_STYLES)]
-    return _panel_figure(rows, "PCC stages", capture, present, lines, max_cols=max_cols, dpi=dpi)
+
+def _image_panel(image: np.ndarray):
+    return lambda ax: _label_panel(ax, image, f"image ({image.shape[0]}x{image.shape[1]})")
+
+
+def _final_mask_panel(image: np.ndarray, mask: np.ndarray, alpha: float):
+    unc = float((mask == IGNORE_INDEX).mean())
+    return lambda ax: _label_panel(ax, overlay(image, mask, alpha), f"final mask over image\nuncertain {100 * unc:.1f}%")
 
 
 def _panel_figure(rows: list[list], title: str, capture: Any, present: set[int], lines: list[tuple[str, str]],
@@ -400,7 +418,7 @@ def _map_panel(ax, m: np.ndarray, title: str, levels: Sequence[tuple[float, str]
 
 
 def maps_figure(capture: Any, result: Any, *, max_cols: int = 5, alpha: float = 0.55, dpi: int = 100) -> Figure:
-    """One figure for the dd or attn labeller (a :class:`~pccseg.labeller_attn.MapsResult`).
+    """One figure for the dd or attn labeller (a :class:`~pccseg.labellers.attn.MapsResult`).
 
     Rows: the image and each normalised class map; for dd, each map after the self-attention affinity;
     the largest map at image size with contours at the threshold (solid) and the uncertain threshold
@@ -413,7 +431,7 @@ def maps_figure(capture: Any, result: Any, *, max_cols: int = 5, alpha: float = 
     dd = result.refined_maps is not None
     maps = to_numpy(result.class_maps).astype(np.float32)
     h, w = maps.shape[1:]
-    rows = [[lambda ax: _label_panel(ax, image, f"image ({H}x{W})")]
+    rows = [[_image_panel(image)]
             + [lambda ax, i=i, c=c: _map_panel(ax, maps[i], f"{_class_name(names, c)} map ({h}x{w})")
                for i, c in enumerate(result.class_ids)]]
     if dd:
@@ -425,10 +443,8 @@ def maps_figure(capture: Any, result: Any, *, max_cols: int = 5, alpha: float = 
                                      if p.uncertain_threshold not in (None, p.threshold) else [])
     score = to_numpy(result.score).astype(np.float32)
     mask = to_numpy(result.mask)
-    unc = float((mask == IGNORE_INDEX).mean())
     rows.append([lambda ax: _map_panel(ax, score, f"largest map ({H}x{W})", levels),
-                 lambda ax: _label_panel(ax, overlay(image, mask, alpha),
-                                         f"final mask over image\nuncertain {100 * unc:.1f}%")])
+                 _final_mask_panel(image, mask, alpha)])
     lines = [(f"threshold {p.threshold:g}", "-")] + [(f"uncertain from {v:g}", st) for v, st in levels[1:]]
     title = "dd (Dataset Diffusion's rule)" if dd else "attn (class maps alone)"
     return _panel_figure(rows, title, capture, {int(v) for v in np.unique(mask)} | set(result.class_ids), lines,

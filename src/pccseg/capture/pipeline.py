@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 TINY = "tiny"
 TINY_SDXL = "tiny-sdxl"
@@ -189,7 +189,7 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
 
     Args:
         model: ``"toy"`` (the shipped toy-world model, :mod:`pccseg.toy`), ``"tiny"`` / ``"tiny-sdxl"``
-            (random weights, see :mod:`pccseg.tiny`; ``seed`` picks them), a local diffusers folder, or a hub
+            (random weights, see :mod:`pccseg.capture.tiny`; ``seed`` picks them), a local diffusers folder, or a hub
             id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
         dtype: default float16 on CUDA, float32 on CPU.
         device: default CUDA when available.
@@ -202,7 +202,7 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
 
         return (tiny_sdxl_pipeline if model == TINY_SDXL else tiny_pipeline)(seed, dtype=dt, device=dev)
     if kind == "toy":
-        from .toy.model import toy_pipeline
+        from ..toy.model import toy_pipeline
 
         return toy_pipeline(dtype=dt, device=dev)
     cls = pipeline_class(model)
@@ -259,7 +259,7 @@ def model_default_size(model: str) -> tuple[int, int] | None:
 
         return TINY_HEIGHT, TINY_WIDTH
     if kind == "toy":
-        from .toy.config import TOY_SIZE
+        from ..toy.config import TOY_SIZE
 
         return TOY_SIZE, TOY_SIZE
     unet, vae = _model_json(model, kind, "unet/config.json"), _model_json(model, kind, "vae/config.json")

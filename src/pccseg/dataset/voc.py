@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .dataset import IMAGES as IMAGE_DIR, MASKS as MASK_DIR, SETS as SPLIT_DIR, TORCHVISION_VOC_DIR
-from .errors import InputError
-from .io import check_stem, load_image, load_mask, read_json, read_text
-from .vocab import IGNORE_INDEX, VOC_CLASSES, check_class_names
+from .folder import IMAGES as IMAGE_DIR, MASKS as MASK_DIR, SETS as SPLIT_DIR, TORCHVISION_VOC_DIR
+from ..errors import InputError
+from ..io import check_stem, load_image, load_mask, read_json, read_text
+from ..vocab import IGNORE_INDEX, VOC_CLASSES, check_class_names
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def top_eigenvectors(cov: torch.Tensor, n: int, *, oversample: int = 5, tol: float = 1e-7,

@@ -27,8 +27,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import InputError
-from .io import atomic_path, read_json, read_jsonl, remove_temps, write_json
+from ..errors import InputError
+from ..io import atomic_path, read_json, read_jsonl, remove_temps, write_json
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, get_args
 
-from .errors import InputError
-from .labeller import _Timer
-from .labeller_attn import (Interpolation, MapsResult, TokenMerge, check_choice, check_thresholds, object_maps,
+from ..errors import InputError
+from .pcc import _Timer
+from .attn import (Interpolation, MapsResult, TokenMerge, check_choice, check_thresholds, object_maps,
                             resize, threshold_argmax)
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
     import torch
 
-    from .capture_format import Capture
+    from ..capture.format import Capture
 
 MISSING_SELF_PROBS = ("no self-attention probabilities in this capture, which the dd labeller needs: make the "
                       "captures with `pccseg generate --labeller dd` or `pccseg generate --keep-captures`")
@@ -87,7 +87,7 @@ def label(capture: Capture, params: DDParams | None = None, **overrides) -> Maps
     """
     import torch.nn.functional as F
 
-    from .capture_format import SELF_PROBS_KEY, TENSOR_FILE
+    from ..capture.format import SELF_PROBS_KEY, TENSOR_FILE
     from .features import minmax
 
     p = replace(params or DDParams(), **overrides)

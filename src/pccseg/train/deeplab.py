@@ -29,9 +29,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .errors import InputError
-from .io import atomic_path, read_json, save_tensors
-from .train_config import ARCHS
+from ..errors import InputError
+from ..io import atomic_path, read_json, save_tensors
+from .config import ARCHS
 
 logger = logging.getLogger(__name__)
 

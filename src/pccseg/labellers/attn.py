@@ -6,7 +6,7 @@ pixel takes the class of the largest map where that maximum is at least ``thresh
 below it. With ``uncertain_threshold`` set, pixels whose maximum lies in [uncertain_threshold, threshold)
 are uncertain (255) instead.
 
-This module also holds what the dd labeller (:mod:`pccseg.labeller_dd`) shares with it: the object class
+This module also holds what the dd labeller (:mod:`pccseg.labellers.dd`) shares with it: the object class
 maps of a capture, the resize, the threshold-and-argmax rule, threshold checks and the result type.
 """
 
@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from .errors import InputError
-from .labeller import _Timer
-from .vocab import IGNORE_INDEX
+from ..errors import InputError
+from .pcc import _Timer
+from ..vocab import IGNORE_INDEX
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
     import torch
 
-    from .capture_format import Capture
+    from ..capture.format import Capture
 
 Interpolation = Literal["bicubic", "bilinear", "nearest"]
 TokenMerge = Literal["max", "mean"]

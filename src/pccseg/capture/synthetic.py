@@ -1,7 +1,7 @@
 """Synthetic captures with a planted layout, for tests, benchmarks, docs and pictures.
 
 A *layout* is an (H, W) map of label values at image size. :func:`planted_capture` builds a
-:class:`~pccseg.capture_format.Capture` whose every part follows it:
+:class:`~pccseg.capture.format.Capture` whose every part follows it:
 
 * self-attention, per layer and head: each region of the layout gets its own random embedding (new for
   every head), each pixel's output is the area-weighted mix of its regions' embeddings at the layer's
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from .capture_format import Capture
-from .vocab import VOC_CLASSES, prompt_word
+from .format import Capture
+from ..vocab import VOC_CLASSES, prompt_word
 
 #: SD 2.1 up-block self-attention layers: (name, heads, downsampling of the latent).
 SD21: tuple[tuple[str, int, int], ...] = tuple(

@@ -17,9 +17,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .dataset import MANIFEST, read_manifest
-from .errors import InputError
-from .io import atomic_path, make_dir, remove_temps
+from .folder import MANIFEST, read_manifest
+from ..errors import InputError
+from ..io import atomic_path, make_dir, remove_temps
 from .voc import SPLIT_DIR, VOCSegmentation, voc_root
 
 #: pccseg split name -> Hugging Face split name, where they differ.

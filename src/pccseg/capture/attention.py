@@ -50,8 +50,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .capture_format import Capture
-from .vocab import VOC_CLASSES, class_index, prompt_word
+from .format import Capture
+from ..vocab import VOC_CLASSES, class_index, prompt_word
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,21 @@
+"""The dataset: prompts in, a VOC-layout folder out, and the ways other tools read it.
+
+- :mod:`.prompts`: prompt files (the shipped sets live in ``pccseg/data/``);
+- :mod:`.generate`: the whole loop, prompts -> capture -> label -> files, resumable, many processes;
+- :mod:`.folder`: the dataset folder on disk (:class:`Dataset`: paths, manifest, resume, repair);
+- :mod:`.voc`: reading a VOC-layout tree (:class:`VOCSegmentation`), for training and scoring;
+- :mod:`.export`: the Hugging Face ``datasets`` export.
+"""
+
+from .. import lazy_exports
+
+_EXPORTS = {
+    "Dataset": "pccseg.dataset.folder",
+    "read_manifest": "pccseg.dataset.folder",
+    "load_prompts": "pccseg.dataset.prompts",
+    "generate": "pccseg.dataset.generate",
+    "VOCSegmentation": "pccseg.dataset.voc",
+    "export_hf": "pccseg.dataset.export",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

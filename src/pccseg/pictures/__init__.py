@@ -1,0 +1,3 @@
+"""Pictures: :mod:`.show` draws every stage of one image (:func:`~pccseg.pictures.show.stage_figure`);
+:mod:`.report` writes a dataset or a training run as an HTML page
+(:func:`~pccseg.pictures.report.make_report`)."""

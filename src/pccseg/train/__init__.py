@@ -1,0 +1,21 @@
+"""Training and scoring a segmenter on the dataset (the method's section 5).
+
+- :mod:`.config`: :class:`TrainConfig`, every option checked where it is defined;
+- :mod:`.loop`: :func:`train`, read top to bottom (set-up, loop, validation, checkpoints);
+- :mod:`.evaluate`: :func:`evaluate` on VOC val; :mod:`.metrics`: confusion matrix and scores;
+- :mod:`.deeplab`: what both share: the model, its checkpoints, the input normalisation.
+
+``from pccseg.train import TrainConfig, train`` works as before; the names load on first use, so
+importing this package imports no torch.
+"""
+
+from .. import lazy_exports
+
+_EXPORTS = {
+    "train": "pccseg.train.loop",
+    "TrainConfig": "pccseg.train.config",
+    "ARCHS": "pccseg.train.config",
+    "load_model": "pccseg.train.deeplab",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,135 @@
+"""The package layout: every name the README documents imports, the old module paths still work, and the
+modules import each other without a circle."""
+
+import ast
+import importlib
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import pccseg
+from pccseg._moved import MOVED
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "pccseg"
+
+
+def readme_names() -> set[str]:
+    """Dotted names the README documents: ``from pccseg.x import a, b`` lines and ``pccseg.x.y`` in
+    backquotes."""
+    text = (ROOT / "README.md").read_text()
+    names = set()
+    for module, imported in re.findall(r"^from (pccseg[\w.]*) import ([\w, ]+)", text, flags=re.M):
+        names.update(f"{module}.{n.strip()}" for n in imported.split(","))
+    names.update(re.findall(r"`(pccseg(?:\.\w+)+)", text))
+    return names
+
+
+def resolve(dotted: str):
+    """Import the longest module prefix of ``dotted``, then get the rest as attributes."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+def test_readme_names_import():
+    names = readme_names()
+    # the README's own examples: the Python API block and the prose after it
+    assert {"pccseg.capture.capture", "pccseg.label", "pccseg.train.train", "pccseg.train.evaluate.evaluate",
+            "pccseg.capture.synthetic.planted_capture", "pccseg.dataset.generate.generate"} <= names
+    unresolved = []
+    for name in sorted(names):
+        try:
+            resolve(name)
+        except (ImportError, AttributeError) as e:
+            unresolved.append(f"{name}: {e}")
+    assert not unresolved
+
+
+def test_public_api():
+    for name in pccseg.__all__:
+        assert getattr(pccseg, name) is not None
+    with pytest.raises(AttributeError, match="no_such_name"):
+        pccseg.no_such_name
+    from pccseg.capture import capture
+    from pccseg.capture.attention import capture as capture_fn
+    from pccseg.train import TrainConfig, train
+    assert capture is capture_fn and train.__module__ == "pccseg.train.loop"
+    assert TrainConfig is pccseg.TrainConfig
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_old_path_is_the_new_module(old):
+    module = importlib.import_module(old)
+    new = importlib.import_module(MOVED[old])
+    assert module is new and sys.modules[old] is new
+    assert new.__spec__.name == MOVED[old] and new.__name__ == MOVED[old]   # its own spec, not the alias's
+
+
+def imports_at_import_time(path: Path, module: str, is_package: bool) -> set[str]:
+    """pccseg modules that ``module`` imports when it is imported: top-level statements, not those in
+    functions or under ``if TYPE_CHECKING:``."""
+    package = module if is_package else module.rpartition(".")[0]
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            found.update(f"{base}.{a.name}" for a in node.names)   # a submodule, or a name of ``base``
+            found.add(base)
+    return {m for m in found if m.startswith("pccseg")}
+
+
+def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A circle of the directed graph ``module -> modules it imports``, or None."""
+    done, stack = set(), []
+
+    def visit(m):
+        if m in stack:
+            return stack[stack.index(m):] + [m]
+        if m in done:
+            return None
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if (circle := visit(n)) is not None:
+                return circle
+        stack.pop()
+        done.add(m)
+        return None
+
+    for m in sorted(graph):
+        if (circle := visit(m)) is not None:
+            return circle
+    return None
+
+
+def test_find_circle():
+    assert find_circle({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a", "c"}}) is None
+    assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_circles():
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        is_package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    graph = {m: imports_at_import_time(p, m, pkg) & modules.keys() - {m} for m, (p, pkg) in modules.items()}
+    # what training and evaluation share is in deeplab, which imports neither
+    assert {"pccseg.train.deeplab", "pccseg.dataset.voc"} <= graph["pccseg.train.evaluate"]
+    assert "pccseg.train.evaluate" in graph["pccseg.train.loop"]
+    assert not graph["pccseg.train.deeplab"] & {"pccseg.train.loop", "pccseg.train.evaluate"}
+    assert find_circle(graph) is None
