@@ -33,8 +33,8 @@ def miou(a: torch.Tensor, b: torch.Tensor, over: str = "both") -> float:
     return sum(ious) / len(ious)
 
 
-def baseline_label(cap, p):
-    """The straightforward version: per-head sklearn PCA, sklearn KMeans; returns (mask, timings)."""
+def baseline_label(cap, p, random_state: int = 0):
+    """The straightforward version: per-head sklearn PCA, sklearn KMeans(random_state); returns (mask, timings)."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
@@ -61,18 +61,19 @@ def baseline_label(cap, p):
     t1 = time.perf_counter()
     segments = {}
     for k in p.ks:
-        lab = KMeans(n_clusters=k, random_state=0).fit(feats).labels_
+        lab = KMeans(n_clusters=k, random_state=random_state).fit(feats).labels_
         segments[k] = K.connected_components(torch.from_numpy(lab).reshape(h, w), p.cluster_connectivity)
     t["kmeans+segments"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    ids, maps = C.class_maps(cap.token_maps, cap.token_classes)
+    token_maps = C.block_sum_blur(cap.token_maps) if p.class_blur else cap.token_maps
+    ids, maps = C.class_maps(token_maps, cap.token_classes)
     votes = torch.stack([C.assign_segments(segments[k], C.binary_maps(maps, ids, th, p.background_factor), ids)
                          for k in p.ks for th in p.thresholds])
     blocky, _ = C.vote(votes, p.vote_rule)
     t["classes+vote"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     up = F.interpolate(blocky[None, None].float(), size=(H, W), mode="nearest")[0, 0].to(torch.uint8)
-    lab = KMeans(n_clusters=p.refine_k, random_state=0).fit(R.pixel_features(cap.image).numpy()).labels_
+    lab = KMeans(n_clusters=p.refine_k, random_state=random_state).fit(R.pixel_features(cap.image).numpy()).labels_
     segs = K.connected_components(torch.from_numpy(lab).reshape(H, W), p.refine_connectivity)
     segs = K.relabel_small(segs, p.refine_min_segment)
     t["refine_segments"] = time.perf_counter() - t1

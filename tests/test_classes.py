@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pccseg.labellers.classes import assign_segments, binary_maps, class_maps, segment_iou, vote
+from pccseg.labellers.classes import assign_segments, binary_maps, block_sum_blur, class_maps, segment_iou, vote
 
 
 def test_class_maps_sot_background_eot_dropped_multi_token_max_and_class_named_twice():
@@ -84,3 +84,34 @@ def test_vote_exactly_half_is_uncertain_in_report_rule():
     assert int(mode) == 255 and float(share) == 0.5
     votes = torch.tensor([[[1]], [[1]], [[1]], [[2]]], dtype=torch.uint8)
     assert int(vote(votes, "report")[0]) == 1
+
+
+@pytest.mark.parametrize("factor, size", [(8, (64, 64)), (4, (32, 32)), (8, (40, 56))])
+def test_block_sum_blur_is_the_authors_resize_and_block_sums(factor, size):
+    """The authors' route, transcribed: OVAM resizes the latent-size maps bilinearly to the image size
+    (``F.interpolate``, align_corners=False), their script sums each factor x factor block back."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    h, w = size
+    maps = torch.rand(4, h, w, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    up = F.interpolate(maps[None], size=(h * factor, w * factor), mode="bilinear")[0].numpy()
+    route = up.reshape(4, h, factor, w, factor).sum(axis=(2, 4))              # skimage block_reduce(np.sum)
+    blurred = block_sum_blur(maps).double().numpy()
+    np.testing.assert_allclose(blurred * factor ** 2, route, rtol=1e-6)
+    assert np.abs(blurred - maps.numpy()).max() > 0.01                         # it is not the identity
+    # min-max normalised, as the labeller uses them: the route's class maps
+    ids, ours = class_maps(block_sum_blur(maps), [0, 15, 16, None])
+    _, theirs = class_maps(torch.from_numpy(route).float(), [0, 15, 16, None])
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_vote_of_image_size_masks_and_ties():
+    v = torch.tensor([[[3, 3, 7]], [[3, 7, 7]], [[5, 7, 255]]], dtype=torch.uint8)       # (3, 1, 3)
+    mode, share = vote(v)
+    assert mode.tolist() == [[3, 7, 7]] and torch.allclose(share, torch.full((1, 3), 2 / 3))
+    mode, share = vote(v[:2])                                                             # 1:1 -> uncertain
+    assert mode.tolist() == [[3, 255, 7]]
+    big = torch.randint(0, 3, (5, 512, 512), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    mode, share = vote(big)
+    assert mode.shape == (512, 512) and float(share.min()) >= 0.4

@@ -103,3 +103,23 @@ def test_kmeans_labels_are_the_nearest_centres(max_iter):
         d = torch.cdist(x.double(), centres.double())
         best = d.gather(1, labels.unsqueeze(1)).squeeze(1)
         assert torch.all(best <= d.min(1).values + 1e-4)
+
+
+def _inertia(x, labels, centres):
+    return float(((x - centres[labels]) ** 2).sum())
+
+
+def test_kmeans_restarts_keep_the_start_of_least_inertia():
+    g = torch.Generator().manual_seed(0)
+    corners = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0], [4.0, 4.0], [2.0, 2.0]])
+    x = corners[torch.arange(500) % 5] + 0.9 * torch.randn(500, 2, generator=g)
+    for seed in range(6):
+        one = kmeans(x, 5, seed=seed)
+        assert all(torch.equal(a, b) for a, b in zip(one, kmeans(x, 5, seed=seed, n_init=1)))
+        # the first start is the plain run, so the best of eight is never worse
+        assert _inertia(x, *kmeans(x, 5, seed=seed, n_init=8)) <= _inertia(x, *one)
+    # seed 17's single start ends in a worse local optimum than the best of eight
+    assert _inertia(x, *kmeans(x, 5, seed=17, n_init=8)) < _inertia(x, *kmeans(x, 5, seed=17)) - 0.5
+    # a subsampled fit restarts too, and still labels every row
+    lab, _ = kmeans(x, 5, seed=17, n_init=8, fit_rows=torch.arange(0, 500, 2))
+    assert lab.shape == (500,)

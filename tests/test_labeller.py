@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from pccseg.errors import InputError
-from pccseg.labellers.pcc import LabelParams, label
 from pccseg.capture.synthetic import SD21, planted_capture, planted_layout
+from pccseg.labellers.pcc import LabelParams, label
 
 
 def miou(pred: torch.Tensor, truth: torch.Tensor) -> float:
@@ -82,3 +82,61 @@ def test_float16_attention_is_accepted():
     cap = _small(image_size=(64, 64), latent=(16, 16), dtype=torch.float16)
     res = label(cap, refine=False)
     assert res.blocky.shape == (16, 16)
+
+
+def test_authors_preset_blurs_the_token_maps_and_fits_the_refine_kmeans_on_all_pixels():
+    from pccseg.labellers.classes import block_sum_blur, class_maps
+
+    p = LabelParams.preset("authors")
+    assert p.class_blur and p.refine_subsample == 0 and not LabelParams().class_blur
+    cap = _small(image_size=(128, 128), latent=(32, 32), map_noise=0.3, seed=2)
+    blurred = label(cap, p, refine=False)
+    plain = label(cap, p, refine=False, class_blur=False)
+    _, want = class_maps(block_sum_blur(cap.token_maps), cap.token_classes)
+    assert torch.equal(blurred.class_maps, want)
+    assert not torch.equal(blurred.class_maps, plain.class_maps)
+
+
+def test_seed_votes_pool_the_votes_and_the_refined_masks_of_every_seed():
+    from pccseg.labellers.classes import vote
+
+    cap = _small(image_size=(128, 128), latent=(32, 32), noise=2.0, image_noise=40.0, seed=3)
+    p = LabelParams(ks=(3, 5), thresholds=(0.4, 0.6), seed=5, artefact_ring=False)
+    assert torch.equal(label(cap, p, seed_votes=1).mask, label(cap, p).mask)
+    runs = [label(cap, p, seed=s) for s in (5, 6, 7)]
+    voted = label(cap, p, seed_votes=3)
+    assert voted.votes.shape == (12, 32, 32)
+    assert torch.equal(voted.votes, torch.cat([r.votes for r in runs]))             # seed-major
+    assert torch.equal(voted.blocky, vote(voted.votes)[0])
+    assert torch.equal(voted.clusters[3], runs[0].clusters[3])                       # the first seed's
+    assert torch.equal(voted.refine_segments, runs[0].refine_segments)
+    # each seed refines the pooled blocky mask; the pixels vote (report rule: more than half)
+    from pccseg.labellers.refine import dominant_labels, image_segments
+
+    up = voted.blocky.repeat_interleave(4, 0).repeat_interleave(4, 1)
+    per_seed = [dominant_labels(up, image_segments(cap.image, seed=s)) for s in (5, 6, 7)]
+    assert torch.equal(voted.refined, vote(torch.stack(per_seed))[0])
+    assert torch.equal(voted.mask, voted.refined)
+
+
+@pytest.mark.parametrize("name, value", [("kmeans_restarts", 0), ("seed_votes", 0), ("seed_votes", 2.0),
+                                         ("class_blur", 1)])
+def test_new_params_are_checked(name, value):
+    with pytest.raises(InputError) as e:
+        LabelParams(**{name: value})
+    assert e.value.field == name
+
+
+def test_stages_side_by_side_give_the_results_of_one_thread():
+    from pccseg.labellers.pcc import torch_threads
+
+    cap = _small(image_size=(128, 128), latent=(32, 32), noise=2.0, seed=4)
+    with torch_threads(1):
+        one = label(cap, seed_votes=2)
+    with torch_threads(3):
+        side = label(cap, seed_votes=2)
+        assert torch.get_num_threads() == 3                  # restored after the stages
+    for name in ("mask", "blocky", "votes", "features", "refine_segments", "refined"):
+        assert torch.equal(getattr(one, name), getattr(side, name)), name
+    assert all(torch.equal(one.segments[k], side.segments[k]) for k in one.segments)
+    assert set(one.timings) == set(side.timings) and side.timings["total"] > 0

@@ -36,7 +36,12 @@ _HELP = {
     "ks": "k-means cluster counts (one vote set per k)",
     "seed": "k-means seed (k-means++ init, both k-means steps)",
     "kmeans_iters": "Lloyd iterations at most",
+    "kmeans_restarts": "k-means++ starts of every k-means; the one of least inertia wins (scikit-learn's n_init)",
+    "seed_votes": "label with the k-means seeds SEED..SEED+N-1 and vote: the cluster votes of all seeds make one "
+                  "blocky mask, each seed refines it and every pixel takes the value most of them give",
     "cluster_connectivity": "connectivity of cluster segments (report 4, authors 8)",
+    "class_blur": "blur the class-text token maps by [1/8, 3/4, 1/8], as the authors' bilinear resize to the image "
+                  "size and 8x8 block sums do",
     "thresholds": "class-map thresholds (one vote set per threshold)",
     "background_factor": "background (start-of-text) binary map is map > factor * t",
     "vote_rule": "report: uncertain if the mode's share <= 0.5; authors: < 0.56",
@@ -271,17 +276,18 @@ def write_sample(ds, stem: str, cap, mask, seconds: float, class_names) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
+    import torch
     from tqdm import tqdm
 
     from ..capture.format import load_capture
     from ..io import make_dir, remove_temps, save_mask, write_json
-    from ..labellers.registry import label
     from ..capture.pipeline import resolve_device
     from ..signals import hold_interrupts
+    from ..labellers.workers import LabelPool, default_workers
 
     params = params_from_args(args)
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"must be an integer >= 1, got {args.workers}", field="--workers")
     dirs = capture_dirs(args.captures)
     names = [d.name for d in dirs]
     dup = {n for n in names if names.count(n) > 1}
@@ -304,39 +310,42 @@ def run(args: argparse.Namespace) -> int:
     else:
         ds.repair()
         done = set(names) - set(ds.todo(names))
+    todo = [d for d in dirs if args.overwrite or d.name not in done]
+    skipped = len(dirs) - len(todo)
+    workers = min(args.workers or default_workers(device), max(1, len(todo)))
     failed = 0
-    skipped = 0
-    bar = tqdm(dirs, desc="label", unit="img", disable=args.quiet)
-    for d in bar:
-        if d.name in done and not args.overwrite:
-            skipped += 1
-            continue
-        try:
-            t0 = time.perf_counter()
-            cap = load_capture(d, device=device)
-            res = label(cap, params)
-            if ds is not None:
-                check_class_names(cap, class_names)
-        except InputError as e:
-            failed += 1
-            bar.clear()
-            print(f"pccseg label: error: {e}", file=sys.stderr, flush=True)
-            if not args.keep_going:
-                break
-            continue
-        with hold_interrupts():                 # SIGTERM / Ctrl-C: this mask (or sample) is finished first
-            if settings is not None:            # with the first mask: a run that stops before writes nothing
-                write_json(out / LABEL_SETTINGS, settings)
-                if ds is not None and args.overwrite:
-                    write_json(ds.settings_path, ds_settings)
-                elif ds is not None:
-                    ds.write_settings(ds_settings)
-                settings = None
-            if ds is None:
-                save_mask(out / f"{d.name}.png", res.mask.cpu())
-            else:
-                write_sample(ds, d.name, cap, res.mask.cpu(), time.perf_counter() - t0, class_names)
-        bar.set_postfix(uncertain=f"{res.uncertain_share:.3f}")
+    bar = tqdm(total=len(dirs), initial=skipped, desc="label", unit="img", disable=args.quiet)
+    with LabelPool(params, 0 if workers == 1 else workers, device=device) as pool:
+        for d, res in pool.map_dirs(todo):
+            try:
+                if isinstance(res, InputError):
+                    raise res
+                cap = None
+                if ds is not None:              # the sample's image and record (a worker labelled it)
+                    cap = load_capture(d)
+                    check_class_names(cap, class_names)
+            except InputError as e:
+                failed += 1
+                bar.clear()
+                print(f"pccseg label: error: {e}", file=sys.stderr, flush=True)
+                if not args.keep_going:
+                    break
+                continue
+            mask = torch.from_numpy(res.mask)
+            with hold_interrupts():             # SIGTERM / Ctrl-C: this mask (or sample) is finished first
+                if settings is not None:        # with the first mask: a run that stops before writes nothing
+                    write_json(out / LABEL_SETTINGS, settings)
+                    if ds is not None and args.overwrite:
+                        write_json(ds.settings_path, ds_settings)
+                    elif ds is not None:
+                        ds.write_settings(ds_settings)
+                    settings = None
+                if ds is None:
+                    save_mask(out / f"{d.name}.png", mask)
+                else:
+                    write_sample(ds, d.name, cap, mask, res.seconds, class_names)
+            bar.update(1)
+            bar.set_postfix(uncertain=f"{res.uncertain_share:.3f}")
     bar.close()
     if ds is not None and ds.settings_path.is_file():
         n = ds.rebuild()[0]
@@ -368,6 +377,9 @@ def register(sub) -> None:
                    help="redo masks that exist (default: skip them, so a rerun resumes)")
     p.add_argument("--keep-going", action="store_true",
                    help="on bad input print one line and go on with the others (exit code still 2)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="labelling processes, one torch thread each (default: the CPU cores this process may "
+                        "use; 1 with CUDA); the masks do not depend on N")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_label_arguments(p)
     p.set_defaults(func=run)

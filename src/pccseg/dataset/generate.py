@@ -146,7 +146,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
              label_params=None, class_names: Sequence[str] = VOC_CLASSES, settings: dict | None = None,
              model_name: str | None = None, prompts_name: str = "voc_prompts.json", query_half: str = "uncond",
              include_mid: bool = False, val_share: float = 0.0, rank: int | None = None,
-             world_size: int | None = None, progress: bool = True, label_fn=None) -> GenerateReport:
+             world_size: int | None = None, progress: bool = True, label_fn=None,
+             label_workers: int | None = None) -> GenerateReport:
     """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``.
 
     Args:
@@ -167,6 +168,10 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
             world size above 1, nothing waits for the other processes: the caller repairs the folder
             (:meth:`Dataset.repair`) before it starts them, and rebuilds it (:meth:`Dataset.rebuild`) after.
         label_fn: the labelling function (default :func:`pccseg.labellers.registry.label`), for tests.
+        label_workers: processes that label beside this one, which samples the next batch meanwhile
+            (:class:`pccseg.labellers.workers.LabelPool`, one torch thread each); 0: this process labels each batch
+            before it samples the next. None: 1 when the pipeline runs on the CPU and ``label_fn`` is not
+            given, else 0. The masks are the same either way.
 
     Returns:
         a :class:`GenerateReport` of this process.
@@ -175,10 +180,12 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
 
     from ..capture.attention import capture
     from ..capture.format import as_saved, save_capture
-    from ..labellers.registry import default_params, label, labeller_of
+    from ..labellers.registry import default_params, labeller_of
+    from ..labellers.workers import LabelPool
 
     check_options(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width)
-    label_fn = label_fn or label
+    if label_workers is None:
+        label_workers = 1 if label_fn is None and pipe.device.type == "cpu" else 0
     label_params = label_params if label_params is not None else default_params()
     self_probs = labeller_of(label_params).needs_self_probs or keep_captures   # kept: what every labeller needs
     dh, dw = default_size(pipe)
@@ -223,36 +230,48 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
                disable=not progress)
     t_start = time.perf_counter()
     call = dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width, output_type="np")
+
+    def write(r: PromptRecord, s: int, c, t_gen: float, labelled) -> None:
+        """Write one sample once its mask is there (``labelled``: the future of its labelling)."""
+        lab = labelled.result()
+        mask = torch.from_numpy(lab.mask)
+        with hold_interrupts():  # SIGTERM / Ctrl-C: this sample's files are finished first
+            save_image(ds.image_path(r.stem), c.image.cpu().numpy(), quality=JPEG_QUALITY)
+            if keep_captures:
+                save_capture(ds.capture_dir(r.stem), c)
+            ds.append_manifest(rank, manifest_entry(r, s, mask, class_names, t_gen, lab.seconds))
+            save_mask(ds.mask_path(r.stem), mask)  # last: its presence marks the sample done
+        report.generated += 1
+        report.stems.append(r.stem)
+        bar.update(1)
+
     finished = False
     try:
-        for batch in _chunks(todo, batch_size):
-            seeds = [seed + r.index for r in batch]
-            gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            t0 = time.perf_counter()
-            with capture(pipe, [r.classes for r in batch], class_names=class_names, query_half=query_half,
-                         include_mid=include_mid, self_probs=self_probs) as cap:
-                out = pipe([r.prompt for r in batch], generator=gens, **call)
-            metas = [dict(prompt=r.prompt, record_id=r.id, seed=s, model=model_name, steps=steps, guidance=guidance)
-                     for r, s in zip(batch, seeds)]
-            caps = cap.captures(out.images, meta=metas)
-            del cap, out
-            t_gen = (time.perf_counter() - t0) / len(batch)
-            for r, s, c in zip(batch, seeds, caps):
-                t1 = time.perf_counter()
-                c = as_saved(c)         # label what --keep-captures saves: `pccseg label` gives the same masks
-                res = label_fn(c, label_params)
-                mask = res.mask.cpu()
-                t_label = time.perf_counter() - t1
-                with hold_interrupts():  # SIGTERM / Ctrl-C: this sample's files are finished first
-                    save_image(ds.image_path(r.stem), c.image.cpu().numpy(), quality=JPEG_QUALITY)
-                    if keep_captures:
-                        save_capture(ds.capture_dir(r.stem), c)
-                    ds.append_manifest(rank, manifest_entry(r, s, mask, class_names, t_gen, t_label))
-                    save_mask(ds.mask_path(r.stem), mask)  # last: its presence marks the sample done
-                report.generated += 1
-                report.stems.append(r.stem)
-                bar.update(1)
-            del caps
+        with LabelPool(label_params, label_workers, label_fn=label_fn, device=pipe.device) as pool:
+            labelling = []          # with workers: the batch they label while the next one is sampled
+            for batch in _chunks(todo, batch_size):
+                seeds = [seed + r.index for r in batch]
+                gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+                t0 = time.perf_counter()
+                with capture(pipe, [r.classes for r in batch], class_names=class_names, query_half=query_half,
+                             include_mid=include_mid, self_probs=self_probs) as cap:
+                    out = pipe([r.prompt for r in batch], generator=gens, **call)
+                metas = [dict(prompt=r.prompt, record_id=r.id, seed=s, model=model_name, steps=steps,
+                              guidance=guidance) for r, s in zip(batch, seeds)]
+                # label what --keep-captures saves: `pccseg label` gives the same masks
+                caps = [as_saved(c) for c in cap.captures(out.images, meta=metas)]
+                del cap, out
+                t_gen = (time.perf_counter() - t0) / len(batch)
+                jobs = [(r, s, c, t_gen) for r, s, c in zip(batch, seeds, caps)]
+                if not pool.processes:            # label and write, sample by sample
+                    for job in jobs:
+                        write(*job, pool.submit(job[2]))
+                    continue
+                for job, labelled in labelling:
+                    write(*job, labelled)
+                labelling = [(job, pool.submit(job[2])) for job in jobs]
+            for job, labelled in labelling:
+                write(*job, labelled)
         finished = True
     finally:
         bar.close()

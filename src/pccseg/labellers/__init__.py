@@ -6,7 +6,9 @@
   :mod:`.refine` (4 refinement on the image);
 - :mod:`.dd`: Dataset Diffusion's rule (:class:`DDParams`); :mod:`.attn`: the class maps alone
   (:class:`AttnParams`, :class:`MapsResult`);
-- :mod:`.registry`: the one interface: :func:`label` picks the labeller from the type of the parameters.
+- :mod:`.registry`: the one interface: :func:`label` picks the labeller from the type of the parameters;
+- :mod:`.workers`: :class:`LabelPool`, labelling in worker processes with one torch thread each
+  (``pccseg label --workers``, ``generate``'s labelling worker).
 """
 
 from .. import lazy_exports
@@ -23,6 +25,7 @@ _EXPORTS = {
     "DDParams": "pccseg.labellers.dd",
     "AttnParams": "pccseg.labellers.attn",
     "MapsResult": "pccseg.labellers.attn",
+    "LabelPool": "pccseg.labellers.workers",
 }
 __getattr__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

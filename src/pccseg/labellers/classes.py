@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from .features import minmax
 
@@ -39,6 +40,26 @@ def merge_tokens(token_maps: torch.Tensor, token_classes: Sequence[int | None],
     if not maps:
         return [], tm.new_zeros((0,) + tuple(tm.shape[1:]))
     return ids, torch.stack(maps)
+
+
+def block_sum_blur(maps: torch.Tensor) -> torch.Tensor:
+    """The authors' route for the token maps, done at latent size: a [1/8, 3/4, 1/8] blur.
+
+    The authors' OVAM call resizes the (T, h, w) maps bilinearly to the image size (``align_corners=False``)
+    and their labelling script sums each s x s block back to (h, w). For an even factor s (8 for SD, 4 for
+    the toy model) that equals s^2 times a separable [1/8, 3/4, 1/8] blur with replicated borders: the
+    bilinear weights of a block's s pixels sum to s/8 on each neighbour. The min-max normalisation of the
+    class maps removes the factor s^2.
+
+    Args:
+        maps: (T, h, w) float maps.
+
+    Returns:
+        (T, h, w) float32 blurred maps.
+    """
+    p = F.pad(maps.float().unsqueeze(0), (1, 1, 1, 1), mode="replicate")[0]     # (T, h+2, w+2)
+    p = 0.75 * p[:, 1:-1] + 0.125 * (p[:, :-2] + p[:, 2:])                      # rows
+    return 0.75 * p[:, :, 1:-1] + 0.125 * (p[:, :, :-2] + p[:, :, 2:])          # columns
 
 
 def class_maps(token_maps: torch.Tensor, token_classes: Sequence[int | None],
@@ -106,7 +127,7 @@ def vote(votes: torch.Tensor, rule: str = "report") -> tuple[torch.Tensor, torch
     """Per-pixel mode of a stack of label maps, uncertain where too few agree.
 
     Args:
-        votes: (V, h, w) uint8 label maps.
+        votes: (V, h, w) uint8 label maps (any size: the blocky votes, or refined masks at image size).
         rule: ``"report"``: uncertain when the mode's share <= 0.5; ``"authors"``: when share < 0.56.
 
     Returns:
@@ -115,11 +136,10 @@ def vote(votes: torch.Tensor, rule: str = "report") -> tuple[torch.Tensor, torch
     """
     if rule not in ("report", "authors"):
         raise ValueError(f"unknown vote rule {rule!r} (report, authors)")
-    v = votes.long()
-    counts = torch.zeros((256,) + tuple(v.shape[1:]), dtype=torch.int32, device=v.device)
-    counts.scatter_add_(0, v, torch.ones_like(v, dtype=torch.int32))
-    top, mode = counts.max(0)         # first maximum -> smallest value on ties
-    share = top.float() / v.shape[0]
+    counts = torch.stack([(votes == v).sum(0, dtype=torch.int32) for v in votes])    # (V, h, w): votes like mine
+    top = counts.amax(0)
+    mode = torch.where(counts == top, votes.to(torch.int16), 256).amin(0)            # smallest value on ties
+    share = top.float() / votes.shape[0]
     uncertain = share <= 0.5 if rule == "report" else share < 0.56
     mode = torch.where(uncertain, torch.full_like(mode, UNCERTAIN), mode).to(torch.uint8)
     return mode, share

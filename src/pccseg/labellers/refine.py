@@ -41,13 +41,14 @@ def subsample_rows(h: int, w: int, size: int, device=None) -> torch.Tensor | Non
     return (ys.unsqueeze(1) * w + xs.unsqueeze(0)).reshape(-1)
 
 
-def image_segments(image: torch.Tensor, *, k: int = 20, seed: int = 0, max_iter: int = 300,
+def image_segments(image: torch.Tensor, *, k: int = 20, seed: int = 0, max_iter: int = 300, n_init: int = 1,
                    connectivity: int = 8, min_segment: int = 10, subsample: int = 16384) -> torch.Tensor:
     """Colour-and-position segments of the image.
 
     Args:
         image: (H, W, 3) uint8 RGB.
-        k: k-means clusters; seed: k-means seed; max_iter: Lloyd iterations at most.
+        k: k-means clusters; seed: k-means seed; max_iter: Lloyd iterations at most; n_init: k-means++
+            starts, least inertia wins.
         connectivity: 4 or 8, for splitting clusters into connected components.
         min_segment: components under this many pixels pool into one leftover segment (the last id).
         subsample: fit the k-means centres on at most this many pixels (a regular lattice, see
@@ -58,7 +59,8 @@ def image_segments(image: torch.Tensor, *, k: int = 20, seed: int = 0, max_iter:
     """
     H, W, _ = image.shape
     x = pixel_features(image)
-    labels, _ = kmeans(x, k, seed=seed, max_iter=max_iter, fit_rows=subsample_rows(H, W, subsample, x.device))
+    labels, _ = kmeans(x, k, seed=seed, max_iter=max_iter, n_init=n_init,
+                       fit_rows=subsample_rows(H, W, subsample, x.device))
     segs = connected_components(labels.reshape(H, W), connectivity)
     return relabel_small(segs, min_segment) if min_segment > 1 else segs
 
