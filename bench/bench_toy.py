@@ -8,9 +8,13 @@ Prints Markdown tables:
 * **judge error** — the colour-family ground truth (``pccseg.toy.judge``) against the exact label maps
   of rendered scenes saved as JPEG (quality 95): pixel accuracy, unknown share, mIoU, and adherence of
   the rendered scenes themselves;
-* **adherence** — of ``--prompts`` prompts (the shipped toy prompt set, first N records), the share of
-  images showing every prompted class and no other (by the judge), and the shares missing a class or
-  showing an extra one;
+* **adherence** — of ``--prompts`` prompts (the shipped toy prompt set, first N records; seeds 2024 + i),
+  the share of images showing every prompted class and no other (by the judge), and the shares missing a
+  class or showing an extra one;
+* **masks** — of the same images (captured while they were generated): mIoU, mIoU over certain pixels
+  and uncertain share of the masks of PCC, Dataset Diffusion's rule and the class maps alone
+  (``pccseg.labellers`` pcc, dd and attn, default parameters) against the judge's ground truth, and
+  per-class IoU;
 * **speed** — images per second of a plain pipeline call and of a captured + PCC-labelled call (batch
   ``--batch-size``, same run, median of ``--reps``), and the thread count;
 
@@ -28,22 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def adherence_run(pipe, records, steps, guidance, batch_size, seed=2024):
-    from pccseg.toy.judge import adherence
-
-    rows, images = [], []
-    for i in range(0, len(records), batch_size):
-        b = records[i:i + batch_size]
-        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(b))]
-        out = pipe([r["prompt_sd"] for r in b], num_inference_steps=steps, guidance_scale=guidance,
-                   generator=gens, output_type="np")
-        for r, im in zip(b, out.images):
-            img = (im * 255).round().clip(0, 255).astype(np.uint8)
-            images.append(img)
-            rows.append(adherence(img, r["classes"]))
-    return rows, images
 
 
 def speed(pipe, records, steps, guidance, batch_size, reps):
@@ -104,7 +92,9 @@ def main() -> None:
 
     from pccseg.capture.pipeline import load_pipeline
     from pccseg.dataset.prompts import TOY_PROMPTS, default_prompts_path
-    from pccseg.toy.quality import judge_error
+    from pccseg.toy.config import TOY_SIZE
+    from pccseg.toy.judge import adherence
+    from pccseg.toy.quality import judge_error, score_model
 
     records = json.loads(default_prompts_path(TOY_PROMPTS).read_text())[:a.prompts]
     pipe = load_pipeline(a.model, device="cpu")
@@ -115,8 +105,11 @@ def main() -> None:
     print(f"| {j['pixel_acc']:.4f} | {j['unknown']:.4f} | {j['miou']:.3f} | {j['adherence']:.3f} |")
 
     t0 = time.perf_counter()
-    rows, images = adherence_run(pipe, records, a.steps, a.guidance, a.batch_size)
+    res = score_model(pipe, records, size=TOY_SIZE, steps=a.steps, guidance=a.guidance, seed=2024,
+                      batch_size=a.batch_size, labellers=("pcc", "dd", "attn"))
     t_adh = time.perf_counter() - t0
+    images = res["images"]
+    rows = [adherence(im, rec["classes"]) for im, rec in zip(images, records)]
     ok = np.mean([r.ok for r in rows])
     miss = np.mean([bool(r.missing) for r in rows])
     extra = np.mean([bool(r.extra) for r in rows])
@@ -129,13 +122,22 @@ def main() -> None:
     print(f"| {ok:.3f} | {miss:.3f} | {extra:.3f} | " + " | ".join(f"{np.mean(v):.3f} (n={len(v)})"
                                                                for k, v in sorted(by_n.items())) + " |")
 
+    print(f"\n## Masks of the same images against the judge's ground truth\n")
+    print("| labeller | mIoU | mIoU, certain pixels | uncertain |\n|---|---:|---:|---:|")
+    for name, m in res["labellers"].items():
+        print(f"| {name} | {m['miou']:.3f} | {m['miou_certain']:.3f} | {m['uncertain']:.3f} |")
+    classes = list(res["labellers"]["pcc"]["iou"])
+    print("\n| labeller | " + " | ".join(classes) + " |\n|---|" + "---:|" * len(classes))
+    for name, m in res["labellers"].items():
+        print(f"| {name} | " + " | ".join(f"{m['iou'].get(c, float('nan')):.2f}" for c in classes) + " |")
+
     plain, labelled = speed(pipe, records, a.steps, a.guidance, a.batch_size, a.reps)
     print(f"\n## Speed (CPU, {torch.get_num_threads()} thread(s), batch {a.batch_size}, {a.steps} steps, "
           f"median of {a.reps})\n")
     print("| call | s/image | images/s | vs plain |\n|---|---:|---:|---:|")
     print(f"| plain | {plain:.3f} | {1 / plain:.2f} | 1.000 |")
     print(f"| captured + PCC-labelled | {labelled:.3f} | {1 / labelled:.2f} | {labelled / plain:.3f} |")
-    print(f"\n(the adherence run took {t_adh:.0f} s; processor: {platform.processor() or platform.machine()})")
+    print(f"\n(the adherence and mask run took {t_adh:.0f} s; processor: {platform.processor() or platform.machine()})")
 
     if a.picture:
         grid(images[:24], [r["prompt_sd"] for r in records[:24]], a.picture)

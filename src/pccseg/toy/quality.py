@@ -1,8 +1,8 @@
 """How good a toy model is: prompt adherence of its images, and the quality of the masks pccseg makes from
 its attention, scored against the colour-family ground truth of the generated images (:mod:`.judge`).
 
-:func:`score_model` generates images for toy prompts with capture, labels each one with PCC and with the
-class maps alone (attention only), and returns adherence, mIoU of each labeller's masks and the uncertain
+:func:`score_model` generates images for toy prompts with capture, labels each one with labellers of
+:mod:`pccseg.labellers` (default PCC and the class maps alone, ``attn``), and returns adherence, mIoU of each labeller's masks and the uncertain
 share. Masks are scored two ways: ``miou`` counts an uncertain pixel (255) as wrong, ``miou_certain``
 leaves uncertain pixels out. Ground-truth pixels whose colour is ambiguous (255) are left out of both.
 """
@@ -10,7 +10,7 @@ leaves uncertain pixels out. Ground-truth pixels whose colour is ambiguous (255)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,26 +21,6 @@ from .judge import adherence, colour_labels
 from .world import toy_prompt_records
 
 N_CLASSES = len(VOC_CLASSES)
-
-
-def attention_mask(capture, threshold: float = 0.5) -> torch.Tensor:
-    """Attention-only mask at image size: each class map min-max normalised, argmax over the prompt's
-    classes, background where every map is below ``threshold``. (H, W) uint8."""
-    import torch.nn.functional as F
-
-    from ..labellers.classes import class_maps
-
-    ids, maps = class_maps(capture.token_maps, capture.token_classes)
-    keep = [i for i, c in enumerate(ids) if c != 0]
-    H, W = capture.image_size
-    if not keep:
-        return torch.zeros((H, W), dtype=torch.uint8)
-    m = F.interpolate(maps[keep][None], size=(H, W), mode="bilinear", align_corners=False)[0]
-    best, arg = m.max(0)
-    values = torch.tensor([ids[i] for i in keep], dtype=torch.uint8)
-    out = values[arg]
-    out[best < threshold] = 0
-    return out
 
 
 @dataclass
@@ -95,25 +75,26 @@ def judge_error(n: int = 300, seed: int = 5_000_000) -> dict:
 
 
 def score_model(pipe, records: Sequence[dict], *, size: int = 128, steps: int = 20, guidance: float = 5.0,
-                seed: int = 2024, batch_size: int = 8, labellers: dict[str, Callable] | None = None) -> dict:
+                seed: int = 2024, batch_size: int = 8, labellers: Sequence[str] = ("pcc", "attn")) -> dict:
     """Generate ``records`` (toy prompt records) with capture and score adherence and masks.
 
-    ``labellers``: name -> function(capture) -> (H, W) uint8 mask; default PCC (report parameters) and
-    attention only. Returns a dict with ``adherence``, per-labeller mask scores, ``images`` (uint8 list)
-    and ``masks`` (name -> list) for pictures.
+    ``labellers``: names of :mod:`pccseg.labellers` labellers, each with its default parameters (``pcc``:
+    the report's; ``attn``: the class maps alone; ``dd``: Dataset Diffusion's rule, which makes the capture
+    record the self-attention probabilities). Returns a dict with ``adherence``, per-labeller mask scores,
+    ``images`` (uint8 list), ``gts`` and ``masks`` (name -> list) for pictures.
     """
     from ..capture.attention import capture
-    from ..labellers.pcc import label
+    from ..labellers.registry import get_labeller
 
-    if labellers is None:
-        labellers = {"pcc": lambda c: label(c).mask, "attn": attention_mask}
+    labellers = {name: get_labeller(name) for name in labellers}
+    self_probs = any(lab.needs_self_probs for lab in labellers.values())
     scores = {k: MaskScore() for k in labellers}
     ok, images, masks, gts = [], [], {k: [] for k in labellers}, []
     t0 = time.perf_counter()
     for i in range(0, len(records), batch_size):
         batch = records[i:i + batch_size]
         gens = [torch.Generator("cpu").manual_seed(seed + i + j) for j in range(len(batch))]
-        with capture(pipe, [r["classes"] for r in batch]) as cap:
+        with capture(pipe, [r["classes"] for r in batch], self_probs=self_probs) as cap:
             out = pipe([r["prompt_sd"] for r in batch], num_inference_steps=steps, guidance_scale=guidance,
                        height=size, width=size, generator=gens, output_type="np")
         caps = cap.captures(out.images)
@@ -123,9 +104,8 @@ def score_model(pipe, records: Sequence[dict], *, size: int = 128, steps: int = 
             ok.append(adherence(img, r["classes"]).ok)
             images.append(img)
             gts.append(gt)
-            for name, fn in labellers.items():
-                m = fn(c)
-                m = m.cpu().numpy() if torch.is_tensor(m) else np.asarray(m)
+            for name, lab in labellers.items():
+                m = lab.label(c).mask.cpu().numpy()
                 scores[name].add(m, gt)
                 masks[name].append(m)
     return {"adherence": float(np.mean(ok)), "n": len(ok), "seconds": round(time.perf_counter() - t0, 1),
