@@ -199,3 +199,16 @@ def test_judge_error_and_named_picture():
     plain = picture([img, img], {"gt": [np.zeros((32, 32), np.uint8)] * 2})
     named = picture([img, img], {"gt": [np.zeros((32, 32), np.uint8)] * 2}, names=True)
     assert plain.size == (64, 64) and named.size[1] == 64 and named.size[0] > 64
+
+
+def test_generation_in_two_processes(tmp_path, toy_folder):
+    """Each of the experiment's generating processes labels its own images (a pool's worker may not start
+    generate's labelling worker), and together they write one dataset."""
+    from pccseg.toy.experiment import stage_generate
+
+    cfg = tiny_config(tmp_path / "exp", toy_folder, jobs=2)
+    lay = Layout(Path(cfg.out))
+    assert stage_generate(cfg, lay, "cpu", 2)
+    assert len(list((lay.generated / "SegmentationClass").glob("*.png"))) == 2
+    assert len((lay.generated / "manifest.jsonl").read_text().splitlines()) == 2
+    assert not stage_generate(cfg, lay, "cpu", 2)            # done: nothing left

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from .diffusers_compat import dtype_kwarg
 
 TINY = "tiny"
 TINY_SDXL = "tiny-sdxl"
@@ -56,16 +57,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in _DTYPES:
         raise InputError(f"unknown dtype {dtype!r} (float16, bfloat16, float32)", field="--dtype")
     return _DTYPES[dtype]
-
-
-def _dtype_kwarg() -> str:
-    """``dtype`` for diffusers versions that deprecate ``torch_dtype``, else ``torch_dtype``."""
-    try:
-        from diffusers.utils import deprecation_utils
-
-        return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
-    except ImportError:
-        return "torch_dtype"
 
 
 def offline() -> bool:
@@ -207,7 +198,7 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
         return toy_pipeline(dtype=dt, device=dev)
     cls = pipeline_class(model)
     kwargs = dict(safety_checker=None, requires_safety_checker=False) if cls.__name__ == PIPELINES[0] else {}
-    kwargs[_dtype_kwarg()] = dt
+    kwargs[dtype_kwarg()] = dt
     if kind == "hub":
         from huggingface_hub import try_to_load_from_cache
 

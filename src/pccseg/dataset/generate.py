@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import multiprocessing
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -170,8 +171,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         label_fn: the labelling function (default :func:`pccseg.labellers.registry.label`), for tests.
         label_workers: processes that label beside this one, which samples the next batch meanwhile
             (:class:`pccseg.labellers.workers.LabelPool`, one torch thread each); 0: this process labels each batch
-            before it samples the next. None: 1 when the pipeline runs on the CPU and ``label_fn`` is not
-            given, else 0. The masks are the same either way.
+            before it samples the next. None: 1 when the pipeline runs on the CPU, ``label_fn`` is not
+            given and this process may start one (not a daemonic pool worker), else 0. The masks are the same either way.
 
     Returns:
         a :class:`GenerateReport` of this process.
@@ -184,8 +185,9 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     from ..labellers.workers import LabelPool
 
     check_options(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width)
-    if label_workers is None:
-        label_workers = 1 if label_fn is None and pipe.device.type == "cpu" else 0
+    if label_workers is None:       # a daemonic process (a pool's worker) may not start one
+        label_workers = 1 if label_fn is None and pipe.device.type == "cpu" and \
+            not multiprocessing.current_process().daemon else 0
     label_params = label_params if label_params is not None else default_params()
     self_probs = labeller_of(label_params).needs_self_probs or keep_captures   # kept: what every labeller needs
     dh, dw = default_size(pipe)

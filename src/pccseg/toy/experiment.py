@@ -160,7 +160,8 @@ def generate_part(cfg: ExperimentConfig, device: str, rank: int, world: int) -> 
     report = generate(pipe, toy_records(cfg.num), Layout(Path(cfg.out)).generated, steps=cfg.steps,
                       guidance=cfg.guidance, seed=cfg.seed, batch_size=cfg.batch_size, height=TOY_SIZE,
                       width=TOY_SIZE, keep_captures=True, model_name=cfg.model, prompts_name=TOY_PROMPTS,
-                      rank=rank, world_size=world, progress=cfg.progress and world == 1)
+                      rank=rank, world_size=world, progress=cfg.progress and world == 1,
+                      label_workers=0)     # the experiment's own processes already fill the cores
     return report.generated
 
 

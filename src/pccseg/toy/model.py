@@ -129,6 +129,7 @@ def toy_pipeline(path: str | Path | None = None, *, dtype: torch.dtype = torch.f
     weights, :func:`weights_dir`) on ``device`` in ``dtype``."""
     from diffusers import StableDiffusionPipeline
 
+    from ..capture.diffusers_compat import dtype_kwarg
     from ..capture.tokenizer import clip_tokenizer
     from ..errors import InputError
 
@@ -138,9 +139,9 @@ def toy_pipeline(path: str | Path | None = None, *, dtype: torch.dtype = torch.f
                          "them with `pccseg toy train`", path=folder, field="--model")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(str(folder), tokenizer=clip_tokenizer(), safety_checker=None,
-                                                       requires_safety_checker=False)
+                                                       requires_safety_checker=False, **{dtype_kwarg(): dtype})
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise InputError(f"cannot load the toy model ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
                          path=folder, field="--model") from None
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device=device, dtype=dtype)     # the shipped weights are float16: cast as asked
+    return pipe.to(device)
