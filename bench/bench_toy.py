@@ -8,6 +8,8 @@ Prints Markdown tables:
 * **judge error** — the colour-family ground truth (``pccseg.toy.judge``) against the exact label maps
   of rendered scenes saved as JPEG (quality 95): pixel accuracy, unknown share, mIoU, and adherence of
   the rendered scenes themselves;
+* **the VAE's ceiling** — adherence of rendered scenes after the model's VAE encoded and decoded them
+  (``pccseg.toy.quality.round_trip``): no image of the model can do better than its decoder;
 * **adherence** — of ``--prompts`` prompts (the shipped toy prompt set, first N records; seeds 2024 + i),
   the share of images showing every prompted class and no other (by the judge), and the shares missing a
   class or showing an extra one;
@@ -103,6 +105,13 @@ def main() -> None:
     print(f"\n## Judge error (colour families vs exact labels, {j['n']} rendered scenes, JPEG q95)\n")
     print("| pixel accuracy | unknown | mIoU | adherence of the rendered scenes |\n|---:|---:|---:|---:|")
     print(f"| {j['pixel_acc']:.4f} | {j['unknown']:.4f} | {j['miou']:.3f} | {j['adherence']:.3f} |")
+
+    from pccseg.toy.quality import round_trip
+
+    rt = round_trip(pipe.vae, a.judge_scenes // 3 * 2)
+    print(f"\n## The VAE's ceiling ({rt['n']} rendered scenes encoded and decoded, then judged)\n")
+    print("| adherence | adherence, every pixel counted (no opening) | mean abs. error (0-255) |\n|---:|---:|---:|")
+    print(f"| {rt['adherence']:.3f} | {rt['adherence_all_pixels']:.3f} | {rt['l1']:.2f} |")
 
     t0 = time.perf_counter()
     res = score_model(pipe, records, size=TOY_SIZE, steps=a.steps, guidance=a.guidance, seed=2024,

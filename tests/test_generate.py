@@ -291,3 +291,22 @@ def test_val_share_holds_out_a_fixed_part(pipe, tmp_path):
     stems = [f"{i:06d}" for i in range(1000)]
     held = val_stems(stems, 0.1)
     assert len(held) == 100 and held == val_stems(stems[::-1], 0.1) and held < val_stems(stems, 0.2)
+
+
+def test_cli_generate_threads(tmp_path, capsys):
+    """--threads sets torch's threads for sampling on CPU; 0 is refused before any model work."""
+    import torch
+
+    assert cli.main(["generate", "--model", "tiny", "--num", "1", "--out", str(tmp_path / "a"), "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        args = ["generate", "--model", "tiny", "--num", "1", "--out", str(tmp_path / "b"), "--height", "64",
+                "--width", "64", "--steps", "2", "-q", "--threads", "1", "--device", "cpu"]
+        assert cli.main(args) == 0
+        assert torch.get_num_threads() == 1
+        assert (tmp_path / "b" / "SegmentationClass" / "000000.png").is_file()
+    finally:
+        torch.set_num_threads(before)

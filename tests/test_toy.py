@@ -81,6 +81,20 @@ def test_present_classes_threshold():
     assert present_classes(lab) == {"cat"}
 
 
+def test_present_classes_ignores_blend_strips():
+    """A strip two pixels wide (the blend where two objects meet) is no class; a 3-pixel-wide band is."""
+    lab = np.zeros((100, 100), np.uint8)
+    lab[:20, :20] = class_index("car")
+    lab[:20, 22:42] = class_index("bus")
+    lab[:20, 20:22] = class_index("cat")        # 40 px: below the share anyway
+    lab[30:32, :100] = class_index("cat")       # 200 px = 2 %, but 2 px wide
+    assert present_classes(lab) == {"car", "bus"}
+    assert present_classes(lab, opening=1) == {"car", "bus", "cat"}
+    lab[60:63, :100] = class_index("dog")       # 3 px wide: a thin object, present
+    assert "dog" in present_classes(lab)
+    assert adherence(np.zeros((4, 4, 3), np.uint8), []).ok
+
+
 def test_prompt_records_and_shipped_file():
     from pccseg.dataset.prompts import TOY_PROMPTS, default_prompts_path, load_prompts
 
@@ -142,9 +156,22 @@ def test_train_config_refuses_bad_values():
     from pccseg.errors import InputError
     from pccseg.toy.config import ToyTrainConfig
 
-    for bad in (dict(batch=0), dict(lr=float("nan")), dict(ema=1.0), dict(vae_steps=-1), dict(threads=1.5)):
+    for bad in (dict(batch=0), dict(lr=float("nan")), dict(ema=1.0), dict(vae_steps=-1), dict(threads=1.5),
+                dict(decoder_steps=-1), dict(decoder_batch=0), dict(decoder_lr=float("inf")),
+                dict(decay_steps=-1), dict(low_steps=10, high_steps=5, decay_steps=16)):
         with pytest.raises(InputError):
             ToyTrainConfig(out="x", **bad)
+
+
+def test_learning_rate_schedule_known_answers():
+    from pccseg.toy.config import ToyTrainConfig
+    from pccseg.toy.train import learning_rate
+
+    cfg = ToyTrainConfig(out="x", lr=1.0, warmup=10, low_steps=60, high_steps=40, decay_steps=20)
+    got = [learning_rate(cfg, s) for s in (0, 4, 9, 50, 79, 80, 90, 99)]
+    assert got == pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.05])
+    flat = ToyTrainConfig(out="x", lr=1.0, warmup=1, low_steps=6, high_steps=4, decay_steps=0)
+    assert [learning_rate(flat, s) for s in range(10)] == [1.0] * 10
 
 
 def test_optimizer_state_round_trip():
@@ -182,8 +209,9 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
 
     from pccseg.toy import train as T
 
-    cfg = ToyTrainConfig(out=str(tmp_path / "run"), vae_steps=2, vae_batch=2, n_train=6, low_steps=2,
-                         high_steps=1, low_batch=2, batch=2, ckpt_every=10, eval_every=100)
+    cfg = ToyTrainConfig(out=str(tmp_path / "run"), vae_steps=2, vae_batch=2, decoder_steps=2, decoder_batch=2,
+                         n_train=6, low_steps=2, high_steps=1, decay_steps=2, low_batch=2, batch=2, ckpt_every=10,
+                         eval_every=100)
     update = T._EMA.update
 
     def interrupted(self, named, step):       # Ctrl-C during the second UNet step
@@ -209,6 +237,18 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
     before = (final / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert train(cfg, evaluate=False) == final
     assert (final / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    # stage 1b tuned the decoder alone: the encoder (so the latents) is stage 1's, the pipeline's decoder stage 1b's
+    from safetensors.torch import load_file
+
+    vae1 = load_file(str(tmp_path / "run" / "vae" / "final" / "diffusion_pytorch_model.safetensors"))
+    vae2 = load_file(str(tmp_path / "run" / "vae" / "decoder" / "diffusion_pytorch_model.safetensors"))
+    shipped = load_file(str(final / "vae" / "diffusion_pytorch_model.safetensors"))
+    enc = [k for k in vae1 if k.startswith(("encoder.", "quant_conv."))]
+    dec = [k for k in vae1 if k.startswith(("decoder.", "post_quant_conv."))]
+    assert enc and dec and len(enc) + len(dec) == len(vae1)
+    assert all(torch.equal(vae1[k], vae2[k]) for k in enc)
+    assert not all(torch.equal(vae1[k], vae2[k]) for k in dec)
+    assert all(torch.equal(vae2[k], shipped[k]) for k in vae2)
     pipe = toy_pipeline(final)
     out = pipe("a dog", num_inference_steps=2, height=64, width=64, output_type="np",
                generator=torch.Generator().manual_seed(0))
@@ -277,3 +317,28 @@ def test_generate_on_the_shipped_model_labels_prompted_classes(tmp_path):
         assert set(np.unique(mask)) <= wanted | {0, 255}
         found += len(wanted & set(np.unique(mask).tolist()))
     assert found >= SHIPPED_FOUND
+
+
+def test_round_trip_of_a_perfect_and_a_colour_shifting_vae():
+    """An identity VAE keeps every scene's classes (l1 0); one that swaps the colour channels (hues turned by
+    120 degrees) fails every scene."""
+    from types import SimpleNamespace
+
+    from pccseg.toy.quality import round_trip
+
+    class Identity(torch.nn.Module):
+        def __init__(self, shift=False):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+            self.shift = shift
+
+        def encode(self, x):
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+        def decode(self, z):
+            return SimpleNamespace(sample=z[:, [2, 0, 1]] if self.shift else z)   # RGB -> BRG: hue + 120
+
+    good = round_trip(Identity(), n=6, seed=1000)
+    assert good["adherence"] == 1.0 and good["l1"] == 0.0 and good["n"] == 6
+    bad = round_trip(Identity(shift=True), n=6, seed=1000)
+    assert bad["adherence"] == 0.0 and bad["l1"] > 10

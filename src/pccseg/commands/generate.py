@@ -79,10 +79,16 @@ def run(args: argparse.Namespace) -> int:
     except InputError as e:
         raise InputError(e.message, field="--" + e.field.replace("_", "-")) from None
     label_params = params_from_args(args)
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"must be an integer >= 1, got {args.threads}", field="--threads")
     check_model(args.model)
     rank, world, is_main, state = distributed_state()
     device = resolve_device(args.device if args.device is not None or world == 1 or state is None else state.device)
     dtype = resolve_dtype(args.dtype, device)
+    if device.type == "cpu" and args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     steps = args.steps
     size = model_default_size(args.model)
     height = args.height or (size[0] if size else None)
@@ -166,6 +172,9 @@ def register(sub) -> None:
                    help="model dtype (default: float16 on CUDA, float32 on CPU)")
     g.add_argument("--device", default=None, help="torch device (default: CUDA when available; the process's "
                    "GPU under accelerate launch)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads for sampling on CPU (default: torch's, one per core). On a machine shared "
+                        "with other work, 1 avoids oversubscription (often several times faster)")
     g.add_argument("--keep-captures", action="store_true",
                    help="also write captures/<stem>/ (attention capture with what every labeller needs, so "
                         "`pccseg label --labeller X` relabels them; ~31.8 MB per image at SD 2.1 shapes)")

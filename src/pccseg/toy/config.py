@@ -28,15 +28,20 @@ class ToyTrainConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
+    # the decoder alone, at 128x128 (stage 1b; 0 skips it)
+    decoder_steps: int = 1000
+    decoder_batch: int = 8
+    decoder_lr: float = 3e-4
     # training scenes
     n_train: int = 40000
     # UNet + text encoder
     low_steps: int = 3000                # at 64x64
-    high_steps: int = 1500               # at 128x128
+    high_steps: int = 1800               # at 128x128
     low_batch: int = 64
     batch: int = 32
     lr: float = 8e-4
     warmup: int = 200
+    decay_steps: int = 700               # the last steps of the schedule anneal the learning rate linearly to 0
     weight_decay: float = 0.01
     ema: float = 0.999
     uncond_prob: float = 0.1
@@ -51,17 +56,20 @@ class ToyTrainConfig:
         for name, v in ints.items():
             if not isinstance(v, int) or isinstance(v, bool):
                 raise InputError(f"expected an integer, got {v!r}", field=f"--{name.replace('_', '-')}")
-        for name in ("threads", "vae_batch", "n_train", "low_batch", "batch", "ckpt_every", "eval_every",
+        for name in ("threads", "vae_batch", "decoder_batch", "n_train", "low_batch", "batch", "ckpt_every", "eval_every",
                      "eval_prompts", "eval_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", field=f"--{name.replace('_', '-')}")
-        for name in ("vae_steps", "low_steps", "high_steps", "warmup", "seed"):
+        for name in ("vae_steps", "decoder_steps", "low_steps", "high_steps", "warmup", "decay_steps", "seed"):
             if getattr(self, name) < 0:
                 raise InputError(f"must be >= 0, got {getattr(self, name)}", field=f"--{name.replace('_', '-')}")
-        for name in ("vae_lr", "vae_kl", "lr", "weight_decay", "ema", "uncond_prob", "snr_gamma"):
+        for name in ("vae_lr", "vae_kl", "decoder_lr", "lr", "weight_decay", "ema", "uncond_prob", "snr_gamma"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise InputError(f"must be a finite number >= 0, got {v!r}", field=f"--{name.replace('_', '-')}")
+        if self.decay_steps > self.low_steps + self.high_steps:
+            raise InputError(f"must be <= low_steps + high_steps ({self.low_steps + self.high_steps}), got "
+                             f"{self.decay_steps}", field="--decay-steps")
         if not 0 <= self.ema < 1 or not 0 <= self.uncond_prob < 1:
             raise InputError("ema and uncond_prob must lie in [0, 1)", field="--ema/--uncond-prob")
 

@@ -74,6 +74,30 @@ def judge_error(n: int = 300, seed: int = 5_000_000) -> dict:
             "miou": score.summary()["miou"], "adherence": ok / n, "n": n}
 
 
+def round_trip(vae, n: int = 200, seed: int = 1_000_000, batch_size: int = 8) -> dict:
+    """The ceiling that a toy model's VAE sets on prompt adherence: ``n`` rendered scenes (seeds ``seed ..``)
+    encoded and decoded by ``vae`` (posterior mean), then judged against their captions' classes. Returns
+    ``adherence`` (the judge's rule), ``adherence_all_pixels`` (every pixel counted: no opening, see
+    :func:`~pccseg.toy.judge.present_classes`), ``l1`` (mean absolute error, 0-255) and ``n``."""
+    from .judge import colour_labels, present_classes
+    from .world import render_scene
+
+    p = next(vae.parameters())
+    ok, ok_all, l1 = 0, 0, []
+    for i in range(0, n, batch_size):
+        scenes = [render_scene(seed + s) for s in range(i, min(n, i + batch_size))]
+        x = torch.from_numpy(np.stack([sc.image for sc in scenes])).permute(0, 3, 1, 2).to(p.device, p.dtype)
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x / 127.5 - 1).latent_dist.mean).sample
+        ims = ((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        for sc, im in zip(scenes, ims):
+            lab = colour_labels(im)
+            ok += present_classes(lab) == set(sc.classes)
+            ok_all += present_classes(lab, opening=1) == set(sc.classes)
+            l1.append(np.abs(im.astype(np.float32) - sc.image).mean())
+    return {"adherence": ok / n, "adherence_all_pixels": ok_all / n, "l1": float(np.mean(l1)), "n": n}
+
+
 def score_model(pipe, records: Sequence[dict], *, size: int = 128, steps: int = 20, guidance: float = 5.0,
                 seed: int = 2024, batch_size: int = 8, labellers: Sequence[str] = ("pcc", "attn")) -> dict:
     """Generate ``records`` (toy prompt records) with capture and score adherence and masks.

@@ -1,4 +1,4 @@
-"""Train the toy model from scratch: the VAE, then the latents of the training scenes, then the UNet and
+"""Train the toy model from scratch: the VAE and its decoder at full size, then the latents of the training scenes, then the UNet and
 the text encoder together, first at 64x64 (16x16 latents), then at 128x128 (32x32 latents).
 
     pccseg toy train --out runs/toy            # resumes from runs/toy when it is run again
@@ -7,6 +7,8 @@ Stages and their folders under ``out``:
 
 * ``vae/`` — AutoencoderKL on freshly rendered scenes (L1 + L1 of image gradients + a small KL term);
   ``vae/final`` is a diffusers folder whose ``scaling_factor`` makes the latents unit-variance.
+  ``vae/decoder`` — the same VAE after its decoder alone was tuned on whole 128x128 scenes (the encoder
+  frozen, so the latents stay those of ``vae/final``); the pipelines use it.
 * ``latents/`` — ``n_train`` scenes (seeds 0 .. n_train-1), rendered, captioned and encoded (the
   posterior mean) at 128 and 64 px, in chunks of :data:`CHUNK` (``chunk-XXXX.safetensors`` + ``.json``).
 * ``unet/`` — epsilon prediction with SD's noise schedule, min-SNR-5 loss weights, 10 % empty captions,
@@ -165,6 +167,76 @@ def train_vae(cfg: ToyTrainConfig, device: torch.device) -> Path:
     return final
 
 
+def tune_decoder(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device) -> Path:
+    """Stage 1b: the VAE's decoder alone, on whole 128x128 scenes, the encoder frozen; returns the
+    ``vae/decoder`` folder (the whole VAE with the tuned decoder).
+
+    Stage 1 saw 64x64 windows and whole scenes at 64x64 only; its decoder blurs object edges at 128x128,
+    and where two objects touch the blend takes the hue of a third class. The encoder, hence the latents the
+    UNet learns, does not change, so this stage is independent of stage 3. ``decoder_steps = 0`` skips it.
+    """
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    root = Path(cfg.out) / "vae"
+    final = root / "decoder"
+    if cfg.decoder_steps == 0:
+        return vae_dir
+    if (final / "config.json").is_file():
+        return final
+    torch.manual_seed(cfg.seed + 1)
+    vae = AutoencoderKL.from_pretrained(str(vae_dir)).to(device)
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    step = 0
+    last = root / "decoder-last"
+    if (last / "state.json").is_file():
+        meta = read_json(last / "state.json")
+        t = load_file(str(last / "state.safetensors"))
+        vae.load_state_dict(_unprefixed("vae", t))
+        load_optimizer(opt, t, meta["optimizer"])
+        step = int(meta["step"])
+        log.info("decoder: resumed at step %d", step)
+
+    def save() -> None:
+        tensors, ometa = optimizer_tensors(opt)
+        _save_state(last, {**_prefixed("vae", vae.state_dict()), **tensors}, {"step": step, "optimizer": ometa})
+
+    t0, losses = time.perf_counter(), []
+    try:
+        while step < cfg.decoder_steps:
+            lr = cfg.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.decoder_steps))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            seeds = [30_000_000 + step * cfg.decoder_batch + i for i in range(cfg.decoder_batch)]
+            x = _batch_images(seeds, 128).to(device)
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.sample()
+            rec = vae.decode(z).sample
+            loss = (rec - x).abs().mean() + 0.5 * _grad_l1(rec, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            if step % 50 == 0:
+                log.info("decoder step %d/%d loss %.4f (%.2f s/step)", step, cfg.decoder_steps,
+                         np.mean(losses[-50:]), (time.perf_counter() - t0) / len(losses))
+            if step % cfg.ckpt_every == 0 or step == cfg.decoder_steps:
+                save()
+    except KeyboardInterrupt:
+        log.warning("decoder: stopped at step %d; checkpointing", step)
+        save()
+        raise
+    vae.eval()
+    _save_pipeline(final, vae)
+    log.info("decoder: done")
+    return final
+
+
 # ----------------------------------------------------------------------------------------------------------
 # stage 2: the latents of the training scenes
 def encode_scenes(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device) -> Path:
@@ -243,6 +315,16 @@ def _snr_weights(sched, t: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.clamp(snr, max=gamma) / snr
 
 
+def learning_rate(cfg: ToyTrainConfig, step: int) -> float:
+    """The UNet stage's learning rate at ``step`` (0-based): a linear warm-up over ``warmup`` steps, then
+    ``lr``, annealed linearly to 0 over the last ``decay_steps`` steps of ``low_steps + high_steps``."""
+    total = cfg.low_steps + cfg.high_steps
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    if step >= total - cfg.decay_steps:
+        lr *= (total - step) / cfg.decay_steps
+    return lr
+
+
 def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: torch.device,
                evaluate_fn=None) -> Path:
     """Stage 3; returns the final pipeline folder."""
@@ -314,7 +396,7 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
             pred = unet(sched.add_noise(x0, noise, t), t, text(tokens.to(device))[0]).sample
             w = _snr_weights(sched, t, cfg.snr_gamma) if cfg.snr_gamma > 0 else torch.ones_like(t, dtype=torch.float32)
             loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(w).mean()
-            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            lr = learning_rate(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
@@ -389,5 +471,6 @@ def train(cfg: ToyTrainConfig, evaluate: bool = True) -> Path:
 
         eval_fn = lambda pipe, size, step: training_eval(pipe, size, step, cfg)  # noqa: E731
     vae_dir = train_vae(cfg, device)
-    lat_dir = encode_scenes(cfg, vae_dir, device)
-    return train_unet(cfg, vae_dir, lat_dir, device, eval_fn)
+    dec_dir = tune_decoder(cfg, vae_dir, device)
+    lat_dir = encode_scenes(cfg, vae_dir, device)      # the encoder: the same with or without stage 1b
+    return train_unet(cfg, dec_dir, lat_dir, device, eval_fn)
