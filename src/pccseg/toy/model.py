@@ -15,6 +15,7 @@ weights that ship with the package (:func:`weights_dir`).
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -115,6 +116,10 @@ def export_weights(src: str | Path, dst: str | Path | None = None, dtype: torch.
     pipe.to(dtype=dtype)
     with atomic_path(dst, directory=True) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
+        for cfg in [tmp / "model_index.json", *tmp.glob("*/*config.json")]:   # no trace of the folder it came from
+            data = json.loads(cfg.read_text())
+            if data.pop("_name_or_path", None) is not None:
+                cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         respect_umask(tmp)
     return dst
 
