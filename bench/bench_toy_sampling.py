@@ -28,11 +28,9 @@ import torch
 
 
 def variant_call(name: str) -> dict:
-    """Variant name -> overrides of the pipeline call (``neg`` returns a marker handled per batch)."""
-    if name == "base":
+    """Variant name -> overrides of the pipeline call (``neg``: none; :func:`run` adds its negative prompts)."""
+    if name in ("base", "neg"):
         return {}
-    if name == "neg":
-        return {"negative": True}
     try:
         if name.startswith("g"):
             return {"guidance_scale": float(name[1:])}
@@ -43,14 +41,13 @@ def variant_call(name: str) -> dict:
     raise SystemExit(f"bench_toy_sampling: unknown variant {name!r} (base, gX, sN, neg)")
 
 
-def run(pipe, records, overrides: dict, batch_size: int = 8) -> list:
+def run(pipe, records, overrides: dict, negative: bool = False, batch_size: int = 8) -> list:
     from pccseg.toy.config import TOY_GUIDANCE, TOY_SIZE, TOY_STEPS
     from pccseg.toy.judge import adherence
     from pccseg.toy.world import TOY_CLASSES
     from pccseg.vocab import prompt_word
 
     call = {"num_inference_steps": TOY_STEPS, "guidance_scale": TOY_GUIDANCE, **overrides}
-    negative = call.pop("negative", False)
     rows = []
     for i in range(0, len(records), batch_size):
         batch = records[i:i + batch_size]
@@ -59,9 +56,8 @@ def run(pipe, records, overrides: dict, batch_size: int = 8) -> list:
             call["negative_prompt"] = [", ".join(prompt_word(c) for c in TOY_CLASSES if c not in r["classes"])
                                        for r in batch]
         out = pipe([r["prompt_sd"] for r in batch], height=TOY_SIZE, width=TOY_SIZE, generator=gens,
-                   output_type="np", **call)
-        for r, im in zip(batch, out.images):
-            rows.append(adherence((im * 255).round().clip(0, 255).astype(np.uint8), r["classes"]))
+                   **call)
+        rows += [adherence(np.asarray(im), r["classes"]) for r, im in zip(batch, out.images)]   # PIL: uint8
     return rows
 
 
@@ -83,7 +79,7 @@ def main() -> None:
     records = json.loads(default_prompts_path(TOY_PROMPTS).read_text())[:a.prompts]
     pipe = load_pipeline(a.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    results = {v: run(pipe, records, c) for v, c in calls.items()}
+    results = {v: run(pipe, records, c, negative=v == "neg") for v, c in calls.items()}
     base_ok = sum(r.ok for r in results["base"])
     print(f"\n## Sampling settings and prompt adherence ({len(records)} prompts, model {a.model})\n")
     print("| variant | adherence | missing a class | an extra class | images vs base | most often extra |")
