@@ -2,7 +2,8 @@
 
 A planted synthetic capture (512x512 image, latent 64x64, 210 heads of dim 64) is labelled N times by
 
-* pccseg: ``pccseg.labellers.pcc.label`` (batched PCA by subspace iteration, torch k-means, subsampled refine fit);
+* pccseg: ``pccseg.labellers.pcc.label`` (batched PCA by subspace iteration, torch k-means on the
+  features' distinct rows, subsampled refine fit);
 * baseline: the same algorithm written straightforwardly, as the authors do: one scikit-learn ``PCA`` per
   head, scikit-learn ``KMeans(random_state=0)`` for the three cluster k-means and the k = 20 refine
   k-means on all 262,144 pixels; the other steps share pccseg's code.

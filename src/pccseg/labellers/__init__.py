@@ -2,7 +2,8 @@
 
 - :mod:`.pcc`: Principal Component Clustering, the stages in order (:class:`LabelParams`, ``label``,
   :class:`LabelResult`), over its stage modules :mod:`.features` (2.1-2.2 head-wise PCA, features),
-  :mod:`.clusters` (2.3-2.4 k-means, segments), :mod:`.classes` (3 class maps, assignment, vote) and
+  :mod:`.clusters` (2.3-2.4 k-means, segments; :mod:`.rows`, the features as tables of distinct rows that
+  the k-means works on), :mod:`.classes` (3 class maps, assignment, vote) and
   :mod:`.refine` (4 refinement on the image);
 - :mod:`.dd`: Dataset Diffusion's rule (:class:`DDParams`); :mod:`.attn`: the class maps alone
   (:class:`AttnParams`, :class:`MapsResult`);

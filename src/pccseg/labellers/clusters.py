@@ -16,28 +16,29 @@ import cv2
 import numpy as np
 import torch
 
-
-def _sqdist(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """(N, F), (N,), (k, F) -> (N, k) squared Euclidean distances (clamped at 0)."""
-    d = torch.addmm((c * c).sum(1).unsqueeze(0), x, c.t(), alpha=-2.0)
-    return d.add_(x_sq.unsqueeze(1)).clamp_(min=0)
+from .rows import BlockRows
 
 
-def _nearest(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, F), (k, F) -> ((N,) index of the nearest centre, (N, k) ``|c|^2 - 2 x.c``).
+def _sqdist(x: BlockRows, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(N, F) rows, (N,), (k, F) -> (N, k) squared Euclidean distances (clamped at 0)."""
+    return x.centre_terms(c).add_(x_sq.unsqueeze(1)).clamp_(min=0)
+
+
+def _nearest(x: BlockRows, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, F) rows, (k, F) -> ((N,) index of the nearest centre, (N, k) ``|c|^2 - 2 x.c``).
 
     The squared norm of ``x`` is left out: it does not change the argmin.
     """
-    d = torch.addmm((c * c).sum(1).unsqueeze(0), x, c.t(), alpha=-2.0)
+    d = x.centre_terms(c)
     return d.min(1).indices, d
 
 
-def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
+def kmeans_plusplus(x: torch.Tensor | BlockRows, k: int, generator: torch.Generator,
                     x_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's variant).
 
     Args:
-        x: (N, F) float points.
+        x: (N, F) float points, a tensor or :class:`BlockRows`.
         k: number of centres (<= N).
         generator: a CPU ``torch.Generator``; every random number is drawn from it up front (one transfer
             to ``x``'s device), so a seed gives the same draws on every device.
@@ -46,27 +47,29 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
     Returns:
         (k, F) initial centres (rows of ``x``).
     """
+    if not isinstance(x, BlockRows):
+        x = BlockRows.of(x)
     n = x.shape[0]
     if x_sq is None:
-        x_sq = (x * x).sum(1)
+        x_sq = x.sq_norms()
     trials = 2 + int(math.log(k))
     first = int(torch.randint(n, (1,), generator=generator))
     u = torch.rand(max(k - 1, 1), trials, generator=generator, dtype=torch.float64).to(x.device)
     idx = torch.empty(k, dtype=torch.long, device=x.device)
     idx[0] = first
-    closest = _sqdist(x, x_sq, x[first:first + 1]).squeeze(1)           # (N,)
+    closest = _sqdist(x, x_sq, x.rows(idx[:1])).squeeze(1)               # (N,)
     for c in range(1, k):
         cum = torch.cumsum(closest, 0, dtype=torch.float64)
         cand = torch.searchsorted(cum, u[c - 1] * cum[-1]).clamp_(max=n - 1)  # (trials,)
-        d = _sqdist(x, x_sq, x[cand])                                     # (N, trials)
+        d = _sqdist(x, x_sq, x.rows(cand))                                # (N, trials)
         new = torch.minimum(closest.unsqueeze(1), d)
         best = new.sum(0, dtype=torch.float64).argmin()
         idx[c] = cand[best]
         closest = new[:, best]
-    return x[idx].clone()
+    return x.rows(idx)
 
 
-def _lloyd(fit: torch.Tensor, fit_sq: torch.Tensor, centres: torch.Tensor, max_iter: int,
+def _lloyd(fit: BlockRows, fit_sq: torch.Tensor, centres: torch.Tensor, max_iter: int,
            tol_abs: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lloyd iterations from ``centres`` on centred rows ``fit`` (M, F) with squared norms ``fit_sq``.
 
@@ -75,21 +78,19 @@ def _lloyd(fit: torch.Tensor, fit_sq: torch.Tensor, centres: torch.Tensor, max_i
         the final centres).
     """
     k = centres.shape[0]
-    onehot = torch.empty(k, fit.shape[0], device=fit.device)                      # reused (k, M) buffer
     labels = None
     for _ in range(max_iter):
         new_labels, d = _nearest(fit, centres)
         if labels is not None and torch.equal(new_labels, labels):
             return labels, centres, d            # converged: the labels are those of the final centres
         labels = new_labels
-        onehot.zero_().scatter_(0, labels.unsqueeze(0), 1.0)
         counts = torch.bincount(labels, minlength=k).float()
-        new_centres = (onehot @ fit) / counts.clamp(min=1).unsqueeze(1)
+        new_centres = fit.label_sums(labels, k) / counts.clamp(min=1).unsqueeze(1)
         empty = counts == 0
         if bool(empty.any()):           # move empty clusters onto the farthest points
             dist = d.gather(1, labels.unsqueeze(1)).squeeze(1) + fit_sq
             far = dist.topk(int(empty.sum())).indices
-            new_centres[empty] = fit[far]
+            new_centres[empty] = fit.rows(far)
         shift = float(((new_centres - centres) ** 2).sum())
         centres = new_centres
         if shift <= tol_abs:
@@ -98,12 +99,13 @@ def _lloyd(fit: torch.Tensor, fit_sq: torch.Tensor, centres: torch.Tensor, max_i
     return labels, centres, d
 
 
-def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300, tol: float = 1e-4,
+def kmeans(x: torch.Tensor | BlockRows, k: int, *, seed: int = 0, max_iter: int = 300, tol: float = 1e-4,
            fit_rows: torch.Tensor | None = None, n_init: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """K-means (k-means++ init from ``seed``, Lloyd iterations until convergence).
 
     Args:
-        x: (N, F) points (computed in float32, on centred data).
+        x: (N, F) points (computed in float32, on centred data): a tensor, or :class:`BlockRows` (the
+            clustering features, whose blocks of repeated rows make every pass cheaper).
         k: clusters (clamped to N).
         seed: seed of the CPU ``torch.Generator`` that drives the k-means++ seeding.
         max_iter: Lloyd iterations at most.
@@ -119,12 +121,12 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300, tol: 
     Returns:
         ((N,) int64 labels, (k, F) centres in ``x``'s units).
     """
-    x = x.float()
-    fit = x if fit_rows is None else x[fit_rows]
+    rows = x if isinstance(x, BlockRows) else BlockRows.of(x.float())
+    fit = rows if fit_rows is None else rows.take(fit_rows)
     k = max(1, min(k, fit.shape[0]))
-    mean = fit.mean(0, keepdim=True)
-    fit = fit - mean                   # centring keeps the matmul distances accurate
-    fit_sq = (fit * fit).sum(1)
+    mean = fit.mean()
+    fit = fit.sub(mean)                # centring keeps the matmul distances accurate
+    fit_sq = fit.sq_norms()
     tol_abs = tol * float(fit_sq.mean() / fit.shape[1]) if tol > 0 else 0.0   # mean variance (centred)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     best = None
@@ -135,7 +137,10 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 300, tol: 
             best = (inertia, labels, centres)
     _, labels, centres = best
     if fit_rows is not None:   # assign every row, in chunks that stay in cache
-        labels = torch.cat([_nearest(part - mean, centres)[0] for part in x.split(65536)])
+        if isinstance(x, BlockRows):
+            labels = _nearest(rows.sub(mean), centres)[0]
+        else:
+            labels = torch.cat([_nearest(BlockRows.of(part - mean), centres)[0] for part in x.float().split(65536)])
     return labels, centres + mean
 
 

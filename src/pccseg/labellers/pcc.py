@@ -302,7 +302,7 @@ def label(capture: Capture, params: LabelParams | None = None, **overrides) -> L
                            max_iter=p.kmeans_iters, n_init=p.kmeans_restarts, connectivity=p.refine_connectivity,
                            min_segment=p.refine_min_segment, subsample=p.refine_subsample)
 
-    def cluster(feats: torch.Tensor, seed: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def cluster(feats: Fe.BlockRows, seed: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         lab, _ = timer.timed("kmeans", K.kmeans, feats, k, seed=seed, max_iter=p.kmeans_iters,
                              n_init=p.kmeans_restarts)
         lab = lab.reshape(h, w)
@@ -316,8 +316,9 @@ def label(capture: Capture, params: LabelParams | None = None, **overrides) -> L
         except InputError as e:
             raise InputError(e.message, path=capture.source and f"{capture.source}/capture.safetensors",
                              field=e.field) from None
-        feats = timer.timed("features", Fe.pca_features, pca, (h, w))
-        clustering = [[submit(cluster, feats, s, k) for k in p.ks] for s in seeds]
+        rows = timer.timed("features", Fe.pca_feature_rows, pca, (h, w))
+        clustering = [[submit(cluster, rows, s, k) for k in p.ks] for s in seeds]
+        feats = timer.timed("features", rows.dense)
 
         token_maps = capture.token_maps.to(device)
         if p.class_blur:
