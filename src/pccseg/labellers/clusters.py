@@ -78,6 +78,7 @@ def _lloyd(fit: BlockRows, fit_sq: torch.Tensor, centres: torch.Tensor, max_iter
         the final centres).
     """
     k = centres.shape[0]
+    scratch = torch.empty(k, fit.shape[0], device=fit.device) if any(i is None for i in fit.index) else None   # one-hot buffer
     labels = None
     for _ in range(max_iter):
         new_labels, d = _nearest(fit, centres)
@@ -85,7 +86,7 @@ def _lloyd(fit: BlockRows, fit_sq: torch.Tensor, centres: torch.Tensor, max_iter
             return labels, centres, d            # converged: the labels are those of the final centres
         labels = new_labels
         counts = torch.bincount(labels, minlength=k).float()
-        new_centres = fit.label_sums(labels, k) / counts.clamp(min=1).unsqueeze(1)
+        new_centres = fit.label_sums(labels, k, scratch) / counts.clamp(min=1).unsqueeze(1)
         empty = counts == 0
         if bool(empty.any()):           # move empty clusters onto the farthest points
             dist = d.gather(1, labels.unsqueeze(1)).squeeze(1) + fit_sq

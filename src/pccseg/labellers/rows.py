@@ -111,12 +111,17 @@ class BlockRows:
             return torch.addmm(csq, self.tables[0], c.t(), alpha=-2.0)
         return self.dot(c).mul_(-2.0).add_(csq)
 
-    def label_sums(self, labels: torch.Tensor, k: int) -> torch.Tensor:
-        """(k, F) sum of the rows of every label 0..k-1 (``labels``: (N,) int64)."""
+    def label_sums(self, labels: torch.Tensor, k: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, F) sum of the rows of every label 0..k-1 (``labels``: (N,) int64).
+
+        ``scratch``: an optional (k, N) buffer, reused from call to call, for the one-hot matrix of a dense
+        block (an (N, F) product per block either way).
+        """
         parts = []
         for t, i in zip(self.tables, self.index):
             if i is None:
-                onehot = torch.zeros(k, len(t), dtype=t.dtype, device=t.device).scatter_(0, labels.unsqueeze(0), 1.0)
+                onehot = scratch if scratch is not None else torch.empty(k, len(t), dtype=t.dtype, device=t.device)
+                onehot.zero_().scatter_(0, labels.unsqueeze(0), 1.0)
             else:
                 onehot = torch.bincount(labels * len(t) + i, minlength=k * len(t)).reshape(k, len(t)).to(t.dtype)
             parts.append(onehot @ t)
