@@ -38,17 +38,20 @@ def top_eigenvectors(cov: torch.Tensor, n: int, *, oversample: int = 5, tol: flo
         return torch.linalg.eigh(cov)[1][..., -n:].flip(-1)
     gen = torch.Generator(device="cpu").manual_seed(0)
     q = torch.linalg.qr(cov @ torch.randn(d, p, generator=gen, dtype=cov.dtype).to(cov.device))[0]
+    cq = cov @ q
     scale = cov.diagonal(dim1=1, dim2=2).sum(1).clamp(min=torch.finfo(cov.dtype).tiny).view(bsz, 1)
     vecs = None
     done = torch.zeros(bsz, dtype=torch.bool, device=cov.device)
     for it in range(1, max_iter + 1):
-        q = torch.linalg.qr(cov @ q)[0]
+        q = torch.linalg.qr(cq)[0]
+        cq = cov @ q                                   # one product per iteration: checked, then iterated
         if it % check_every and it != max_iter:
             continue
-        vals, v = torch.linalg.eigh(q.transpose(1, 2) @ cov @ q)                 # ascending
-        vecs = q @ v[..., -n:].flip(-1)                                       # (B, d, n)
+        vals, v = torch.linalg.eigh(q.transpose(1, 2) @ cq)                     # ascending
+        v = v[..., -n:].flip(-1)
+        vecs = q @ v                                                          # (B, d, n)
         lam = vals[..., -n:].flip(-1)                                         # (B, n)
-        resid = (cov @ vecs - vecs * lam.unsqueeze(1)).norm(dim=1)            # (B, n)
+        resid = (cq @ v - vecs * lam.unsqueeze(1)).norm(dim=1)                # (B, n): |C v - l v|
         done = (resid <= tol * scale).all(1)
         if bool(done.all()):
             return vecs
