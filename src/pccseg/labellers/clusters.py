@@ -78,7 +78,8 @@ def _lloyd(fit: BlockRows, fit_sq: torch.Tensor, centres: torch.Tensor, max_iter
         the final centres).
     """
     k = centres.shape[0]
-    scratch = torch.empty(k, fit.shape[0], device=fit.device) if any(i is None for i in fit.index) else None   # one-hot buffer
+    dense_block = any(i is None for i in fit.index)
+    scratch = torch.empty(k, fit.shape[0], device=fit.device) if dense_block else None   # reused one-hot buffer
     labels = None
     for _ in range(max_iter):
         new_labels, d = _nearest(fit, centres)
@@ -137,11 +138,9 @@ def kmeans(x: torch.Tensor | BlockRows, k: int, *, seed: int = 0, max_iter: int 
         if best is None or inertia < best[0]:       # |x|^2 is the same for every start: left out
             best = (inertia, labels, centres)
     _, labels, centres = best
-    if fit_rows is not None:   # assign every row, in chunks that stay in cache
-        if isinstance(x, BlockRows):
-            labels = _nearest(rows.sub(mean), centres)[0]
-        else:
-            labels = torch.cat([_nearest(BlockRows.of(part - mean), centres)[0] for part in x.float().split(65536)])
+    if fit_rows is not None:   # assign every row (a matrix in chunks that stay in cache)
+        parts = [rows] if isinstance(x, BlockRows) else [BlockRows.of(p) for p in rows.tables[0].split(65536)]
+        labels = torch.cat([_nearest(part.sub(mean), centres)[0] for part in parts])
     return labels, centres + mean
 
 
