@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -196,3 +197,48 @@ def test_generate_labels_in_a_worker_with_the_same_dataset(tmp_path, monkeypatch
     (got, got_manifest), (want, want_manifest) = files(tmp_path / "ds1"), files(tmp_path / "ds0")
     assert sorted(got) == sorted(want) and [f for f in want if got[f] != want[f]] == []
     assert got_manifest == want_manifest
+
+
+def _slow_label(capture, params):
+    from pccseg.labellers.registry import label
+
+    time.sleep(0.5)
+    return label(capture, params)
+
+
+def test_a_signal_inside_a_call_into_the_pool_is_raised_when_the_call_is_done(monkeypatch):
+    # Raised inside the executor's locks, SIGTERM once left one taken: the pool's thread waited on it and
+    # `pccseg label --workers 2` hung at exit. The signal now waits for the call into the pool to finish.
+    import concurrent.futures
+
+    from pccseg.signals import Terminated, handle_interrupts
+
+    events = []
+    real_submit = concurrent.futures.ProcessPoolExecutor.submit
+
+    def submit(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)          # as if it came just after the executor took a lock
+        time.sleep(0.05)                              # the handler runs in this frame unless held back
+        fut = real_submit(self, *args, **kwargs)
+        events.append("submitted")
+        return fut
+
+    monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "submit", submit)
+    with pytest.raises(Terminated), handle_interrupts(), LabelPool(LabelParams(ks=(3,)), 1) as pool:
+        pool.submit(small_capture(seed=0))
+        events.append("went on")                     # never: the signal is raised as submit returns
+    assert events == ["submitted"]
+    monkeypatch.undo()
+
+    # a signal while waiting for a result is raised once the result is there
+    with pytest.raises(Terminated), handle_interrupts(), \
+            LabelPool(LabelParams(ks=(3,)), 1, label_fn=_slow_label) as pool:
+        fut = pool.submit(small_capture(seed=0))
+        timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        try:
+            pool.result(fut)
+        finally:
+            timer.join()
+            events.append(fut.done())                # the labelling (0.5 s) had finished
+    assert events == ["submitted", True]

@@ -235,7 +235,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
 
     def write(r: PromptRecord, s: int, c, t_gen: float, labelled) -> None:
         """Write one sample once its mask is there (``labelled``: the future of its labelling)."""
-        lab = labelled.result()
+        lab = pool.result(labelled)
         mask = torch.from_numpy(lab.mask)
         with hold_interrupts():  # SIGTERM / Ctrl-C: this sample's files are finished first
             save_image(ds.image_path(r.stem), c.image.cpu().numpy(), quality=JPEG_QUALITY)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import InputError
+from ..signals import hold_interrupts
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
     import torch
@@ -260,7 +261,9 @@ def _tasks(threads: int) -> Iterator[Callable[..., Future]]:
             return fut
         yield now
         return
-    with torch_threads(1), ThreadPoolExecutor(threads) as pool:
+    # signals held back until the capture is labelled: raised inside a future's lock, they would leave it
+    # taken, and the pool's threads (joined at exit) would wait on it forever (see LabelPool)
+    with hold_interrupts(), torch_threads(1), ThreadPoolExecutor(threads) as pool:
         yield pool.submit
 
 

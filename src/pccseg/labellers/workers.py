@@ -34,6 +34,7 @@ import torch
 
 from ..capture.format import Capture, load_capture
 from ..errors import InputError
+from ..signals import hold_interrupts
 from .pcc import torch_threads
 
 
@@ -131,6 +132,12 @@ class LabelPool:
         label_fn: the labelling function (default :func:`pccseg.labellers.registry.label`); with workers it must be
             picklable where workers are spawned (CUDA, systems without fork).
         device: where the captures are labelled.
+
+    Every call into the worker pool from this process (submit, wait for a result, shut down) holds SIGTERM
+    and Ctrl-C back until it returns (:func:`pccseg.signals.hold_interrupts`). The pool's queues and futures
+    take locks in Python code; an exception raised by a signal handler just after such a lock is taken
+    leaves it taken, and the pool's own thread then waits on it forever: the process would hang at exit
+    instead of stopping.
     """
 
     def __init__(self, params: Any, processes: int, *, label_fn: Callable | None = None,
@@ -157,10 +164,11 @@ class LabelPool:
         ex, self._executor = self._executor, None
         if ex is None:
             return
-        if exc_type is not None:                        # interrupted: no worker finishes what it holds
-            for p in list(getattr(ex, "_processes", {}).values()):
-                p.terminate()
-        ex.shutdown(wait=exc_type is None, cancel_futures=True)
+        with hold_interrupts():
+            if exc_type is not None:                    # interrupted: no worker finishes what it holds
+                for p in list(getattr(ex, "_processes", {}).values()):
+                    p.terminate()
+            ex.shutdown(wait=exc_type is None, cancel_futures=True)
 
     def _here(self, fn: Callable, *args) -> Future:
         """Run ``fn`` now, in this process, and return its result as a done future."""
@@ -174,7 +182,14 @@ class LabelPool:
         Without workers it is labelled before this returns."""
         if self._executor is None:
             return self._here(_labelled, self.label_fn, capture, self.params)
-        return self._executor.submit(_label_arrays, _arrays(capture))
+        with hold_interrupts():
+            return self._executor.submit(_label_arrays, _arrays(capture))
+
+    def result(self, future: Future) -> Any:
+        """``future.result()`` of a :meth:`submit`, with SIGTERM and Ctrl-C held back until it is there (the
+        wait lasts one capture's labelling at most once its worker has it)."""
+        with hold_interrupts():
+            return future.result()
 
     def map_dirs(self, dirs: Iterable[Path]) -> Iterator[tuple[Path, Labelled | InputError]]:
         """Load and label capture directories; yields ``(dir, Labelled or the InputError)`` in the order of
@@ -186,12 +201,14 @@ class LabelPool:
         todo = iter(dirs)
         pending: collections.deque = collections.deque()
         for d in todo:
-            pending.append((d, self._executor.submit(_label_dir, d)))
+            with hold_interrupts():
+                pending.append((d, self._executor.submit(_label_dir, d)))
             if len(pending) >= 2 * self.processes:
                 break
         while pending:
             d, fut = pending.popleft()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append((nxt, self._executor.submit(_label_dir, nxt)))
-            yield d, fut.result()
+                with hold_interrupts():
+                    pending.append((nxt, self._executor.submit(_label_dir, nxt)))
+            yield d, self.result(fut)
