@@ -198,17 +198,19 @@ class LabelPool:
             for d in dirs:
                 yield d, self._here(_label_path, self.label_fn, d, self.params, self.device).result()
             return
+        def send(d: Path) -> None:
+            with hold_interrupts():
+                pending.append((d, self._executor.submit(_label_dir, d)))
+
         todo = iter(dirs)
         pending: collections.deque = collections.deque()
         for d in todo:
-            with hold_interrupts():
-                pending.append((d, self._executor.submit(_label_dir, d)))
+            send(d)
             if len(pending) >= 2 * self.processes:
                 break
         while pending:
             d, fut = pending.popleft()
             nxt = next(todo, None)
             if nxt is not None:
-                with hold_interrupts():
-                    pending.append((nxt, self._executor.submit(_label_dir, nxt)))
+                send(nxt)
             yield d, self.result(fut)
