@@ -2,7 +2,10 @@
 dataset equals an uninterrupted run's, byte for byte, and no temporary file is left.
 
 The processes are forked from this one (Linux), so that they start with torch and diffusers imported:
-a fresh interpreter takes seconds to import them."""
+a fresh interpreter takes seconds to import them. They run torch on one thread (and so does the uninterrupted
+reference run): GNU OpenMP cannot start a team of threads in a child forked from a process whose main thread
+has one (the team's other threads were not copied, and the child waits for them at the first barrier), which
+hung this test when other tests had run a team first."""
 
 import json
 import multiprocessing
@@ -12,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from pccseg import cli
+from pccseg.labellers.pcc import torch_threads
 from pccseg.io import TEMP_SUFFIX
 from pccseg.vocab import VOC_CLASSES
 
@@ -23,6 +29,7 @@ if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover
 
 
 def _generate(argv: list[str], stderr: str) -> None:
+    torch.set_num_threads(1)                   # no OpenMP team in a forked child (see above)
     sys.stderr = open(stderr, "w", buffering=1)
     sys.exit(cli.main(argv))
 
@@ -61,7 +68,8 @@ def test_killed_and_terminated_runs_resume_to_the_uninterrupted_dataset(tmp_path
                                for i, c in enumerate(VOC_CLASSES[1:9])))
     ref, out = tmp_path / "ref", tmp_path / "run"
     argv = ARGS + ["--prompts", str(prompts), "--out", str(out)]
-    assert cli.main(ARGS + ["--prompts", str(prompts), "--out", str(ref)]) == 0
+    with torch_threads(1):                     # as the children run (the images change with the threads)
+        assert cli.main(ARGS + ["--prompts", str(prompts), "--out", str(ref)]) == 0
     masks, images = out / "SegmentationClass", out / "JPEGImages"
 
     # SIGKILL while a sample is being generated, then while one is being written (image there, mask not yet)
@@ -85,7 +93,8 @@ def test_killed_and_terminated_runs_resume_to_the_uninterrupted_dataset(tmp_path
         assert listed == sorted(p.stem for p in masks.glob("*.png")) and len(listed) >= 5
         assert [json.loads(x)["id"] for x in (out / "manifest.jsonl").read_text().splitlines()] == listed
 
-    assert cli.main(argv) == 0
+    with torch_threads(1):
+        assert cli.main(argv) == 0
     assert not [p for p in out.rglob("*") if p.name.endswith(TEMP_SUFFIX) or p.name.startswith(".")]
     got, want = _snapshot(out), _snapshot(ref)
     assert got["manifest"] == want["manifest"]
