@@ -212,9 +212,26 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
     cfg = ToyTrainConfig(out=str(tmp_path / "run"), vae_steps=2, vae_batch=2, decoder_steps=2, decoder_batch=2,
                          n_train=6, low_steps=2, high_steps=1, decay_steps=2, low_batch=2, batch=2, ckpt_every=10,
                          eval_every=100)
+    grad_l1, calls = T._grad_l1, []
+
+    def vae_interrupted(a, b):                 # Ctrl-C during the second VAE step
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return grad_l1(a, b)
+
+    T._grad_l1 = vae_interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, evaluate=False)
+    finally:
+        T._grad_l1 = grad_l1
+    state = json.loads((tmp_path / "run" / "vae" / "last" / "state.json").read_text())
+    assert state["step"] == 1 and not (tmp_path / "run" / "vae" / "final").exists()
+
     update = T._EMA.update
 
-    def interrupted(self, named, step):       # Ctrl-C during the second UNet step
+    def interrupted(self, named, step):       # Ctrl-C during the second UNet step (the VAE resumed and ended)
         if step == 1:
             raise KeyboardInterrupt
         update(self, named, step)
@@ -225,6 +242,7 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
             train(cfg, evaluate=False)
     finally:
         T._EMA.update = update
+    assert json.loads((tmp_path / "run" / "vae" / "last" / "state.json").read_text())["step"] == 2
     state = json.loads((tmp_path / "run" / "unet" / "last" / "state.json").read_text())
     assert state["step"] == 1                  # checkpointed at the step reached, not at ckpt_every
     final = train(cfg, evaluate=False)

@@ -66,6 +66,56 @@ def _save_state(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> N
         (tmp / "state.json").write_text(json.dumps(meta, default=int) + "\n")
 
 
+def _resume(last: Path, stage: str, opt: torch.optim.Optimizer,
+            modules: dict[str, torch.nn.Module]) -> tuple[int, dict, dict[str, torch.Tensor]]:
+    """Load the resume checkpoint in ``last``, if there is one, into ``modules`` (prefix -> module) and ``opt``.
+
+    Returns:
+        (the step reached, the checkpoint's JSON, all its tensors); (0, {}, {}) when there is none.
+    """
+    from safetensors.torch import load_file
+
+    if not (last / "state.json").is_file():
+        return 0, {}, {}
+    meta = read_json(last / "state.json")
+    tensors = load_file(str(last / "state.safetensors"))
+    for prefix, module in modules.items():
+        module.load_state_dict(_unprefixed(prefix, tensors))
+    load_optimizer(opt, tensors, meta["optimizer"])
+    step = int(meta["step"])
+    log.info("%s: resumed at step %d", stage, step)
+    return step, meta, tensors
+
+
+def _checkpoint(last: Path, step: int, opt: torch.optim.Optimizer, modules: dict[str, torch.nn.Module],
+                tensors: dict[str, torch.Tensor] | None = None, **meta: Any) -> None:
+    """The resume checkpoint that :func:`_resume` reads: ``modules``' weights by prefix, the optimizer, and
+    any further ``tensors`` and JSON ``meta``."""
+    state, ometa = optimizer_tensors(opt)
+    for prefix, module in modules.items():
+        state.update(_prefixed(prefix, module.state_dict()))
+    _save_state(last, {**state, **(tensors or {})}, {"step": step, "optimizer": ometa, **meta})
+
+
+def _steps(stage: str, step: int, steps: int, one_step, save, ckpt_every: int) -> None:
+    """Run ``one_step(step) -> loss`` from ``step`` to ``steps``, logging every 50 steps; ``save(step)``
+    every ``ckpt_every`` steps, at the end, and on Ctrl-C / SIGTERM (then ``KeyboardInterrupt`` goes on)."""
+    t0, losses = time.perf_counter(), []
+    try:
+        while step < steps:
+            losses.append(one_step(step))
+            step += 1
+            if step % 50 == 0:
+                log.info("%s step %d/%d loss %.4f (%.2f s/step)", stage, step, steps, np.mean(losses[-50:]),
+                         (time.perf_counter() - t0) / len(losses))
+            if step % ckpt_every == 0 or step == steps:
+                save(step)
+    except KeyboardInterrupt:
+        log.warning("%s: stopped at step %d; checkpointing", stage, step)
+        save(step)
+        raise
+
+
 def _save_pipeline(folder: Path, pipe) -> None:
     with hold_interrupts(), atomic_path(folder, directory=True) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
@@ -102,8 +152,6 @@ def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def train_vae(cfg: ToyTrainConfig, device: torch.device) -> Path:
     """Stage 1; returns the ``vae/final`` folder."""
-    from safetensors.torch import load_file
-
     from .model import build_vae
 
     root = Path(cfg.out) / "vae"
@@ -113,48 +161,28 @@ def train_vae(cfg: ToyTrainConfig, device: torch.device) -> Path:
     torch.manual_seed(cfg.seed)
     vae = build_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    step = 0
     last = root / "last"
-    if (last / "state.json").is_file():
-        meta = read_json(last / "state.json")
-        t = load_file(str(last / "state.safetensors"))
-        vae.load_state_dict(_unprefixed("vae", t))
-        load_optimizer(opt, t, meta["optimizer"])
-        step = int(meta["step"])
-        log.info("vae: resumed at step %d", step)
-    def save() -> None:
-        tensors, ometa = optimizer_tensors(opt)
-        _save_state(last, {**_prefixed("vae", vae.state_dict()), **tensors}, {"step": step, "optimizer": ometa})
+    step, _, _ = _resume(last, "vae", opt, {"vae": vae})
 
-    t0, losses = time.perf_counter(), []
-    try:
-        while step < cfg.vae_steps:
-            lr = cfg.vae_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            # 64x64 windows of full-size scenes (the VAE is convolutional; 4x cheaper than whole images), and a
-            # quarter of the batches whole scenes at 64x64 (the first UNet phase)
-            seeds = [10_000_000 + step * cfg.vae_batch + i for i in range(cfg.vae_batch)]
-            x = _batch_images(seeds, 64, crop=None if step % 4 == 3 else 64).to(device)
-            post = vae.encode(x).latent_dist
-            rec = vae.decode(post.sample()).sample
-            kl = post.kl().mean() / x[0].numel()
-            loss = (rec - x).abs().mean() + 0.5 * _grad_l1(rec, x) + cfg.vae_kl * kl * x[0].numel()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            opt.step()
-            step += 1
-            losses.append(loss.item())
-            if step % 50 == 0:
-                log.info("vae step %d/%d loss %.4f (%.2f s/step)", step, cfg.vae_steps, np.mean(losses[-50:]),
-                         (time.perf_counter() - t0) / len(losses))
-            if step % cfg.ckpt_every == 0 or step == cfg.vae_steps:
-                save()
-    except KeyboardInterrupt:
-        log.warning("vae: stopped at step %d; checkpointing", step)
-        save()
-        raise
+    def one_step(step: int) -> float:
+        lr = cfg.vae_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        # 64x64 windows of full-size scenes (the VAE is convolutional; 4x cheaper than whole images), and a
+        # quarter of the batches whole scenes at 64x64 (the first UNet phase)
+        seeds = [10_000_000 + step * cfg.vae_batch + i for i in range(cfg.vae_batch)]
+        x = _batch_images(seeds, 64, crop=None if step % 4 == 3 else 64).to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = (rec - x).abs().mean() + 0.5 * _grad_l1(rec, x) + cfg.vae_kl * kl * x[0].numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        return loss.item()
+
+    _steps("vae", step, cfg.vae_steps, one_step, lambda n: _checkpoint(last, n, opt, {"vae": vae}), cfg.ckpt_every)
     # the scaling factor: unit variance of the latents of fresh scenes
     vae.eval()
     with torch.no_grad():
@@ -176,7 +204,6 @@ def tune_decoder(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device) -> Pa
     UNet learns, does not change, so this stage is independent of stage 3. ``decoder_steps = 0`` skips it.
     """
     from diffusers import AutoencoderKL
-    from safetensors.torch import load_file
 
     root = Path(cfg.out) / "vae"
     final = root / "decoder"
@@ -190,47 +217,27 @@ def tune_decoder(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device) -> Pa
     vae.quant_conv.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    step = 0
     last = root / "decoder-last"
-    if (last / "state.json").is_file():
-        meta = read_json(last / "state.json")
-        t = load_file(str(last / "state.safetensors"))
-        vae.load_state_dict(_unprefixed("vae", t))
-        load_optimizer(opt, t, meta["optimizer"])
-        step = int(meta["step"])
-        log.info("decoder: resumed at step %d", step)
+    step, _, _ = _resume(last, "decoder", opt, {"vae": vae})
 
-    def save() -> None:
-        tensors, ometa = optimizer_tensors(opt)
-        _save_state(last, {**_prefixed("vae", vae.state_dict()), **tensors}, {"step": step, "optimizer": ometa})
+    def one_step(step: int) -> float:
+        lr = cfg.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.decoder_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        seeds = [30_000_000 + step * cfg.decoder_batch + i for i in range(cfg.decoder_batch)]
+        x = _batch_images(seeds, 128).to(device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + 0.5 * _grad_l1(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss.item()
 
-    t0, losses = time.perf_counter(), []
-    try:
-        while step < cfg.decoder_steps:
-            lr = cfg.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.decoder_steps))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            seeds = [30_000_000 + step * cfg.decoder_batch + i for i in range(cfg.decoder_batch)]
-            x = _batch_images(seeds, 128).to(device)
-            with torch.no_grad():
-                z = vae.encode(x).latent_dist.sample()
-            rec = vae.decode(z).sample
-            loss = (rec - x).abs().mean() + 0.5 * _grad_l1(rec, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            step += 1
-            losses.append(loss.item())
-            if step % 50 == 0:
-                log.info("decoder step %d/%d loss %.4f (%.2f s/step)", step, cfg.decoder_steps,
-                         np.mean(losses[-50:]), (time.perf_counter() - t0) / len(losses))
-            if step % cfg.ckpt_every == 0 or step == cfg.decoder_steps:
-                save()
-    except KeyboardInterrupt:
-        log.warning("decoder: stopped at step %d; checkpointing", step)
-        save()
-        raise
+    _steps("decoder", step, cfg.decoder_steps, one_step, lambda n: _checkpoint(last, n, opt, {"vae": vae}),
+           cfg.ckpt_every)
     vae.eval()
     _save_pipeline(final, vae)
     log.info("decoder: done")
@@ -328,8 +335,6 @@ def learning_rate(cfg: ToyTrainConfig, step: int) -> float:
 def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: torch.device,
                evaluate_fn=None) -> Path:
     """Stage 3; returns the final pipeline folder."""
-    from safetensors.torch import load_file
-
     from ..capture.tokenizer import clip_tokenizer
     from .model import build_text_encoder, build_unet, noise_scheduler
 
@@ -346,23 +351,14 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
     ema = _EMA(cfg.ema)
     sched = noise_scheduler()
     tok = clip_tokenizer()
-    step = 0
     last = root / "last"
-    rng_state = None
-    if (last / "state.json").is_file():
-        meta = read_json(last / "state.json")
-        t = load_file(str(last / "state.safetensors"))
-        unet.load_state_dict(_unprefixed("unet", t))
-        text.load_state_dict(_unprefixed("text", t))
-        ema.shadow = {k[4:]: v.to(device) for k, v in t.items() if k.startswith("ema.")}
-        load_optimizer(opt, t, meta["optimizer"])
-        step = int(meta["step"])
-        rng_state = meta["rng"]
-        log.info("unet: resumed at step %d", step)
+    models = {"unet": unet, "text": text}
+    step, meta, saved = _resume(last, "unet", opt, models)
+    ema.shadow = {k[4:]: v.to(device) for k, v in saved.items() if k.startswith("ema.")}
     total = cfg.low_steps + cfg.high_steps
     rng = np.random.default_rng([cfg.seed, 1])
-    if rng_state is not None:
-        rng.bit_generator.state = rng_state
+    if "rng" in meta:
+        rng.bit_generator.state = meta["rng"]
     data: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     empty = _tokenize(tok, [""])[0]
 
@@ -374,11 +370,8 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
         return data[size]
 
     def save() -> None:
-        tensors, ometa = optimizer_tensors(opt)
-        state = {**_prefixed("unet", unet.state_dict()), **_prefixed("text", text.state_dict()),
-                 **{f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.shadow.items()}, **tensors}
-        _save_state(last, state, {"step": step, "optimizer": ometa, "rng": rng.bit_generator.state,
-                                  "config": asdict(cfg)})
+        _checkpoint(last, step, opt, models, _prefixed("ema", ema.shadow), rng=rng.bit_generator.state,
+                    config=asdict(cfg))
 
     unet.train()
     text.train()
