@@ -242,3 +242,32 @@ def test_a_signal_inside_a_call_into_the_pool_is_raised_when_the_call_is_done(mo
             timer.join()
             events.append(fut.done())                # the labelling (0.5 s) had finished
     assert events == ["submitted", True]
+
+
+def _stop_signals_blocked() -> list[int]:
+    return sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM})
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="needs pthread_sigmask")
+def test_a_worker_starts_with_the_stop_signals_blocked_until_it_has_its_own_handlers(monkeypatch, tmp_path):
+    # A SIGTERM or Ctrl-C that reached a forked worker before its initializer ran the handler it inherited
+    # from this process, which raised into the worker's copy of this process's stack: the worker went on
+    # running the caller's code (seen as a second pytest session printing its own summary). A worker now
+    # starts with both signals blocked and lets them in once it has its own handlers.
+    from pccseg.labellers import workers
+    from pccseg.signals import handle_interrupts
+
+    real_init, seen = workers._init_worker, tmp_path / "seen.txt"
+
+    def init(*args):                                  # runs first in the worker
+        at_start = _stop_signals_blocked()
+        real_init(*args)
+        seen.write_text(json.dumps([at_start, _stop_signals_blocked(),
+                                    signal.getsignal(signal.SIGTERM) == signal.SIG_DFL]))
+
+    monkeypatch.setattr(workers, "_init_worker", init)
+    with handle_interrupts(), LabelPool(LabelParams(ks=(3,)), 1) as pool:
+        done = pool.result(pool.submit(small_capture(seed=0)))
+        assert _stop_signals_blocked() == []          # in this process only while the worker is started
+    assert done.mask.shape == small_capture(seed=0).image.shape[:2]
+    assert json.loads(seen.read_text()) == [sorted([int(signal.SIGINT), int(signal.SIGTERM)]), [], True]

@@ -3,6 +3,12 @@
 Inside :func:`handle_interrupts` both signals raise in the main thread (SIGTERM as :class:`Terminated`, a
 ``KeyboardInterrupt``), so the code unwinds as on Ctrl-C: temporary files are removed and ``finally``
 blocks run. A :func:`hold_interrupts` block (the writes of one sample, a checkpoint) is finished first.
+
+A process forked inside :func:`handle_interrupts` inherits its handler and the stack of the code that
+forked. A signal that reaches it before it has handlers of its own (Slurm and a terminal's Ctrl-C signal
+every process of the job; a pool's shutdown terminates its workers) would raise into that copy, and the
+child would go on running the parent's clean-up. Forks go inside :func:`blocked_for_children`, and the
+child calls :func:`unblock` once its handlers are set.
 """
 
 from __future__ import annotations
@@ -67,3 +73,28 @@ def hold_interrupts() -> Iterator[None]:
             _pending = None
     if exc is not None:
         _unwind(exc)
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def blocked_for_children() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread inside the block (where the OS allows it): a process forked
+    (or a thread started) here starts with them blocked, and they stay pending in it until it calls
+    :func:`unblock`. In this thread they are delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):           # pragma: no cover - Windows
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def unblock() -> None:
+    """In a child started inside :func:`blocked_for_children`, after it set its own handlers: let SIGINT
+    and SIGTERM in (one that came meanwhile is delivered now)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)

@@ -34,7 +34,7 @@ import torch
 
 from ..capture.format import Capture, load_capture
 from ..errors import InputError
-from ..signals import hold_interrupts
+from ..signals import blocked_for_children, hold_interrupts, unblock
 from .pcc import torch_threads
 
 
@@ -104,6 +104,7 @@ def _init_worker(label_fn: Callable, params: Any, device: torch.device) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the whole group: the main process decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    unblock()                                         # blocked since the fork (LabelPool._send)
     torch.set_num_threads(1)
     _worker.update(label_fn=label_fn, params=params, device=device)
     parent = multiprocessing.parent_process()
@@ -177,13 +178,21 @@ class LabelPool:
             fut.set_result(fn(*args))
         return fut
 
+    def _send(self, fn: Callable, arg: Any) -> Future:
+        """``executor.submit(fn, arg)``, which starts the workers at its first call: with SIGTERM and Ctrl-C
+        held back in Python (see the class) and blocked in the OS, so that a forked worker starts with them
+        blocked until :func:`_init_worker` has its own handlers. Before, a signal in that moment ran the
+        inherited handler in the worker, which raised into its copy of this process's stack and went on
+        running this process's code."""
+        with hold_interrupts(), blocked_for_children():
+            return self._executor.submit(fn, arg)
+
     def submit(self, capture: Capture) -> Future:
         """Label ``capture``; the future's result is a :class:`Labelled` (or raises what labelling raised).
         Without workers it is labelled before this returns."""
         if self._executor is None:
             return self._here(_labelled, self.label_fn, capture, self.params)
-        with hold_interrupts():
-            return self._executor.submit(_label_arrays, _arrays(capture))
+        return self._send(_label_arrays, _arrays(capture))
 
     def result(self, future: Future) -> Any:
         """``future.result()`` of a :meth:`submit`, with SIGTERM and Ctrl-C held back until it is there (the
@@ -198,19 +207,15 @@ class LabelPool:
             for d in dirs:
                 yield d, self._here(_label_path, self.label_fn, d, self.params, self.device).result()
             return
-        def send(d: Path) -> None:
-            with hold_interrupts():
-                pending.append((d, self._executor.submit(_label_dir, d)))
-
         todo = iter(dirs)
         pending: collections.deque = collections.deque()
         for d in todo:
-            send(d)
+            pending.append((d, self._send(_label_dir, d)))
             if len(pending) >= 2 * self.processes:
                 break
         while pending:
             d, fut = pending.popleft()
             nxt = next(todo, None)
             if nxt is not None:
-                send(nxt)
+                pending.append((nxt, self._send(_label_dir, nxt)))
             yield d, self.result(fut)
