@@ -396,6 +396,41 @@ def test_sigterm_is_raised_like_ctrl_c_after_the_held_block():
         pass
 
 
+def _stop_signals_blocked(*_) -> list[int]:
+    return sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM})
+
+
+class _BlockedSignals(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor(_stop_signals_blocked())
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="needs pthread_sigmask")
+def test_dataloader_workers_start_with_the_stop_signals_blocked_until_their_set_up(tmp_path):
+    # as `pccseg train` and `evaluate` start their workers: a signal in a forked worker's first moments would
+    # run the handler it inherited and raise into its copy of the training loop's stack
+    from pccseg.signals import blocked_for_children, unblock
+
+    seen = tmp_path / "at_start.json"
+
+    def init(worker_id: int) -> None:                           # the worker's state before unblock()
+        seen.write_text(json.dumps(_stop_signals_blocked()))
+        unblock(worker_id)
+
+    loader = torch.utils.data.DataLoader(_BlockedSignals(), batch_size=None, num_workers=1, worker_init_fn=init,
+                                         multiprocessing_context="fork")
+    with handle_interrupts():
+        with blocked_for_children():
+            batches = iter(loader)
+        assert _stop_signals_blocked() == []                    # here only while the workers start
+        got = [b.tolist() for b in batches]
+    assert json.loads(seen.read_text()) == sorted([int(signal.SIGINT), int(signal.SIGTERM)])
+    assert got == [[], []]
+
+
 # --------------------------------------------------------------------------- the first minute (issue 10)
 
 

@@ -6,6 +6,7 @@ every bad setting is one line."""
 import json
 import math
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -153,6 +154,27 @@ def test_checkpoints(overfit):
     # evaluating a checkpoint reproduces the mIoU logged at its iteration
     scores = evaluate(run / "best", data, split="train", device="cpu", workers=0, progress=False, short_side=None)
     assert scores.miou == pytest.approx(result["best_miou"], abs=1e-9)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="needs pthread_sigmask")
+def test_evaluate_workers_score_the_same_and_start_with_the_stop_signals_blocked(overfit, tmp_path, monkeypatch):
+    # a signal in a forked worker's first moments would run the handler it inherited from this process and
+    # raise into its copy of this process's stack; the workers start with SIGINT and SIGTERM blocked
+    from pccseg.signals import unblock
+    from pccseg.train import evaluate as E
+
+    data, run, cfg, result = overfit
+    seen = tmp_path / "at_start.json"
+
+    def init(*args) -> None:                  # in the worker, before it lets the signals in
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        seen.write_text(json.dumps(sorted(int(s) for s in mask & {signal.SIGINT, signal.SIGTERM})))
+        unblock(*args)
+
+    monkeypatch.setattr(E, "unblock", init)
+    scores = evaluate(run / "best", data, split="train", device="cpu", workers=1, progress=False, short_side=None)
+    assert scores.miou == pytest.approx(result["best_miou"], abs=1e-9)
+    assert json.loads(seen.read_text()) == sorted([int(signal.SIGINT), int(signal.SIGTERM)])
 
 
 def test_evaluate_cli(overfit, tmp_path, capsys):

@@ -93,8 +93,9 @@ def blocked_for_children() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def unblock() -> None:
-    """In a child started inside :func:`blocked_for_children`, after it set its own handlers: let SIGINT
-    and SIGTERM in (one that came meanwhile is delivered now)."""
+def unblock(*_: object) -> None:
+    """In a child started inside :func:`blocked_for_children`, once it has its own handlers: let SIGINT
+    and SIGTERM in (one that came meanwhile is delivered now). Arguments are ignored, so that it serves as
+    a DataLoader's ``worker_init_fn`` (torch's worker loop has its handlers by then)."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)

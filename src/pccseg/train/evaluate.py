@@ -18,6 +18,7 @@ from torch import nn
 from .deeplab import load_model, normalize, read_checkpoint_meta, rescale_factor, rescaled_size
 from ..errors import InputError, unwrap_worker_error
 from ..io import make_dir, remove_temps, save_mask
+from ..signals import blocked_for_children, unblock
 from .metrics import Scores, confusion_matrix, scores_from_confusion
 from ..dataset.voc import VOCSegmentation
 
@@ -132,13 +133,15 @@ def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.uti
     was_training = model.training
     model.eval()
     loader = torch.utils.data.DataLoader(_Indexed(base, indices[rank::world]), batch_size=1,
-                                         num_workers=workers, pin_memory=device.type == "cuda")
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         worker_init_fn=unblock)
     cm = torch.zeros(len(class_names), len(class_names), dtype=torch.int64, device=device)
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(loader), desc="evaluate", dynamic_ncols=True)
-    batches = iter(loader)
+    with blocked_for_children():      # the workers start with SIGTERM / Ctrl-C blocked (pccseg.signals)
+        batches = iter(loader)
     while True:
         try:
             j, image, mask = next(batches)

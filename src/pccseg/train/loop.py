@@ -47,7 +47,7 @@ from .deeplab import (CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, backbone_s
 from ..errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
 from ..io import atomic_path, make_dir, read_jsonl, remove_temps, write_json
-from ..signals import hold_interrupts
+from ..signals import blocked_for_children, hold_interrupts, unblock
 from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
 from ..vocab import IGNORE_INDEX
 from ..dataset.voc import VOCSegmentation, voc_root
@@ -434,7 +434,7 @@ def _loader(config: TrainConfig, env: _Env, train_set: VOCSegmentation, start: i
                          cat_max_ratio=config.cat_max_ratio, photometric=config.photometric)
     return torch.utils.data.DataLoader(
         stream, batch_size=per_rank, num_workers=config.workers, pin_memory=env.device.type == "cuda",
-        sampler=StreamSampler(start, stop, per_rank, env.rank, env.world),
+        sampler=StreamSampler(start, stop, per_rank, env.rank, env.world), worker_init_fn=unblock,
         generator=torch.Generator().manual_seed(config.seed))  # own generator: keeps the global RNG exact
 
 
@@ -543,7 +543,8 @@ def train(config: TrainConfig) -> dict:
             model, **({"device_ids": [env.device.index]} if env.device.type == "cuda" else {}))
 
     stop = config.iters if config.stop_after is None else min(config.iters, config.stop_after)
-    batches = iter(_loader(config, env, train_set, progress.iteration, stop))
+    with blocked_for_children():      # the workers start with SIGTERM / Ctrl-C blocked (pccseg.signals)
+        batches = iter(_loader(config, env, train_set, progress.iteration, stop))
     log = _Log(config, env, class_names, progress.iteration)
     bar = None
     if env.main and config.progress:
