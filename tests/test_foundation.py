@@ -68,6 +68,24 @@ def test_cli_lists_every_command(capsys):
         assert name in out
 
 
+def test_cli_logs_pccseg_at_info_and_other_libraries_from_warning(tmp_path):
+    # other libraries at INFO were shown: torch logged its cache statistics after every command (4 lines)
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; from pccseg import cli; rc = cli.main(sys.argv[1:]); "
+            "[logging.getLogger(n).log(level, n + ' ' + logging.getLevelName(level)) "
+            " for n in ('pccseg.x', 'somelib.x') for level in (logging.DEBUG, logging.INFO, logging.WARNING)]")
+    args = ["label", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+    for verbose, shown in (([], {"pccseg.x INFO", "pccseg.x WARNING", "somelib.x WARNING"}),
+                           (["-v"], {"pccseg.x DEBUG", "pccseg.x INFO", "pccseg.x WARNING", "somelib.x INFO",
+                                     "somelib.x WARNING"})):
+        err = subprocess.run([sys.executable, "-c", code, *verbose, *args], capture_output=True, text=True,
+                             timeout=120).stderr
+        lines = {line.split(": ", 1)[1] for line in err.splitlines() if line.startswith(("DEBUG", "INFO", "WARN"))}
+        assert lines == shown, err
+
+
 def test_public_api_names_resolve():
     import pccseg
 

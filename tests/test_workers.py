@@ -271,3 +271,26 @@ def test_a_worker_starts_with_the_stop_signals_blocked_until_it_has_its_own_hand
         assert _stop_signals_blocked() == []          # in this process only while the worker is started
     assert done.mask.shape == small_capture(seed=0).image.shape[:2]
     assert json.loads(seen.read_text()) == [sorted([int(signal.SIGINT), int(signal.SIGTERM)]), [], True]
+
+
+def test_sigterm_to_the_whole_job_while_waiting_for_a_worker_is_a_sigterm_not_a_broken_pool():
+    # Slurm and `kill -TERM -PGID` signal every process: the worker died of it and the wait for its result
+    # raised BrokenProcessPool, which hid the signal held meanwhile (`pccseg label` exited 1 with a traceback)
+    from pccseg.signals import Terminated, handle_interrupts
+
+    with pytest.raises(Terminated), handle_interrupts(), \
+            LabelPool(LabelParams(ks=(3,)), 1, label_fn=_slow_label) as pool:
+        fut = pool.submit(small_capture(seed=0))
+        time.sleep(0.1)                               # the worker is labelling (0.5 s)
+        worker = next(iter(pool._executor._processes.values()))
+
+        def job_terminated() -> None:
+            os.kill(worker.pid, signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        timer = threading.Timer(0.1, job_terminated)
+        timer.start()
+        try:
+            pool.result(fut)
+        finally:
+            timer.join()

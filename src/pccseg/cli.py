@@ -35,8 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # pccseg's own progress at INFO (DEBUG with -v); other libraries' INFO (torch prints cache statistics at
+    # exit, for one) only with -v
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pccseg").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         with handle_interrupts():
             return int(args.func(args) or 0)

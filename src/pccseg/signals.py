@@ -60,8 +60,10 @@ def handle_interrupts() -> Iterator[None]:
 @contextlib.contextmanager
 def hold_interrupts() -> Iterator[None]:
     """A signal that arrives inside the block is raised when the block ends, so that what the block writes
-    is finished; a second signal raises at once. Needs :func:`handle_interrupts` around it to hold
-    anything."""
+    is finished; a second signal raises at once. When the block ends by an exception, a signal that came
+    meanwhile is raised instead, with that exception as its context: the signal often caused it (Slurm
+    terminates the worker processes a block waits for along with this one). Needs
+    :func:`handle_interrupts` around it to hold anything."""
     global _held, _pending
     _held += 1
     try:
@@ -71,8 +73,7 @@ def hold_interrupts() -> Iterator[None]:
         exc = None if _held else _pending
         if exc is not None:
             _pending = None
-    if exc is not None:
-        _unwind(exc)
+            _unwind(exc)
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
