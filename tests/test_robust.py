@@ -396,6 +396,32 @@ def test_sigterm_is_raised_like_ctrl_c_after_the_held_block():
         pass
 
 
+def test_a_hold_in_another_thread_does_not_defer_the_main_threads_signal():
+    # label() holds signals around its thread pool; called from a thread of the caller's, its hold deferred a
+    # SIGTERM of the main thread and then raised it in that thread, where nobody stops for it
+    inside, leave, raised = threading.Event(), threading.Event(), []
+
+    def held_elsewhere() -> None:
+        try:
+            with hold_interrupts():
+                inside.set()
+                leave.wait(5)
+        except BaseException as e:                                # pragma: no cover - the failure
+            raised.append(e)
+
+    thread = threading.Thread(target=held_elsewhere)
+    with pytest.raises(Terminated), handle_interrupts():
+        thread.start()
+        inside.wait(5)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)                                         # raised here, at once
+        finally:
+            leave.set()
+            thread.join()
+    assert raised == []
+
+
 def _stop_signals_blocked(*_) -> list[int]:
     return sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM})
 

@@ -63,8 +63,13 @@ def hold_interrupts() -> Iterator[None]:
     is finished; a second signal raises at once. When the block ends by an exception, a signal that came
     meanwhile is raised instead, with that exception as its context: the signal often caused it (Slurm
     terminates the worker processes a block waits for along with this one). Needs
-    :func:`handle_interrupts` around it to hold anything."""
+    :func:`handle_interrupts` around it to hold anything. Outside the main thread it holds nothing: the
+    signals raise in the main thread only, and a hold in another thread would defer them there and raise
+    them in that thread instead."""
     global _held, _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _held += 1
     try:
         yield
