@@ -105,6 +105,28 @@ def test_resume_skips_done_and_repairs(pipe, records, tmp_path):
     assert after == before                      # deterministic: the regenerated mask is the same
 
 
+def test_resuming_with_another_thread_count_warns_that_images_may_differ(pipe, records, tmp_path, caplog):
+    # on the CPU torch's kernels round differently with other thread counts (tests/test_kill.py saw it)
+    import logging
+
+    from pccseg.labellers.pcc import torch_threads
+
+    out = tmp_path / "ds"
+    with torch_threads(1):
+        generate(pipe, records[:1], out, progress=False, rank=0, world_size=1, **KW)
+    s = json.loads((out / "settings.json").read_text())
+    assert s["device"] == "cpu" and s["threads"] == 1
+    with caplog.at_level(logging.WARNING, logger="pccseg.dataset.generate"):
+        with torch_threads(1):
+            assert generate(pipe, records[:2], out, progress=False, rank=0, world_size=1, **KW).generated == 1
+        assert not caplog.records
+        with torch_threads(2):
+            assert generate(pipe, records, out, progress=False, rank=0, world_size=1, **KW).generated == 1
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"{out / 'settings.json'}: resuming with threads 1 -> 2: the images still to make")
+    assert json.loads((out / "settings.json").read_text())["threads"] == 1          # the run's first start
+
+
 def test_rerun_with_keep_captures_adds_the_captures(pipe, records, tmp_path):
     out = tmp_path / "ds"
     generate(pipe, records[:2], out, progress=False, rank=0, world_size=1, **KW)

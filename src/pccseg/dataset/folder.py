@@ -46,7 +46,11 @@ SETTINGS = "settings.json"
 CAPTURES = "captures"
 
 #: settings.json keys that do not have to match when a run resumes an existing folder.
-INFORMATIONAL_KEYS = ("pccseg_version", "batch_size", "device", "processes", "scheduler")
+INFORMATIONAL_KEYS = ("pccseg_version", "batch_size", "device", "processes", "scheduler", "threads")
+#: informational keys that change the float rounding of the images: a run resumed with others makes its
+#: remaining images not bit for bit as an uninterrupted run would (torch's kernels differ by device, batch
+#: shape and CPU thread count)
+ROUNDING_KEYS = ("device", "batch_size", "threads")
 
 
 def _canon(obj: Any) -> Any:
@@ -164,6 +168,14 @@ class Dataset:
         if diff:
             raise InputError("this folder holds a run with other settings (" + "; ".join(diff) +
                              "): use another --out, or the earlier run's options to resume it", path=path)
+
+    def rounding_changes(self, settings: dict) -> list[str]:
+        """``key old -> new`` for each of :data:`ROUNDING_KEYS` that the folder's settings.json holds with
+        another value than ``settings`` (none when either lacks the key, or there is no settings.json)."""
+        if not self.settings_path.is_file():
+            return []
+        old, new = _canon(read_json(self.settings_path)), _canon(settings)
+        return [f"{k} {old[k]!r} -> {new[k]!r}" for k in ROUNDING_KEYS if k in old and k in new and old[k] != new[k]]
 
     def write_settings(self, settings: dict) -> None:
         """Check, then write settings.json if it is not there yet."""

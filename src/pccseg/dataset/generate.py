@@ -202,6 +202,9 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
                                 val_share=val_share)
     settings = dict(settings)
     settings.setdefault("scheduler", type(pipe.scheduler).__name__)
+    settings.setdefault("device", pipe.device.type)
+    if pipe.device.type == "cpu":
+        settings.setdefault("threads", torch.get_num_threads())
 
     st = None
     if rank is None or world_size is None:
@@ -211,6 +214,10 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     ds = Dataset(out_dir)
     if is_main:                     # alone in the folder until the others pass the barrier
         ds.check_settings(settings)
+        changed = ds.rounding_changes(settings)
+        if changed:
+            log.warning("%s: resuming with %s: the images still to make may differ in float rounding from "
+                        "an uninterrupted run's", ds.settings_path, ", ".join(changed))
         make_dir(out_dir)
         if world_size == 1 or st is not None:   # given rank and world_size: no barrier, the caller repairs
             ds.repair()
