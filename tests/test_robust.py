@@ -426,35 +426,48 @@ def _stop_signals_blocked(*_) -> list[int]:
     return sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM})
 
 
-class _BlockedSignals(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 2
+class _WorkerState(torch.utils.data.Dataset):
+    """Item i: the worker's pid and its blocked stop signals (slowly: a worker stays busy)."""
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.tensor(_stop_signals_blocked())
+    def __len__(self) -> int:
+        return 1000
+
+    def __getitem__(self, i: int) -> tuple[int, list[int]]:
+        time.sleep(0.01)
+        return os.getpid(), _stop_signals_blocked()
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="needs pthread_sigmask")
-def test_dataloader_workers_start_with_the_stop_signals_blocked_until_their_set_up(tmp_path):
-    # as `pccseg train` and `evaluate` start their workers: a signal in a forked worker's first moments would
-    # run the handler it inherited and raise into its copy of the training loop's stack
-    from pccseg.signals import blocked_for_children, unblock
+def test_dataloader_workers_start_blocked_and_end_quietly_on_a_signal_from_anyone(tmp_path):
+    # As `pccseg train` and `evaluate` start their workers. (1) A signal in a forked worker's first moments
+    # would run the handler it inherited and raise into its copy of the training loop's stack. (2) torch's
+    # own SIGTERM handler let a worker exit quietly only for its parent's SIGTERM: Slurm's (every process of
+    # the job) killed it, and torch's SIGCHLD handler raised "DataLoader worker ... is killed by signal"
+    # over pccseg's own SIGTERM.
+    import subprocess
+
+    from pccseg.signals import blocked_for_children, dataloader_worker_init
 
     seen = tmp_path / "at_start.json"
 
-    def init(worker_id: int) -> None:                           # the worker's state before unblock()
+    def init(worker_id: int) -> None:                           # the worker's state before it unblocks
         seen.write_text(json.dumps(_stop_signals_blocked()))
-        unblock(worker_id)
+        dataloader_worker_init(worker_id)
 
-    loader = torch.utils.data.DataLoader(_BlockedSignals(), batch_size=None, num_workers=1, worker_init_fn=init,
+    loader = torch.utils.data.DataLoader(_WorkerState(), batch_size=None, num_workers=1, worker_init_fn=init,
                                          multiprocessing_context="fork")
     with handle_interrupts():
         with blocked_for_children():
             batches = iter(loader)
         assert _stop_signals_blocked() == []                    # here only while the workers start
-        got = [b.tolist() for b in batches]
-    assert json.loads(seen.read_text()) == sorted([int(signal.SIGINT), int(signal.SIGTERM)])
-    assert got == [[], []]
+        pid, blocked = next(batches)
+        assert json.loads(seen.read_text()) == sorted([int(signal.SIGINT), int(signal.SIGTERM)])
+        assert blocked == []
+        subprocess.run(["kill", "-TERM", str(pid)], check=True)  # from another process, as Slurm's
+        worker = batches._workers[0]
+        worker.join(10)
+        assert worker.exitcode == 0                             # ended by its loop, not killed
+        batches._shutdown_workers()
 
 
 # --------------------------------------------------------------------------- the first minute (issue 10)

@@ -160,18 +160,18 @@ def test_checkpoints(overfit):
 def test_evaluate_workers_score_the_same_and_start_with_the_stop_signals_blocked(overfit, tmp_path, monkeypatch):
     # a signal in a forked worker's first moments would run the handler it inherited from this process and
     # raise into its copy of this process's stack; the workers start with SIGINT and SIGTERM blocked
-    from pccseg.signals import unblock
+    from pccseg.signals import dataloader_worker_init
     from pccseg.train import evaluate as E
 
     data, run, cfg, result = overfit
     seen = tmp_path / "at_start.json"
 
-    def init(*args) -> None:                  # in the worker, before it lets the signals in
+    def init(worker_id: int) -> None:         # in the worker, before it lets the signals in
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
         seen.write_text(json.dumps(sorted(int(s) for s in mask & {signal.SIGINT, signal.SIGTERM})))
-        unblock(*args)
+        dataloader_worker_init(worker_id)
 
-    monkeypatch.setattr(E, "unblock", init)
+    monkeypatch.setattr(E, "dataloader_worker_init", init)
     scores = evaluate(run / "best", data, split="train", device="cpu", workers=1, progress=False, short_side=None)
     assert scores.miou == pytest.approx(result["best_miou"], abs=1e-9)
     assert json.loads(seen.read_text()) == sorted([int(signal.SIGINT), int(signal.SIGTERM)])

@@ -99,9 +99,26 @@ def blocked_for_children() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def unblock(*_: object) -> None:
+def unblock() -> None:
     """In a child started inside :func:`blocked_for_children`, once it has its own handlers: let SIGINT
-    and SIGTERM in (one that came meanwhile is delivered now). Arguments are ignored, so that it serves as
-    a DataLoader's ``worker_init_fn`` (torch's worker loop has its handlers by then)."""
+    and SIGTERM in (one that came meanwhile is delivered now)."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _end_worker(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def dataloader_worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of pccseg's DataLoaders, whose iterators start inside :func:`blocked_for_children`:
+    SIGINT and SIGTERM end the worker quietly, then :func:`unblock`.
+
+    Both raise ``KeyboardInterrupt``, which torch's worker loop takes as the end of the worker (exit code
+    0). torch's own SIGTERM handler exits quietly only for the main process's SIGTERM; Slurm's, sent to
+    every process of the job, killed the worker, and torch's SIGCHLD handler then raised "DataLoader
+    worker ... is killed by signal: Terminated" in the main process, over its own SIGTERM (``pccseg train``
+    exited 1 with a traceback)."""
+    signal.signal(signal.SIGINT, _end_worker)
+    signal.signal(signal.SIGTERM, _end_worker)
+    unblock()

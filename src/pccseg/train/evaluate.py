@@ -18,7 +18,7 @@ from torch import nn
 from .deeplab import load_model, normalize, read_checkpoint_meta, rescale_factor, rescaled_size
 from ..errors import InputError, unwrap_worker_error
 from ..io import make_dir, remove_temps, save_mask
-from ..signals import blocked_for_children, unblock
+from ..signals import blocked_for_children, dataloader_worker_init
 from .metrics import Scores, confusion_matrix, scores_from_confusion
 from ..dataset.voc import VOCSegmentation
 
@@ -134,7 +134,7 @@ def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.uti
     model.eval()
     loader = torch.utils.data.DataLoader(_Indexed(base, indices[rank::world]), batch_size=1,
                                          num_workers=workers, pin_memory=device.type == "cuda",
-                                         worker_init_fn=unblock)
+                                         worker_init_fn=dataloader_worker_init)
     cm = torch.zeros(len(class_names), len(class_names), dtype=torch.int64, device=device)
     bar = None
     if progress and rank == 0:

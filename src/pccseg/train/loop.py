@@ -47,7 +47,7 @@ from .deeplab import (CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, backbone_s
 from ..errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
 from ..io import atomic_path, make_dir, read_jsonl, remove_temps, write_json
-from ..signals import blocked_for_children, hold_interrupts, unblock
+from ..signals import blocked_for_children, dataloader_worker_init, hold_interrupts
 from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
 from ..vocab import IGNORE_INDEX
 from ..dataset.voc import VOCSegmentation, voc_root
@@ -434,7 +434,8 @@ def _loader(config: TrainConfig, env: _Env, train_set: VOCSegmentation, start: i
                          cat_max_ratio=config.cat_max_ratio, photometric=config.photometric)
     return torch.utils.data.DataLoader(
         stream, batch_size=per_rank, num_workers=config.workers, pin_memory=env.device.type == "cuda",
-        sampler=StreamSampler(start, stop, per_rank, env.rank, env.world), worker_init_fn=unblock,
+        sampler=StreamSampler(start, stop, per_rank, env.rank, env.world),
+        worker_init_fn=dataloader_worker_init,  # with the iterator made in blocked_for_children (train())
         generator=torch.Generator().manual_seed(config.seed))  # own generator: keeps the global RNG exact
 
 
