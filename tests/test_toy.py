@@ -363,3 +363,16 @@ def test_round_trip_of_a_perfect_and_a_colour_shifting_vae():
     assert good["adherence"] == 1.0 and good["l1"] == 0.0 and good["n"] == 6
     bad = round_trip(Identity(shift=True), n=6, seed=1000)
     assert bad["adherence"] == 0.0 and bad["l1"] > 10
+
+
+def test_load_pipeline_quiet_has_no_loading_bars(capsys):
+    # `pccseg generate -q` printed diffusers' and transformers' loading bars (every worker of `experiment`, too)
+    from diffusers.utils import logging as diffusers_logging
+
+    from pccseg.capture.pipeline import load_pipeline
+
+    load_pipeline("toy", progress=False)
+    assert capsys.readouterr().err == ""
+    assert diffusers_logging.is_progress_bar_enabled()            # as it was before the call
+    load_pipeline("toy")
+    assert "Loading pipeline components" in capsys.readouterr().err

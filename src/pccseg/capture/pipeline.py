@@ -13,8 +13,10 @@ the scheduler config of the model decides the prediction type) or ``StableDiffus
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -173,8 +175,27 @@ def _ask_hub(model: str) -> None:
         raise outcome[0]
 
 
+@contextlib.contextmanager
+def _loading_bars(show: bool) -> Iterator[None]:
+    """diffusers' and transformers' progress bars of loading a model, off inside the block unless ``show``."""
+    if show:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libs = [lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()]
+    for lib in libs:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libs:
+            lib.enable_progress_bar()
+
+
 def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype: str | torch.dtype | None = None,
-                  device: str | torch.device | None = None, seed: int = 0):
+                  device: str | torch.device | None = None, seed: int = 0, progress: bool = True):
     """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (as model_index.json says) on ``device``
     in ``dtype``, safety checker off (SD), progress bar off.
 
@@ -184,7 +205,13 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
             id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
         dtype: default float16 on CUDA, float32 on CPU.
         device: default CUDA when available.
+        progress: diffusers' and transformers' progress bars while the model loads (``-q`` turns them off).
     """
+    with _loading_bars(progress):
+        return _load_pipeline(model, dtype, device, seed)
+
+
+def _load_pipeline(model: str, dtype: str | torch.dtype | None, device: str | torch.device | None, seed: int):
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     kind = check_model(model)

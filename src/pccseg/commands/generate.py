@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     # 2. the model
     from ..capture.pipeline import load_pipeline
 
-    pipe = load_pipeline(args.model, dtype=dtype, device=device, seed=args.tiny_seed)
+    pipe = load_pipeline(args.model, dtype=dtype, device=device, seed=args.tiny_seed, progress=not args.quiet)
     if settings is None:
         from ..dataset.generate import default_size
 

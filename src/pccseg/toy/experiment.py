@@ -156,7 +156,7 @@ def generate_part(cfg: ExperimentConfig, device: str, rank: int, world: int) -> 
     from ..capture.pipeline import load_pipeline
     from ..dataset.prompts import TOY_PROMPTS
 
-    pipe = load_pipeline(cfg.model, device=device)
+    pipe = load_pipeline(cfg.model, device=device, progress=cfg.progress and world == 1)
     report = generate(pipe, toy_records(cfg.num), Layout(Path(cfg.out)).generated, steps=cfg.steps,
                       guidance=cfg.guidance, seed=cfg.seed, batch_size=cfg.batch_size, height=TOY_SIZE,
                       width=TOY_SIZE, keep_captures=True, model_name=cfg.model, prompts_name=TOY_PROMPTS,
