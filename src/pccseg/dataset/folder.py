@@ -108,6 +108,12 @@ def settings_diff(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+def rounding_changes(old: dict, new: dict) -> list[str]:
+    """``key old -> new`` for each of :data:`ROUNDING_KEYS` that both hold, with different values."""
+    old, new = _canon(old), _canon(new)
+    return [f"{k} {old[k]!r} -> {new[k]!r}" for k in ROUNDING_KEYS if k in old and k in new and old[k] != new[k]]
+
+
 class Dataset:
     """Paths and bookkeeping of one dataset directory."""
 
@@ -157,25 +163,20 @@ class Dataset:
         return [s for s in stems if s not in entries or not self.is_done(s, capture=capture)]
 
     # settings
-    def check_settings(self, settings: dict) -> None:
-        """Raise :class:`InputError` when the folder holds a different run; does not write anything."""
+    def check_settings(self, settings: dict) -> dict | None:
+        """Raise :class:`InputError` when the folder holds a different run; does not write anything.
+        Returns the folder's settings.json (None when there is none yet)."""
         path = self.settings_path
         if self.root.exists() and not self.root.is_dir():
             raise InputError("output path exists and is not a directory", path=self.root, field="--out")
         if not path.is_file():
-            return
-        diff = settings_diff(read_json(path), settings)
+            return None
+        old = read_json(path)
+        diff = settings_diff(old, settings)
         if diff:
             raise InputError("this folder holds a run with other settings (" + "; ".join(diff) +
                              "): use another --out, or the earlier run's options to resume it", path=path)
-
-    def rounding_changes(self, settings: dict) -> list[str]:
-        """``key old -> new`` for each of :data:`ROUNDING_KEYS` that the folder's settings.json holds with
-        another value than ``settings`` (none when either lacks the key, or there is no settings.json)."""
-        if not self.settings_path.is_file():
-            return []
-        old, new = _canon(read_json(self.settings_path)), _canon(settings)
-        return [f"{k} {old[k]!r} -> {new[k]!r}" for k in ROUNDING_KEYS if k in old and k in new and old[k] != new[k]]
+        return old
 
     def write_settings(self, settings: dict) -> None:
         """Check, then write settings.json if it is not there yet."""

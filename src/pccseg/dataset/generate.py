@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from .folder import JPEG_QUALITY, Dataset, check_val_share, mask_stats
+from .folder import JPEG_QUALITY, Dataset, check_val_share, mask_stats, rounding_changes
 from ..errors import InputError
 from ..io import make_dir, save_image, save_mask
 from .prompts import PromptRecord
@@ -213,8 +213,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         is_main = rank == 0
     ds = Dataset(out_dir)
     if is_main:                     # alone in the folder until the others pass the barrier
-        ds.check_settings(settings)
-        changed = ds.rounding_changes(settings)
+        changed = rounding_changes(ds.check_settings(settings) or {}, settings)
         if changed:
             log.warning("%s: resuming with %s: the images still to make may differ in float rounding from "
                         "an uninterrupted run's", ds.settings_path, ", ".join(changed))

@@ -181,9 +181,8 @@ class LabelPool:
     def _send(self, fn: Callable, arg: Any) -> Future:
         """``executor.submit(fn, arg)``, which starts the workers at its first call: with SIGTERM and Ctrl-C
         held back in Python (see the class) and blocked in the OS, so that a forked worker starts with them
-        blocked until :func:`_init_worker` has its own handlers. Before, a signal in that moment ran the
-        inherited handler in the worker, which raised into its copy of this process's stack and went on
-        running this process's code."""
+        blocked until :func:`_init_worker` has its own handlers (:func:`pccseg.signals.blocked_for_children`
+        says why)."""
         with hold_interrupts(), blocked_for_children():
             return self._executor.submit(fn, arg)
 
