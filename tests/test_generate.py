@@ -271,7 +271,7 @@ def test_load_pipeline_tiny_folder_and_errors(pipe, tmp_path, monkeypatch):
     pipe.save_pretrained(str(folder))
     loaded = load_pipeline(str(folder), device="cpu")
     assert loaded.safety_checker is None and loaded.unet.dtype == torch.float32
-    assert check_model(str(folder)) == "folder" and check_model("tiny") == "tiny"
+    assert check_model(str(folder)) == "folder" and check_model("tiny") == "builtin"
     kw = dict(num_inference_steps=1, height=64, width=64, output_type="np")
     a = pipe("a cat", generator=torch.Generator().manual_seed(0), **kw).images
     b = loaded("a cat", generator=torch.Generator().manual_seed(0), **kw).images
@@ -281,7 +281,7 @@ def test_load_pipeline_tiny_folder_and_errors(pipe, tmp_path, monkeypatch):
         load_pipeline(str(tmp_path / "empty"))
     with pytest.raises(InputError, match="no such model folder"):
         load_pipeline(str(tmp_path / "missing"))
-    with pytest.raises(InputError, match="neither 'tiny'"):
+    with pytest.raises(InputError, match="neither a built-in model"):
         check_model("not-a-model")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

@@ -133,3 +133,28 @@ def test_no_import_circles():
     assert "pccseg.train.evaluate" in graph["pccseg.train.loop"]
     assert not graph["pccseg.train.deeplab"] & {"pccseg.train.loop", "pccseg.train.evaluate"}
     assert find_circle(graph) is None
+
+
+#: the folders in the order data flows through them; a module may import its own folder and those before it
+FLOW = ("capture", "labellers", "dataset", ("train", "pictures"), "toy", "commands")
+
+
+def test_imports_follow_the_flow():
+    """No import from a lower folder to a higher one (imports inside functions included): capture ->
+    labellers -> dataset -> train / pictures -> toy -> commands."""
+    rank = {}
+    for i, step in enumerate(FLOW):
+        for folder in (step if isinstance(step, tuple) else (step,)):
+            rank[folder] = i
+    backwards = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if len(parts) < 3 or parts[1] not in rank:
+            continue
+        is_package = parts[-1] == "__init__"
+        module = ".".join(parts[:-1] if is_package else parts)
+        for imported in imports_of(path, module, is_package):
+            folder = imported.split(".")[1] if imported.count(".") else None
+            if folder in rank and rank[folder] > rank[parts[1]]:
+                backwards.append(f"{module} -> {imported}")
+    assert not backwards

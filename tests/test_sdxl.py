@@ -72,7 +72,7 @@ def test_sdxl_loads_from_folder_by_class_name_and_generates(pipe, tmp_path):
     from pccseg.errors import InputError
     from pccseg.capture.pipeline import check_model, load_pipeline, pipeline_class_name
 
-    assert check_model("tiny-sdxl") == "tiny" and pipeline_class_name("tiny-sdxl") == "StableDiffusionXLPipeline"
+    assert check_model("tiny-sdxl") == "builtin" and pipeline_class_name("tiny-sdxl") == "StableDiffusionXLPipeline"
     folder = tmp_path / "tiny-sdxl"
     pipe.save_pretrained(str(folder))
     assert pipeline_class_name(str(folder)) == "StableDiffusionXLPipeline" and check_model(str(folder)) == "folder"

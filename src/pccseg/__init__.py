@@ -10,11 +10,8 @@ does not import torch or diffusers).
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
-from typing import Any
-
 from . import _moved
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -45,19 +42,11 @@ _EXPORTS = {
 }
 
 
-def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` giving ``exports[name]`` (a module name) ``.name`` on first use, so that
-    importing a package imports none of its heavy modules."""
-
-    def __getattr__(name: str) -> Any:
-        if name in exports:
-            return getattr(importlib.import_module(exports[name]), name)
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-
-    return __getattr__
-
-
 __getattr__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 _moved.install()
+
+# the toy model registers in the table of built-in models (pccseg.capture.models); the capture layer does
+# not import the toy world, which sits above it
+from .toy import config as _toy_config  # noqa: E402,F401

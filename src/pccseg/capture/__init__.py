@@ -12,7 +12,7 @@ while it generates.
 The names below load on first use, so importing this package imports no torch.
 """
 
-from .. import lazy_exports
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "capture": "pccseg.capture.attention",

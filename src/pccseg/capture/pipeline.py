@@ -1,8 +1,8 @@
 """Load a Stable Diffusion pipeline: ``"toy"``, ``"tiny"``, ``"tiny-sdxl"``, a local diffusers folder, or a hub id.
 
-``"toy"`` is the small text-to-image model trained on the toy world that ships inside the package
-(:mod:`pccseg.toy`); ``"tiny"`` and ``"tiny-sdxl"`` are SD's and SDXL's architectures with random weights,
-for tests.
+The built-in names (``"toy"``: the small text-to-image model trained on the toy world that ships inside
+the package; ``"tiny"`` and ``"tiny-sdxl"``: SD's and SDXL's architectures with random weights, for tests)
+and their defaults are the table in :mod:`pccseg.capture.models`.
 
 :func:`check_model` validates the name without loading anything (the ``generate`` command calls it before
 any GPU work); :func:`load_pipeline` loads. Hub ids are looked up in the local cache first; the network is
@@ -19,10 +19,15 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import logging
+
 import torch
 
 from ..errors import InputError
 from .diffusers_compat import dtype_kwarg
+from .models import BUILTIN_MODELS, BuiltinModel, builtin_model
+
+log = logging.getLogger(__name__)
 
 TINY = "tiny"
 TINY_SDXL = "tiny-sdxl"
@@ -66,8 +71,8 @@ def offline() -> bool:
 
 
 def check_model(model: str) -> str:
-    """Validate a model name without loading it; returns its kind: "tiny" (also "tiny-sdxl"), "toy", "folder"
-    or "hub".
+    """Validate a model name without loading it; returns its kind: "builtin" (a name of
+    :data:`~pccseg.capture.models.BUILTIN_MODELS`: tiny, tiny-sdxl, toy), "folder" or "hub".
 
     Raises :class:`InputError` (one line) for a folder that is not a diffusers pipeline, a malformed hub
     id, a hub id that is neither cached nor on the hub, or a pipeline class other than :data:`PIPELINES`; an
@@ -79,10 +84,8 @@ def check_model(model: str) -> str:
 
 
 def _model_kind(model: str) -> str:
-    if model in (TINY, TINY_SDXL):
-        return "tiny"
-    if model == TOY:
-        return "toy"
+    if model in BUILTIN_MODELS:
+        return "builtin"
     p = Path(model).expanduser()
     if p.exists() or model.startswith((".", "/", "~")):
         if not p.is_dir():
@@ -92,8 +95,9 @@ def _model_kind(model: str) -> str:
         return "folder"
     parts = model.split("/")
     if len(parts) != 2 or not all(parts):
-        raise InputError(f"{model!r} is neither 'tiny', 'tiny-sdxl', 'toy', a local diffusers folder nor a hub id (owner/name)",
-                         field="--model")
+        names = ", ".join(repr(n) for n in BUILTIN_MODELS)
+        raise InputError(f"{model!r} is neither a built-in model ({names}), a local diffusers folder nor a hub id "
+                         "(owner/name)", field="--model")
     from huggingface_hub import try_to_load_from_cache
 
     try:
@@ -127,8 +131,8 @@ def pipeline_class_name(model: str, kind: str | None = None) -> str:
     """The pipeline class of a model: ``_class_name`` of its model_index.json (read without loading weights);
     :class:`InputError` when it is not one of :data:`PIPELINES`."""
     kind = kind or _model_kind(model)
-    if kind in ("tiny", "toy"):
-        return PIPELINES[1] if model == TINY_SDXL else PIPELINES[0]
+    if kind == "builtin":
+        return BUILTIN_MODELS[model].pipeline_class
     index = _model_json(model, kind, "model_index.json")
     if not isinstance(index, dict):
         raise InputError("unreadable (not a JSON object)", path=f"{model}/model_index.json")
@@ -215,14 +219,9 @@ def _load_pipeline(model: str, dtype: str | torch.dtype | None, device: str | to
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     kind = check_model(model)
-    if kind == "tiny":
-        from .tiny import tiny_pipeline, tiny_sdxl_pipeline
-
-        return (tiny_sdxl_pipeline if model == TINY_SDXL else tiny_pipeline)(seed, dtype=dt, device=dev)
-    if kind == "toy":
-        from ..toy.model import toy_pipeline
-
-        return toy_pipeline(dtype=dt, device=dev)
+    log.debug("loading %s (%s) on %s in %s", model, kind, dev, str(dt).replace("torch.", ""))
+    if kind == "builtin":
+        return BUILTIN_MODELS[model].load(seed=seed, dtype=dt, device=dev)
     cls = pipeline_class(model)
     kwargs = dict(safety_checker=None, requires_safety_checker=False) if cls.__name__ == PIPELINES[0] else {}
     kwargs[dtype_kwarg()] = dt
@@ -268,19 +267,26 @@ def _model_json(model: str, kind: str, file: str) -> dict | None:
         return None
 
 
+def model_entry(model: str) -> BuiltinModel | None:
+    """The built-in entry whose defaults ``model`` gets (:mod:`pccseg.capture.models`): by its name, or, for
+    a folder or a cached hub model, by its UNet's configuration (a folder written by ``pccseg toy train`` is
+    the toy model's architecture); None for any other model. Reads config files only."""
+    kind = check_model(model)
+    if kind == "builtin":
+        return BUILTIN_MODELS[model]
+    return builtin_model(None, _model_json(model, kind, "unet/config.json"))
+
+
 def model_default_size(model: str) -> tuple[int, int] | None:
     """The pipeline's default (height, width) read from its config files without loading weights
     (UNet ``sample_size`` x VAE factor); None when the configs are not available locally."""
     kind = check_model(model)
-    if kind == "tiny":
-        from .tiny import TINY_HEIGHT, TINY_WIDTH
-
-        return TINY_HEIGHT, TINY_WIDTH
-    if kind == "toy":
-        from ..toy.config import TOY_SIZE
-
-        return TOY_SIZE, TOY_SIZE
+    if kind == "builtin":
+        return BUILTIN_MODELS[model].size
     unet, vae = _model_json(model, kind, "unet/config.json"), _model_json(model, kind, "vae/config.json")
+    entry = builtin_model(None, unet)
+    if entry is not None:
+        return entry.size
     if not unet or "sample_size" not in unet:
         return None
     factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1) if vae else 8

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch
 
-#: Defaults that make ``pccseg generate --model tiny`` finish in seconds on a CPU.
-TINY_HEIGHT = 128
-TINY_WIDTH = 128
-TINY_STEPS = 4
+from .models import TINY_SIZE, TINY_STEPS  # noqa: F401  (the defaults live in the table of built-in models)
+
+TINY_HEIGHT, TINY_WIDTH = TINY_SIZE
 
 #: SD's noise schedule (SD 1.x / 2.x base scheduler_config.json).
 SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,

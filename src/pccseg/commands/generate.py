@@ -19,30 +19,29 @@ from ..errors import InputError
 log = logging.getLogger("pccseg.dataset.generate")
 
 
-def _model_defaults(args: argparse.Namespace) -> None:
-    """Fill the options left unset with the model's defaults: steps, guidance, prompt file."""
+def _model_defaults(args: argparse.Namespace):
+    """Fill the options left unset with the model's defaults (steps, guidance, prompt set: the table of
+    built-in models, :mod:`pccseg.capture.models`, which also knows a folder of a built-in architecture);
+    returns the model's built-in entry or None."""
+    from ..capture.pipeline import model_entry
     from ..dataset.generate import DEFAULT_STEPS
-    from ..dataset.prompts import DEFAULT_PROMPTS, TOY_PROMPTS, default_prompts_path
+    from ..dataset.prompts import prompts_option
 
-    if args.model == "toy":
-        from ..toy.config import TOY_GUIDANCE, TOY_STEPS
-
-        steps, guidance, prompts = TOY_STEPS, TOY_GUIDANCE, TOY_PROMPTS
-    elif args.model in ("tiny", "tiny-sdxl"):
-        from ..capture.tiny import TINY_STEPS
-
-        steps, guidance, prompts = TINY_STEPS, None, DEFAULT_PROMPTS
-    else:
-        steps, guidance, prompts = DEFAULT_STEPS, None, DEFAULT_PROMPTS
-    args.steps = steps if args.steps is None else args.steps
-    args.guidance = guidance if args.guidance is None else args.guidance
-    args.prompts_name = prompts if args.prompts is None else str(Path(args.prompts).resolve())
-    args.prompts = default_prompts_path(prompts) if args.prompts is None else args.prompts
+    entry = model_entry(args.model)
+    args.steps = (entry.steps if entry else DEFAULT_STEPS) if args.steps is None else args.steps
+    args.guidance = (entry.guidance if entry else None) if args.guidance is None else args.guidance
+    path, args.prompts_name = prompts_option(args.prompts, entry.prompts if entry else "voc")
+    args.prompts = str(path)
+    log.debug("model %s: %s defaults; steps %d, guidance %s, prompts %s", args.model,
+              f"the built-in {entry.name!r}" if entry else "its own", args.steps,
+              "the pipeline's" if args.guidance is None else args.guidance, args.prompts)
+    return entry
 
 
 def build_settings(args: argparse.Namespace, *, class_names, label_params, height, width, dtype, steps):
     from ..dataset.generate import default_guidance, run_settings
-    from ..capture.pipeline import TINY, TINY_SDXL, pipeline_class
+    from ..capture.pipeline import pipeline_class
+    from ..capture.models import BUILTIN_MODELS
 
     prompts = args.prompts_name
     guidance = default_guidance(pipeline_class(args.model)) if args.guidance is None else args.guidance
@@ -50,7 +49,8 @@ def build_settings(args: argparse.Namespace, *, class_names, label_params, heigh
                         height=height, width=width, dtype=dtype, seed=args.seed, label_params=label_params,
                         class_names=class_names, prompts=prompts, query_half=args.query_half,
                         include_mid=args.include_mid, val_share=args.val_share, batch_size=args.batch_size,
-                        **({"tiny_seed": args.tiny_seed} if args.model in (TINY, TINY_SDXL) else {}))
+                        **({"tiny_seed": args.tiny_seed} if args.model in BUILTIN_MODELS
+                           and BUILTIN_MODELS[args.model].takes_seed else {}))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,13 +63,11 @@ def run(args: argparse.Namespace) -> int:
     from ..vocab import VOC_CLASSES
 
     # 1. inputs, all before any model work
-    _model_defaults(args)
+    entry = _model_defaults(args)
     class_names = parse_classes_option(args.classes) if args.classes else VOC_CLASSES
     records = load_prompts(args.prompts, class_names=class_names)
-    if args.model == "toy":
-        from ..toy.world import check_toy_records
-
-        check_toy_records(records, args.prompts)
+    if entry is not None:
+        entry.check(records, args.prompts)
     records = select(records, start=args.start, num=args.num)
     if not records:
         raise InputError(f"no records from --start {args.start}", path=args.prompts)
@@ -152,10 +150,12 @@ def register(sub) -> None:
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"'toy' (the shipped toy-world model, offline), 'tiny' or 'tiny-sdxl' (random weights, for "
                         f"tests), a local diffusers folder or a hub id of an SD 1.x / 2.x or SDXL pipeline "
-                        f"(default: {DEFAULT_MODEL})")
+                        f"(default: {DEFAULT_MODEL}). A folder of the toy architecture (pccseg toy train) gets "
+                        f"the toy defaults")
     g.add_argument("--prompts", default=None, metavar="FILE",
-                   help="prompt file: JSON list or JSON lines of {id, prompt_sd, classes} "
-                        "(default: the shipped VOC set, 44,426 records; with --model toy the shipped toy set)")
+                   help="prompt file: JSON list or JSON lines of {id, prompt_sd, classes}, or the name of a "
+                        "shipped set: 'voc' (44,426 records) or 'toy' (5,000) (default: the model's: toy for "
+                        "the toy model, else voc)")
     g.add_argument("--out", required=True, metavar="DIR", help="dataset directory (created or resumed)")
     g.add_argument("--num", type=int, default=None, help="number of records (default: all from --start)")
     g.add_argument("--start", type=int, default=0, help="first record (0-based index in the file; default 0)")

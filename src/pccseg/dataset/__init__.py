@@ -7,7 +7,7 @@
 - :mod:`.export`: the Hugging Face ``datasets`` export.
 """
 
-from .. import lazy_exports
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "Dataset": "pccseg.dataset.folder",

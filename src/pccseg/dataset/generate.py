@@ -141,11 +141,11 @@ def manifest_entry(rec: PromptRecord, seed: int, mask: torch.Tensor, class_names
             "timings": {"generate": round(t_gen, 4), "label": round(t_label, 4)}}
 
 
-def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, steps: int = DEFAULT_STEPS,
+def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, steps: int | None = None,
              guidance: float | None = None, seed: int = DEFAULT_SEED, batch_size: int = 1,
              height: int | None = None, width: int | None = None, keep_captures: bool = False,
              label_params=None, class_names: Sequence[str] = VOC_CLASSES, settings: dict | None = None,
-             model_name: str | None = None, prompts_name: str = "voc_prompts.json", query_half: str = "uncond",
+             model_name: str | None = None, prompts_name: str | None = None, query_half: str = "uncond",
              include_mid: bool = False, val_share: float = 0.0, rank: int | None = None,
              world_size: int | None = None, progress: bool = True, label_fn=None,
              label_workers: int | None = None) -> GenerateReport:
@@ -154,8 +154,11 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     Args:
         pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (see :func:`pccseg.capture.pipeline.load_pipeline`).
         records: prompt records (see :mod:`pccseg.dataset.prompts`); the seed of a record is ``seed + record.index``.
-        steps: denoising steps (report: 80). guidance: CFG scale (None: the pipeline's default, 7.5 for SD).
-        height, width: image size (None: the pipeline's default, 512 for SD 2.1-base).
+        steps: denoising steps (None: the model's default: the report's 80, or a built-in model's, see
+            :mod:`pccseg.capture.models`; the toy model and any pipeline of its architecture: 25).
+        guidance: CFG scale (None: the built-in model's, else the pipeline's default, 7.5 for SD).
+        height, width: image size (None: the pipeline's default, 512 for SD 2.1-base, 128 for the toy model).
+        prompts_name: the prompt file recorded in settings.json (None: the model's shipped set's file).
         keep_captures: also write ``captures/<stem>/`` (capture directories, float16 self-attention), with
             the self-attention probabilities too, so that every labeller can relabel them.
         label_params: the parameters of a labeller (:mod:`pccseg.labellers`); their type picks the labeller
@@ -184,6 +187,14 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     from ..labellers.registry import default_params, labeller_of
     from ..labellers.workers import LabelPool
 
+    from ..capture.models import pipeline_model
+    from .prompts import PROMPT_SETS
+
+    entry = pipeline_model(pipe)
+    steps = (entry.steps if entry else DEFAULT_STEPS) if steps is None else steps
+    if guidance is None and entry is not None:
+        guidance = entry.guidance
+    prompts_name = PROMPT_SETS[entry.prompts if entry else "voc"] if prompts_name is None else prompts_name
     check_options(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width)
     if label_workers is None:       # a daemonic process (a pool's worker) may not start one
         label_workers = 1 if label_fn is None and pipe.device.type == "cpu" and \
@@ -237,6 +248,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     bar = tqdm(total=len(todo), desc=f"generate[{rank}]" if world_size > 1 else "generate", unit="img",
                disable=not progress)
     t_start = time.perf_counter()
+    log.debug("settings: %s", settings)
     call = dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width, output_type="np")
 
     def write(r: PromptRecord, s: int, c, t_gen: float, labelled) -> None:

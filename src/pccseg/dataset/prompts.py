@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS = "voc_prompts.json"
 TOY_PROMPTS = "toy_prompts.json"     #: prompts of the toy world (:mod:`pccseg.toy`), 5,000 records
+#: the shipped prompt sets by name (``--prompts voc``, ``--prompts toy``; the built-in models name theirs)
+PROMPT_SETS = {"voc": DEFAULT_PROMPTS, "toy": TOY_PROMPTS}
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,19 @@ class PromptRecord:
 
 
 def default_prompts_path(name: str = DEFAULT_PROMPTS) -> Path:
-    """A shipped prompt set: the VOC set (default) or :data:`TOY_PROMPTS`."""
-    return Path(str(resources.files("pccseg") / "data" / name))
+    """A shipped prompt set: the VOC set (default) or :data:`TOY_PROMPTS` (a file name or a set name of
+    :data:`PROMPT_SETS`)."""
+    return Path(str(resources.files("pccseg") / "data" / PROMPT_SETS.get(name, name)))
+
+
+def prompts_option(value: str | None, default_set: str = "voc") -> tuple[Path, str]:
+    """``--prompts``: (the file to read, the name settings.json records). ``None`` is ``default_set``; a
+    name of :data:`PROMPT_SETS` that is not a file here is that shipped set (recorded by its file name, as
+    when it is the default); anything else is a file (recorded by its absolute path)."""
+    if value is None or (value in PROMPT_SETS and not Path(value).exists()):
+        name = PROMPT_SETS[default_set if value is None else value]
+        return default_prompts_path(name), name
+    return Path(value), str(Path(value).resolve())
 
 
 def parse_classes_option(text: str) -> tuple[str, ...]:

@@ -12,7 +12,7 @@
   (``pccseg label --workers``, ``generate``'s labelling worker).
 """
 
-from .. import lazy_exports
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "label": "pccseg.labellers.registry",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from ..capture.models import BuiltinModel, register
 from ..errors import InputError
 
 #: Scene seeds below this train the toy model; datasets rendered with ``pccseg toy render`` start here.
@@ -13,6 +14,11 @@ RENDER_SEED = 1_000_000
 TOY_SIZE = 128        #: image side (px)
 TOY_STEPS = 25        #: default denoising steps (DPM-Solver++)
 TOY_GUIDANCE = 5.0    #: default classifier-free guidance scale
+
+#: ``--model toy`` and any folder of its architecture (what ``pccseg toy train`` writes) get these defaults
+TOY_MODEL = register(BuiltinModel(
+    "toy", "pccseg.toy.model:toy_pipeline", "StableDiffusionPipeline", (TOY_SIZE, TOY_SIZE), TOY_STEPS,
+    TOY_GUIDANCE, "toy", "pccseg.toy.model:unet_config", check_records="pccseg.toy.world:check_toy_records"))
 
 
 @dataclass(frozen=True)

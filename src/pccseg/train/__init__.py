@@ -9,7 +9,7 @@
 importing this package imports no torch.
 """
 
-from .. import lazy_exports
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "train": "pccseg.train.loop",
