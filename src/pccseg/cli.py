@@ -25,11 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pccseg",
         description="Labelled segmentation datasets from Stable Diffusion by Principal Component Clustering.")
     parser.add_argument("--version", action="version", version=f"pccseg {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"pccseg.commands.{name}").register(sub)
+    _finish_commands(parser)
     return parser
+
+
+VERBOSE_HELP = "pccseg's debug lines (model loading, settings, per-stage timings) and other libraries' INFO"
+
+
+def _finish_commands(parser: argparse.ArgumentParser) -> None:
+    """On every (sub-)command's parser: ``-v`` (also after the command: ``pccseg label ... -v``) and its full
+    name (``pccseg toy train``) for the one-line errors."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):   # aliases share one parser
+                child.set_defaults(prog_name=child.prog)
+                _finish_commands(child)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,17 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pccseg").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    name = getattr(args, "prog_name", f"pccseg {args.command}")
     try:
         with handle_interrupts():
             return int(args.func(args) or 0)
     except InputError as e:
-        print(f"pccseg {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     except Terminated:
-        print(f"pccseg {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        print(f"{name}: terminated (SIGTERM)", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print(f"pccseg {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
 
 
