@@ -30,6 +30,23 @@ def capture_dir(tmp_path_factory):
     return root / "000000"
 
 
+def test_verbose_is_accepted_after_the_command_too():
+    for argv in (["-v", "label", "c", "--out", "o"], ["label", "c", "--out", "o", "-v"],
+                 ["toy", "train", "--out", "o", "--verbose"]):
+        assert build_parser().parse_args(argv).verbose is True
+    assert build_parser().parse_args(["label", "c", "--out", "o"]).verbose is False
+
+
+def test_verbose_shows_pccseg_debug_lines(capture_dir, tmp_path):
+    args = ["label", str(capture_dir), "--out", str(tmp_path / "m"), "-q"]
+    r = _pccseg(*args, "-v")
+    assert r.returncode == 0, r.stderr
+    debug = [line for line in r.stderr.splitlines() if line.startswith("DEBUG pccseg")]
+    assert any("labelled in" in line and "pca" in line for line in debug), r.stderr   # per-stage timings
+    quiet = _pccseg(*args, "--overwrite")
+    assert quiet.returncode == 0 and "DEBUG" not in quiet.stderr
+
+
 def test_errors_name_the_whole_command(tmp_path, capsys):
     assert main(["toy", "train", "--out", str(tmp_path / "t"), "--low-steps", "4", "--high-steps", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

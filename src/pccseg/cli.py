@@ -43,6 +43,9 @@ def _finish_commands(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for child in dict.fromkeys(action.choices.values()):   # aliases share one parser
                 child.set_defaults(prog_name=child.prog)
+                if not any("-v" in a.option_strings for a in child._actions):
+                    child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                       help=VERBOSE_HELP)
                 _finish_commands(child)
 
 
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pccseg").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    log = logging.getLogger("pccseg")
+    log.debug("pccseg %s: %s", __version__, " ".join(argv if argv is not None else sys.argv[1:]))
     name = getattr(args, "prog_name", f"pccseg {args.command}")
     try:
         with handle_interrupts():

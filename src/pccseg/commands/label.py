@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 import types
 import typing
 from pathlib import Path
 
 from ..errors import InputError
+
+log = logging.getLogger("pccseg.label")
 
 #: LabelParams field -> option name, where it is not the field name with dashes.
 OPTION_NAMES = {"seed": "kmeans-seed"}
@@ -331,6 +334,7 @@ def run(args: argparse.Namespace) -> int:
                 if not args.keep_going:
                     break
                 continue
+            log.debug("%s: labelled in %s", d, res.describe())
             mask = torch.from_numpy(res.mask)
             with hold_interrupts():             # SIGTERM / Ctrl-C: this mask (or sample) is finished first
                 if settings is not None:        # with the first mask: a run that stops before writes nothing

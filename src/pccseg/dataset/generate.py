@@ -254,6 +254,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     def write(r: PromptRecord, s: int, c, t_gen: float, labelled) -> None:
         """Write one sample once its mask is there (``labelled``: the future of its labelling)."""
         lab = pool.result(labelled)
+        log.debug("%s: generated in %.3f s, labelled in %s", r.stem, t_gen, lab.describe())
         mask = torch.from_numpy(lab.mask)
         with hold_interrupts():  # SIGTERM / Ctrl-C: this sample's files are finished first
             save_image(ds.image_path(r.stem), c.image.cpu().numpy(), quality=JPEG_QUALITY)

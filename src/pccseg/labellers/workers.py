@@ -50,17 +50,25 @@ def default_workers(device: str | torch.device = "cpu") -> int:
 
 @dataclasses.dataclass
 class Labelled:
-    """What labelling one capture gives back: the (H, W) uint8 mask, its share of 255, and the seconds."""
+    """What labelling one capture gives back: the (H, W) uint8 mask, its share of 255, the seconds, and the
+    labeller's seconds per stage."""
 
     mask: np.ndarray
     uncertain_share: float
     seconds: float
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def describe(self) -> str:
+        """``0.412 s (pca 0.095, kmeans 0.088, ...)``: for ``-v``'s debug lines."""
+        stages = ", ".join(f"{k} {v:.3f}" for k, v in self.timings.items() if k != "total")
+        return f"{self.seconds:.3f} s" + (f" ({stages})" if stages else "")
 
 
 def _labelled(label_fn: Callable, capture: Capture, params: Any) -> Labelled:
     t0 = time.perf_counter()
     res = label_fn(capture, params)
-    return Labelled(res.mask.cpu().numpy(), float(res.uncertain_share), time.perf_counter() - t0)
+    return Labelled(res.mask.cpu().numpy(), float(res.uncertain_share), time.perf_counter() - t0,
+                    {k: float(v) for k, v in (getattr(res, "timings", None) or {}).items()})
 
 
 def _label_path(label_fn: Callable, path: Path, params: Any, device: torch.device) -> Labelled | InputError:
