@@ -180,8 +180,9 @@ def _ask_hub(model: str) -> None:
 
 
 @contextlib.contextmanager
-def _loading_bars(show: bool) -> Iterator[None]:
-    """diffusers' and transformers' progress bars of loading a model, off inside the block unless ``show``."""
+def library_bars(show: bool) -> Iterator[None]:
+    """diffusers' and transformers' progress bars (loading a model, writing its shards), off inside the block
+    unless ``show``."""
     if show:
         yield
         return
@@ -211,7 +212,7 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
         device: default CUDA when available.
         progress: diffusers' and transformers' progress bars while the model loads (``-q`` turns them off).
     """
-    with _loading_bars(progress):
+    with library_bars(progress):
         return _load_pipeline(model, dtype, device, seed)
 
 

@@ -109,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     # 2. the model
     from ..capture.pipeline import load_pipeline
 
-    pipe = load_pipeline(args.model, dtype=dtype, device=device, seed=args.tiny_seed, progress=not args.quiet)
+    # diffusers' and transformers' loading bars: only with -v (they are not this run's progress)
+    pipe = load_pipeline(args.model, dtype=dtype, device=device, seed=args.tiny_seed,
+                         progress=bool(getattr(args, "verbose", False)))
     if settings is None:
         from ..dataset.generate import default_size
 
@@ -128,7 +130,10 @@ def run(args: argparse.Namespace) -> int:
                       include_mid=args.include_mid, rank=rank, world_size=world, progress=not args.quiet)
     if state is not None and world > 1 and not is_main:
         return 0
-    msg = (f"pccseg generate: {report.generated} new image(s), {report.skipped} already done"
+    new = report.generated - report.recaptured
+    msg = (f"pccseg generate: {new} new image(s)"
+           + (f", {report.recaptured} made again with the same seeds for their captures" if report.recaptured else "")
+           + f", {report.skipped} already done"
            + (f", {report.images_per_s:.3f} images/s" if report.generated else "")
            + (f"; {report.dataset_size} sample(s) in {args.out}" if report.dataset_size is not None else ""))
     print(msg, file=sys.stderr)

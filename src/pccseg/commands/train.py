@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
+import sys
 from pathlib import Path
 
 from ..errors import InputError
@@ -129,8 +130,24 @@ def run_train(args) -> int:
     kw["grad_clip"] = args.grad_clip or None
     kw["short_side"] = args.short_side or None
     result = train(TrainConfig(**kw))
-    print(json.dumps(result))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(train_summary(result), file=sys.stderr)
     return 0
+
+
+def train_summary(result: dict) -> str:
+    """The one line ``pccseg train`` ends with, from :func:`pccseg.train.train`'s result (mIoU in percent;
+    log.jsonl and the checkpoints keep fractions)."""
+    from ..train.metrics import percent
+
+    s = float(result["seconds"])
+    took = f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
+    line = f"pccseg train: {result['iteration']} iteration(s), {took}"
+    if result.get("last_miou") is not None:
+        line += f"; last validation mIoU {percent(result['last_miou'])}"
+    if result.get("best_miou") is not None:
+        line += f", best {percent(result['best_miou'])} at iteration {result['best_iteration']}"
+    return line + f"; the final model is {Path(result['run_dir']) / 'last'}"
 
 
 def run_evaluate(args) -> int:

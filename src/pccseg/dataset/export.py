@@ -13,6 +13,7 @@ uncertain); ``prompt`` and ``classes`` come from ``manifest.jsonl`` (empty when 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +28,14 @@ HF_SPLIT_NAMES = {"val": "validation"}
 ID2LABEL = "id2label.json"
 
 
-def _rows(samples: list[tuple[str, str, str, str, list[str]]]):
+#: the progress bars of exports in progress, by a key (``datasets`` pickles the generator's arguments)
+_BARS: dict[str, object] = {}
+
+
+def _rows(samples: list[tuple[str, str, str, str, list[str]]], bar: str | None = None):
     for stem, image, mask, prompt, classes in samples:
+        if bar in _BARS:
+            _BARS[bar].update(1)
         yield {"id": stem, "image": {"bytes": Path(image).read_bytes(), "path": Path(image).name},
                "mask": {"bytes": Path(mask).read_bytes(), "path": Path(mask).name},
                "prompt": prompt, "classes": classes}
@@ -55,19 +62,38 @@ def export_hf(root: str | Path, out: str | Path, *, splits: Sequence[str] | None
     features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
                                   "mask": datasets.Image(), "prompt": datasets.Value("string"),
                                   "classes": datasets.Sequence(datasets.Value("string"))})
-    if not progress:
-        datasets.disable_progress_bars()
+    # one bar of ours over the rows (progress=True); datasets' own bars ("Generating train split", then
+    # "Saving the dataset", drawn again when it closes) are off during the export, then as they were
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return _export(datasets, root, out, splits, manifest, features, progress)
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def _export(datasets, root: Path, out: Path, splits: Sequence[str], manifest: dict, features, progress: bool):
+    from tqdm import tqdm
+
     parts, class_names = {}, None
-    with tempfile.TemporaryDirectory(prefix="pccseg-export-") as cache:
-        for split in splits:
-            ds = VOCSegmentation(root, split)
-            class_names = ds.class_names
-            samples = [(stem, str(image), str(mask), manifest.get(stem, {}).get("prompt") or "",
-                        list(manifest.get(stem, {}).get("classes") or []))
-                       for stem, image, mask in zip(ds.stems, ds.images, ds.masks)]
-            parts[HF_SPLIT_NAMES.get(split, split)] = datasets.Dataset.from_generator(
-                _rows, features=features, gen_kwargs={"samples": samples}, cache_dir=cache,
-                split=datasets.NamedSplit(HF_SPLIT_NAMES.get(split, split)))
+    with tempfile.TemporaryDirectory(prefix="pccseg-export-") as cache, \
+            tqdm(desc="export", unit="img", disable=not progress) as bar:
+        key = f"{os.getpid()}-{id(bar)}"
+        _BARS[key] = bar
+        try:
+            for split in splits:
+                ds = VOCSegmentation(root, split)
+                class_names = ds.class_names
+                samples = [(stem, str(image), str(mask), manifest.get(stem, {}).get("prompt") or "",
+                            list(manifest.get(stem, {}).get("classes") or []))
+                           for stem, image, mask in zip(ds.stems, ds.images, ds.masks)]
+                bar.total = (bar.total or 0) + len(samples)
+                parts[HF_SPLIT_NAMES.get(split, split)] = datasets.Dataset.from_generator(
+                    _rows, features=features, gen_kwargs={"samples": samples, "bar": key}, cache_dir=cache,
+                    split=datasets.NamedSplit(HF_SPLIT_NAMES.get(split, split)))
+        finally:
+            _BARS.pop(key, None)
         result = datasets.DatasetDict(parts)
         with atomic_path(out, directory=True) as tmp:
             result.save_to_disk(str(tmp))

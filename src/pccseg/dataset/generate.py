@@ -44,6 +44,7 @@ class GenerateReport:
 
     generated: int = 0
     skipped: int = 0
+    recaptured: int = 0               # of ``generated``: samples that were done but made again for their capture
     seconds: float = 0.0
     rank: int = 0
     world_size: int = 1
@@ -240,7 +241,9 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     open_stems = set(ds.todo([r.stem for r in mine], capture=keep_captures))
     todo = [r for r in mine if r.stem in open_stems]
     report = GenerateReport(skipped=len(mine) - len(todo), rank=rank, world_size=world_size)
-    if report.skipped:
+    redo = set(ds.todo([r.stem for r in todo])) if keep_captures else None   # None: all of them are new
+    recapture = {r.stem for r in todo} - redo if redo is not None else set()
+    if report.skipped and world_size > 1:
         log.info("rank %d: %d of %d sample(s) already done, skipped", rank, report.skipped, len(mine))
 
     from tqdm import tqdm
@@ -263,6 +266,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
             ds.append_manifest(rank, manifest_entry(r, s, mask, class_names, t_gen, lab.seconds))
             save_mask(ds.mask_path(r.stem), mask)  # last: its presence marks the sample done
         report.generated += 1
+        report.recaptured += r.stem in recapture
         report.stems.append(r.stem)
         bar.update(1)
 
@@ -304,7 +308,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
             st.wait_for_everyone()
         if is_main:
             report.dataset_size = ds.rebuild()[0]
-    if report.generated:
-        log.info("rank %d: %d image(s) in %.1f s: %.3f images/s", rank, report.generated, report.seconds,
-                 report.images_per_s)
+    if report.generated:   # the command's one-line summary says it for one process
+        log.log(logging.INFO if world_size > 1 else logging.DEBUG, "rank %d: %d image(s) in %.1f s: %.3f images/s",
+                rank, report.generated, report.seconds, report.images_per_s)
     return report

@@ -117,7 +117,10 @@ def _steps(stage: str, step: int, steps: int, one_step, save, ckpt_every: int) -
 
 
 def _save_pipeline(folder: Path, pipe) -> None:
-    with hold_interrupts(), atomic_path(folder, directory=True) as tmp:
+    from ..capture.pipeline import library_bars
+
+    # transformers draws a "Writing model shards" bar per save; the stage's own bar is the progress
+    with hold_interrupts(), library_bars(False), atomic_path(folder, directory=True) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         respect_umask(tmp)
 

@@ -46,6 +46,7 @@ from .deeplab import (CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, backbone_s
                       rescale_factor, rescaled_size, save_checkpoint, unwrap)
 from ..errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
+from .metrics import percent
 from ..io import atomic_path, make_dir, read_jsonl, remove_temps, write_json
 from ..signals import blocked_for_children, dataloader_worker_init, hold_interrupts
 from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
@@ -464,7 +465,7 @@ def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progr
     log.write({"iter": it, "miou": progress.last_miou, "iou": [_finite(x) for x in scores.iou],
                "acc": [_finite(x) for x in scores.acc]})
     if env.main:
-        logger.info("iteration %d: mIoU %.2f", it, 100 * scores.miou)
+        logger.info("iteration %d: validation mIoU %s", it, percent(scores.miou))
     if config.keep_best and progress.last_miou is not None \
             and (progress.best_miou is None or progress.last_miou > progress.best_miou):
         progress.best_miou, progress.best_iteration = progress.last_miou, it
@@ -584,6 +585,6 @@ def train(config: TrainConfig) -> dict:
     if env.distributed:
         torch_dist.barrier()
     if env.main and progress.iteration > start:
-        logger.info("trained iterations %d..%d in %.1f s", start + 1, progress.iteration, progress.seconds - before)
+        logger.debug("trained iterations %d..%d in %.1f s", start + 1, progress.iteration, progress.seconds - before)
     return {"iteration": progress.iteration, "last_miou": progress.last_miou, "best_miou": progress.best_miou,
             "best_iteration": progress.best_iteration, "seconds": round(progress.seconds, 3), "run_dir": str(out)}

@@ -52,6 +52,12 @@ def _nan_to_none(xs: Sequence[float]) -> list[float | None]:
     return [None if math.isnan(x) else float(x) for x in xs]
 
 
+def percent(x: float | None) -> str:
+    """A score kept as a fraction (log.jsonl, checkpoint.json, train()'s result), printed for people:
+    ``0.0084 -> "0.84 %"``; None or NaN -> ``"n/a"``."""
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f} %"
+
+
 @dataclass
 class Scores:
     """Scores of one evaluation.
