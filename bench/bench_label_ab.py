@@ -8,7 +8,7 @@ label a set of captures (planted ones at the default noise and with more noise, 
 captures of the shipped toy model) with four parameter sets, and the last line counts the final masks
 that are equal.
 
-    git archive c62844f src | tar -x -C /tmp/before
+    mkdir -p /tmp/before && git archive c62844f src | tar -x -C /tmp/before
     .venv/bin/python bench/bench_label_ab.py --before /tmp/before/src --threads 1 --calls 30 --toy 12
 """
 
