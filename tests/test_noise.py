@@ -81,3 +81,20 @@ def test_a_keep_captures_rerun_says_it_makes_the_images_again(tmp_path, capsys):
     assert len(list((tmp_path / "d" / "captures").iterdir())) == 2
     manifest = [json.loads(x) for x in (tmp_path / "d" / "manifest.jsonl").read_text().splitlines()]
     assert [m["id"] for m in manifest] == ["000000", "000001"]
+
+
+def test_toy_train_writes_tensorboard_curves(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pccseg.toy.config import ToyTrainConfig
+    from pccseg.toy.train import train
+
+    cfg = ToyTrainConfig(out=str(tmp_path / "run"), vae_steps=2, vae_batch=2, decoder_steps=2, decoder_batch=2,
+                         n_train=4, low_steps=2, high_steps=1, decay_steps=2, low_batch=2, batch=2, ckpt_every=10,
+                         eval_every=100)
+    train(cfg, evaluate=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"vae/loss", "decoder/loss", "unet/loss"} <= set(tags)
+    assert [e.step for e in events.Scalars("unet/loss")] == [1, 2, 3]

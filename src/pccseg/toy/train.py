@@ -17,6 +17,7 @@ Stages and their folders under ``out``:
   picture), ``unet/step-XXXXXX`` kept at each evaluation.
 * ``pipeline/`` — the final diffusers folder (EMA weights, safetensors), loadable with
   ``load_pipeline(path)``.
+* ``tensorboard/`` — the losses and evaluations as TensorBoard curves (:mod:`pccseg.toy.board`).
 
 Every file is written atomically; checkpoints are safetensors + JSON. Ctrl-C or SIGTERM (under
 :func:`pccseg.signals.handle_interrupts`, as the CLI runs it) saves a checkpoint of the step reached and
@@ -41,6 +42,7 @@ from ..train.deeplab import load_optimizer, optimizer_tensors
 from ..io import atomic_path, read_json, respect_umask, save_tensors, write_json
 from ..signals import hold_interrupts
 from .config import ToyTrainConfig
+from . import board
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ def _steps(stage: str, step: int, steps: int, one_step, save, ckpt_every: int) -
         while step < steps:
             losses.append(one_step(step))
             step += 1
+            board.scalar(f"{stage}/loss", losses[-1], step)
             if step % 50 == 0:
                 log.info("%s step %d/%d loss %.4f (%.2f s/step)", stage, step, steps, np.mean(losses[-50:]),
                          (time.perf_counter() - t0) / len(losses))
@@ -402,10 +405,12 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
             ema.update(named, step)
             step += 1
             losses.append(loss.item())
+            board.scalar("unet/loss", losses[-1], step)
             if step % 25 == 0:
                 row = {"step": step, "size": size, "loss": round(float(np.mean(losses[-25:])), 5), "lr": lr,
                        "s_per_step": round((time.perf_counter() - t0) / len(losses), 3), "time": round(time.time(), 1)}
                 log.info("unet %s", row)
+                board.scalars("unet", {k: row[k] for k in ("lr", "s_per_step")}, step)
                 with open(root / "log.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
             if step % cfg.ckpt_every == 0 or step == total or step == cfg.low_steps:
@@ -414,6 +419,7 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
                 pipe = _ema_pipeline(vae_dir, ema, device)
                 _save_pipeline(root / f"step-{step:06d}", pipe)
                 res = evaluate_fn(pipe, size, step)
+                board.scalars("eval", res, step)
                 with open(root / "eval.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(res) + "\n")
                 unet.train()
@@ -466,7 +472,8 @@ def train(cfg: ToyTrainConfig, evaluate: bool = True) -> Path:
         from .quality import training_eval
 
         eval_fn = lambda pipe, size, step: training_eval(pipe, size, step, cfg)  # noqa: E731
-    vae_dir = train_vae(cfg, device)
-    dec_dir = tune_decoder(cfg, vae_dir, device)
-    lat_dir = encode_scenes(cfg, vae_dir, device)      # the encoder: the same with or without stage 1b
-    return train_unet(cfg, dec_dir, lat_dir, device, eval_fn)
+    with board.opened(out):                            # OUT/tensorboard: the loss curves, the evaluations
+        vae_dir = train_vae(cfg, device)
+        dec_dir = tune_decoder(cfg, vae_dir, device)
+        lat_dir = encode_scenes(cfg, vae_dir, device)  # the encoder: the same with or without stage 1b
+        return train_unet(cfg, dec_dir, lat_dir, device, eval_fn)
