@@ -101,3 +101,15 @@ def test_long_prompt_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pccseg.dataset.prompts"):
         assert check_lengths(recs, clip_tokenizer(), path=p) == [1]
     assert "record 1: prompt_sd has" in caplog.text and "truncated" in caplog.text
+
+
+def test_a_prompt_file_with_a_byte_order_mark_is_utf8(tmp_path):
+    from pccseg.dataset.prompts import load_prompts
+
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + '[{"id": 0, "prompt_sd": "un chat noir à Noël", "classes": ["cat"]}]'.encode())
+    (rec,) = load_prompts(p)
+    assert rec.prompt == "un chat noir à Noël" and rec.classes == ("cat",)
+    lines = tmp_path / "bom.jsonl"
+    lines.write_bytes(b"\xef\xbb\xbf" + b'{"id": 3, "prompt_sd": "a dog", "classes": ["dog"]}\n')
+    assert load_prompts(lines)[0].id == 3

@@ -114,11 +114,12 @@ def check_stem(stem: str, *, path: str | Path | None = None, line: int | None = 
 
 
 def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's content; :class:`InputError` naming it when it is unreadable or not UTF-8."""
+    """A UTF-8 text file's content (a leading byte-order mark, which Windows editors write, dropped);
+    :class:`InputError` naming it when it is unreadable or not UTF-8."""
     from .errors import InputError
 
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
     except OSError as e:
         raise InputError(f"unreadable ({e.strerror or e})", path=path) from None
     except UnicodeDecodeError as e:
