@@ -74,6 +74,14 @@ class BuiltinModel:
         return all(_plain(unet_config.get(k)) == _plain(ref[k]) for k in ARCH_KEYS if k in ref)
 
 
+#: diffusers schedulers ``--scheduler`` may put in place of the pipeline's own (built from its config, so the
+#: noise schedule and prediction type stay the model's)
+SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverMultistepScheduler",
+              "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
+              "HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler",
+              "UniPCMultistepScheduler")
+
+
 BUILTIN_MODELS: dict[str, BuiltinModel] = {}
 
 

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InputError
 from .diffusers_compat import dtype_kwarg
-from .models import BUILTIN_MODELS, BuiltinModel, builtin_model
+from .models import BUILTIN_MODELS, SCHEDULERS, BuiltinModel, builtin_model
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +199,22 @@ def library_bars(show: bool) -> Iterator[None]:
             lib.enable_progress_bar()
 
 
+def check_scheduler(name: str | None) -> None:
+    """:class:`InputError` unless ``name`` is None or one of :data:`SCHEDULERS`."""
+    if name is not None and name not in SCHEDULERS:
+        raise InputError(f"unknown scheduler {name!r} (one of {', '.join(SCHEDULERS)})", field="--scheduler")
+
+
+def check_cpu_offload(device: torch.device) -> None:
+    """:class:`InputError` unless CPU offload can run on ``device`` (a CUDA device)."""
+    if device.type != "cuda":
+        raise InputError(f"CPU offload moves each model to a CUDA device while it runs; this run's device is {device}",
+                         field="--cpu-offload")
+
+
 def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype: str | torch.dtype | None = None,
-                  device: str | torch.device | None = None, seed: int = 0, progress: bool = True):
+                  device: str | torch.device | None = None, seed: int = 0, progress: bool = True,
+                  scheduler: str | None = None, cpu_offload: bool = False):
     """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (as model_index.json says) on ``device``
     in ``dtype``, safety checker off (SD), progress bar off.
 
@@ -210,15 +224,32 @@ def load_pipeline(model: str = "stabilityai/stable-diffusion-2-1-base", *, dtype
             id (cache first; ``HF_HUB_OFFLINE=1`` never touches the network).
         dtype: default float16 on CUDA, float32 on CPU.
         device: default CUDA when available.
-        progress: diffusers' and transformers' progress bars while the model loads (``-q`` turns them off).
+        progress: diffusers' and transformers' progress bars while the model loads.
+        scheduler: a class name of :data:`SCHEDULERS` to sample with instead of the pipeline's own, built from
+            its config (None: the pipeline's).
+        cpu_offload: keep the models in CPU memory and move each to the GPU while it runs (diffusers'
+            ``enable_model_cpu_offload``; needs a CUDA device): less GPU memory, slower.
     """
+    check_scheduler(scheduler)
+    if cpu_offload:
+        check_cpu_offload(resolve_device(device))
     with library_bars(progress):
-        return _load_pipeline(model, dtype, device, seed)
+        pipe = _load_pipeline(model, dtype, "cpu" if cpu_offload else device, seed,
+                              dtype_of=resolve_device(device))
+    if scheduler is not None:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+        log.debug("scheduler: %s", scheduler)
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=resolve_device(device))
+    return pipe
 
 
-def _load_pipeline(model: str, dtype: str | torch.dtype | None, device: str | torch.device | None, seed: int):
+def _load_pipeline(model: str, dtype: str | torch.dtype | None, device: str | torch.device | None, seed: int,
+                   dtype_of: torch.device | None = None):
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, dtype_of or dev)     # with CPU offload: loaded on the CPU in the GPU's dtype
     kind = check_model(model)
     log.debug("loading %s (%s) on %s in %s", model, kind, dev, str(dt).replace("torch.", ""))
     if kind == "builtin":

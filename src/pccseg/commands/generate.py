@@ -50,7 +50,14 @@ def build_settings(args: argparse.Namespace, *, class_names, label_params, heigh
                         class_names=class_names, prompts=prompts, query_half=args.query_half,
                         include_mid=args.include_mid, val_share=args.val_share, batch_size=args.batch_size,
                         **({"tiny_seed": args.tiny_seed} if args.model in BUILTIN_MODELS
-                           and BUILTIN_MODELS[args.model].takes_seed else {}))
+                           and BUILTIN_MODELS[args.model].takes_seed else {}), **sampling_settings(args))
+
+
+def sampling_settings(args: argparse.Namespace) -> dict:
+    """The sampling options given (settings.json records each only when it is used, so that folders made
+    without them resume as before): negative prompt and scheduler change the images; CPU offload does not."""
+    return {k: v for k, v in (("negative_prompt", args.negative_prompt), ("scheduler_choice", args.scheduler),
+                              ("cpu_offload", args.cpu_offload or None)) if v is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     rank, world, is_main, state = distributed_state()
     device = resolve_device(args.device if args.device is not None or world == 1 or state is None else state.device)
     dtype = resolve_dtype(args.dtype, device)
+    if args.cpu_offload:
+        from ..capture.pipeline import check_cpu_offload
+
+        check_cpu_offload(device)
     if device.type == "cpu" and args.threads is not None:
         import torch
 
@@ -111,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
 
     # diffusers' and transformers' loading bars: only with -v (they are not this run's progress)
     pipe = load_pipeline(args.model, dtype=dtype, device=device, seed=args.tiny_seed,
-                         progress=bool(getattr(args, "verbose", False)))
+                         progress=bool(getattr(args, "verbose", False)), scheduler=args.scheduler,
+                         cpu_offload=args.cpu_offload)
     if settings is None:
         from ..dataset.generate import default_size
 
@@ -127,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, height=height, width=width, keep_captures=args.keep_captures,
                       label_params=label_params, class_names=class_names, settings=settings,
                       model_name=args.model, prompts_name=settings["prompts"], query_half=args.query_half,
-                      include_mid=args.include_mid, rank=rank, world_size=world, progress=not args.quiet)
+                      include_mid=args.include_mid, rank=rank, world_size=world, progress=not args.quiet,
+                      negative_prompt=args.negative_prompt)
     if state is not None and world > 1 and not is_main:
         return 0
     new = report.generated - report.recaptured
@@ -143,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     from .label import add_label_arguments
     from ..dataset.generate import DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_STEPS
+    from ..capture.models import SCHEDULERS
 
     p = sub.add_parser(
         "generate", help="generate a labelled segmentation dataset with Stable Diffusion + PCC",
@@ -191,6 +205,15 @@ def register(sub) -> None:
     g.add_argument("--val-share", type=float, default=0.0, metavar="X",
                    help="hold out this share of the samples (0 <= X < 1) in ImageSets/Segmentation/val.txt; "
                         "which ones is fixed by their ids (default: 0, all in train.txt)")
+    g.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="what the images should not show, for every image (the pipeline's negative_prompt; "
+                        "Dataset Diffusion used a long one; default: none, the empty prompt)")
+    g.add_argument("--scheduler", default=None, choices=SCHEDULERS, metavar="NAME",
+                   help="a diffusers scheduler to sample with instead of the pipeline's own, built from its "
+                        "config: " + ", ".join(SCHEDULERS) + " (default: the pipeline's)")
+    g.add_argument("--cpu-offload", action="store_true",
+                   help="keep the models in CPU memory and move each to the GPU while it runs (less GPU memory, "
+                        "slower; CUDA only)")
     g.add_argument("--tiny-seed", type=int, default=0, help="weights seed of --model tiny (default 0)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_label_arguments(p)

@@ -46,7 +46,7 @@ SETTINGS = "settings.json"
 CAPTURES = "captures"
 
 #: settings.json keys that do not have to match when a run resumes an existing folder.
-INFORMATIONAL_KEYS = ("pccseg_version", "batch_size", "device", "processes", "scheduler", "threads")
+INFORMATIONAL_KEYS = ("pccseg_version", "batch_size", "cpu_offload", "device", "processes", "scheduler", "threads")
 #: informational keys that change the float rounding of the images: a run resumed with others makes its
 #: remaining images not bit for bit as an uninterrupted run would (torch's kernels differ by device, batch
 #: shape and CPU thread count)

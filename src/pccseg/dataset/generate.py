@@ -149,7 +149,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
              model_name: str | None = None, prompts_name: str | None = None, query_half: str = "uncond",
              include_mid: bool = False, val_share: float = 0.0, rank: int | None = None,
              world_size: int | None = None, progress: bool = True, label_fn=None,
-             label_workers: int | None = None) -> GenerateReport:
+             label_workers: int | None = None, negative_prompt: str | None = None) -> GenerateReport:
     """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``.
 
     Args:
@@ -173,6 +173,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
             world size above 1, nothing waits for the other processes: the caller repairs the folder
             (:meth:`Dataset.repair`) before it starts them, and rebuilds it (:meth:`Dataset.rebuild`) after.
         label_fn: the labelling function (default :func:`pccseg.labellers.registry.label`), for tests.
+        negative_prompt: the text the pipeline steers away from (its ``negative_prompt``, one for every
+            image; recorded in settings.json). None: the empty prompt, as without it (the same images).
         label_workers: processes that label beside this one, which samples the next batch meanwhile
             (:class:`pccseg.labellers.workers.LabelPool`, one torch thread each); 0: this process labels each batch
             before it samples the next. None: 1 when the pipeline runs on the CPU, ``label_fn`` is not
@@ -211,7 +213,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         settings = run_settings(model=model_name, steps=steps, guidance=guidance, height=height, width=width,
                                 dtype=dtype, seed=seed, label_params=label_params, class_names=class_names,
                                 prompts=prompts_name, query_half=query_half, include_mid=include_mid,
-                                val_share=val_share)
+                                val_share=val_share, **({"negative_prompt": negative_prompt} if negative_prompt
+                                                        is not None else {}))
     settings = dict(settings)
     settings.setdefault("scheduler", type(pipe.scheduler).__name__)
     settings.setdefault("device", pipe.device.type)
@@ -280,7 +283,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
                 t0 = time.perf_counter()
                 with capture(pipe, [r.classes for r in batch], class_names=class_names, query_half=query_half,
                              include_mid=include_mid, self_probs=self_probs) as cap:
-                    out = pipe([r.prompt for r in batch], generator=gens, **call)
+                    neg = {} if negative_prompt is None else {"negative_prompt": [negative_prompt] * len(batch)}
+                    out = pipe([r.prompt for r in batch], generator=gens, **call, **neg)
                 metas = [dict(prompt=r.prompt, record_id=r.id, seed=s, model=model_name, steps=steps,
                               guidance=guidance) for r, s in zip(batch, seeds)]
                 # label what --keep-captures saves: `pccseg label` gives the same masks
