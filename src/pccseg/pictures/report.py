@@ -414,6 +414,31 @@ def _run_class_names(run: Path, n: int) -> tuple[str, ...]:
     return tuple(f"class {i}" for i in range(n))
 
 
+
+def miou_panel(ax, checks: list[dict], pct: float) -> dict | None:
+    """Validation mIoU (in percent: ``pct`` times the logged values) against iteration, the last and the
+    highest check marked and named in a key inside the axes (so no label leaves them, wherever the points
+    are); returns the last check (None without one)."""
+    if not checks:
+        ax.text(0.5, 0.5, "no checks yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("iteration")
+        return None
+    it = [e["iter"] for e in checks]
+    m = [pct * float(e["miou"]) for e in checks]
+    best = int(np.argmax(m))
+    ax.plot(it, m, marker="o", markersize=3, color="tab:green", label="_curve")
+    ax.axhline(m[best], color="0.6", linestyle=":", linewidth=1)
+    ax.plot([it[best]], [m[best]], marker="*", markersize=10, color="tab:red", linestyle="none",
+            label=f"max {m[best]:.2f} % @ {it[best]}")
+    ax.plot([it[-1]], [m[-1]], marker="o", markersize=9, markerfacecolor="none", markeredgecolor="black",
+            linestyle="none", label=f"last {m[-1]:.2f} % @ {it[-1]}")
+    ax.margins(x=0.06, y=0.12)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_xlabel("iteration")
+    ax.set_title("Validation mIoU (max: picked on this split, so optimistic)", fontsize=10)
+    return checks[-1]
+
 def training_report(run: str | Path, out: str | Path) -> Path:
     """Write ``out/index.html`` with loss, mIoU and per-class IoU pictures for a training run folder."""
     run, out = Path(run), Path(out)
@@ -453,23 +478,7 @@ def training_report(run: str | Path, out: str | Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no loss entries", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("iteration")
-    ax = axes[1]
-    final = None
-    if checks:
-        it = [e["iter"] for e in checks]
-        m = [pct * float(e["miou"]) for e in checks]
-        final = checks[-1]
-        ax.plot(it, m, marker="o", markersize=3, color="tab:green")
-        ax.axhline(max(m), color="0.6", linestyle=":", linewidth=1)
-        ax.annotate(f"last {m[-1]:.2f} @ {final['iter']}", (final["iter"], m[-1]), fontsize=8,
-                    textcoords="offset points", xytext=(-6, -12), ha="right")
-        ax.annotate(f"max {max(m):.2f} @ {it[int(np.argmax(m))]}", (it[int(np.argmax(m))], max(m)), fontsize=8,
-                    textcoords="offset points", xytext=(6, 4), ha="left")
-        ax.set_ylabel("mIoU (%)")
-        ax.set_title("Validation mIoU (max: picked on this split, so optimistic)", fontsize=10)
-    else:
-        ax.text(0.5, 0.5, "no checks yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("iteration")
+    final = miou_panel(axes[1], checks, pct)
     save_figure(fig, out / "curves.png")
     body += ["<h2>Loss and mIoU</h2>", _img("curves.png", "loss and mIoU curves")]
 

@@ -390,8 +390,9 @@ def _panel_figure(rows: list[list], title: str, capture: Any, present: set[int],
         title += ": " + "\n".join(textwrap.wrap(str(prompt), width=int(ncols * 26)))
     fig.suptitle(title, fontsize=11)
     names = tuple(getattr(capture, "class_names", None) or VOC_CLASSES)
-    handles = [Patch(facecolor=VOC_PALETTE[v] / 255.0, edgecolor="0.3", label=f"{v} {_class_name(names, v)}")
-               for v in sorted(present) if v != IGNORE_INDEX]
+    # the background as the mask panels draw it: MASK_GROUND, not VOC's black (which would hide dark classes)
+    handles = [Patch(facecolor=(MASK_GROUND if v == 0 else VOC_PALETTE[v]) / 255.0, edgecolor="0.3",
+                     label=f"{v} {_class_name(names, v)}") for v in sorted(present) if v != IGNORE_INDEX]
     handles.append(Patch(facecolor=UNCERTAIN_GROUND / 255.0, edgecolor="white", hatch="///",
                          label="255 uncertain"))
     handles += [Line2D([], [], color="cyan", linestyle=st, label=text) for text, st in lines]

@@ -137,28 +137,45 @@ def score_model(pipe, records: Sequence[dict], *, size: int = 128, steps: int = 
 
 
 def picture(images: Sequence[np.ndarray], rows: dict[str, Sequence[np.ndarray]], captions: Sequence[str] | None = None,
-            n: int = 8, names: bool = False):
+            n: int = 8, names: bool = True):
     """A grid: the images on top, then one row of palette masks per entry of ``rows``; with ``names`` each
-    row's name ("image", then the keys of ``rows``) on its left. PIL image."""
+    row's name ("image", then the keys of ``rows``) on its left; under the grid a key of the colours of the
+    label values the masks hold (VOC palette, ``value name``; 255 uncertain). PIL image."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from ..vocab import VOC_PALETTE
+    from ..vocab import VOC_CLASSES, VOC_PALETTE
 
     n = min(n, len(images))
     tiles = [np.concatenate(list(images[:n]), 1)]
     for masks in rows.values():
         tiles.append(np.concatenate([VOC_PALETTE[m] for m in masks[:n]], 1))
     grid = Image.fromarray(np.concatenate(tiles, 0).astype(np.uint8))
-    if not names:
-        return grid
-    labels = ["image", *rows]
     font = ImageFont.load_default(size=max(10, images[0].shape[0] // 9))
-    margin = int(max(font.getlength(x) for x in labels)) + 12
-    out = Image.new("RGB", (grid.width + margin, grid.height), "white")
+    labels = ["image", *rows] if names else []
+    margin = int(max(font.getlength(x) for x in labels)) + 12 if labels else 0
+    values = sorted(set().union(*(np.unique(m).tolist() for masks in rows.values() for m in masks[:n])))
+    keys = [(v, "255 uncertain" if v == 255 else f"{v} {VOC_CLASSES[v] if v < len(VOC_CLASSES) else 'class'}")
+            for v in values]
+    line, box, gap = int(font.size * 1.6), font.size, font.size
+    widths = [box + 6 + int(font.getlength(t)) + gap for _, t in keys]
+    width = grid.width + margin
+    key_rows, x = 1, 6
+    for w in widths:                                  # how many lines the key needs at this width
+        if x + w > width and x > 6:
+            key_rows, x = key_rows + 1, 6
+        x += w
+    out = Image.new("RGB", (width, grid.height + (key_rows * line + 8 if keys else 0)), "white")
     out.paste(grid, (margin, 0))
     draw = ImageDraw.Draw(out)
     for i, text in enumerate(labels):
         draw.text((margin - 6, (i + 0.5) * grid.height / len(labels)), text, fill="black", font=font, anchor="rm")
+    x, y = 6, grid.height + 6
+    for (v, text), w in zip(keys, widths):
+        if x + w > width and x > 6:
+            x, y = 6, y + line
+        draw.rectangle([x, y, x + box, y + box], fill=tuple(int(c) for c in VOC_PALETTE[v]), outline=(80, 80, 80))
+        draw.text((x + box + 6, y + box / 2), text, fill="black", font=font, anchor="lm")
+        x += w
     return out
 
 
