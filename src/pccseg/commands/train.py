@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from pathlib import Path
@@ -129,7 +130,9 @@ def run_train(args) -> int:
     kw["scale_min"], kw["scale_max"] = args.scale
     kw["grad_clip"] = args.grad_clip or None
     kw["short_side"] = args.short_side or None
-    result = train(TrainConfig(**kw))
+    config = TrainConfig(**kw)
+    logging.getLogger("pccseg.train").debug("config: %s", dataclasses.asdict(config))
+    result = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(train_summary(result), file=sys.stderr)
     return 0
