@@ -196,9 +196,10 @@ def test_judge_error_and_named_picture():
     j = judge_error(3)
     assert j["n"] == 3 and j["pixel_acc"] > 0.95 and 0 <= j["unknown"] < 0.05
     img = np.zeros((32, 32, 3), np.uint8)
-    plain = picture([img, img], {"gt": [np.zeros((32, 32), np.uint8)] * 2})
-    named = picture([img, img], {"gt": [np.zeros((32, 32), np.uint8)] * 2}, names=True)
-    assert plain.size == (64, 64) and named.size[1] == 64 and named.size[0] > 64
+    plain = picture([img, img], {"gt": [np.zeros((32, 32), np.uint8)] * 2}, names=False)
+    named = picture([img, img], {"gt": [np.zeros((32, 32), np.uint8)] * 2})      # names by default
+    assert plain.size[0] == 64 and named.size[0] > 64                             # the names' margin
+    assert plain.size[1] == named.size[1] > 64                                   # the colour key under the grid
 
 
 def test_generation_in_two_processes(tmp_path, toy_folder):
