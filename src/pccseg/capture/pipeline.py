@@ -29,9 +29,6 @@ from .models import BUILTIN_MODELS, SCHEDULERS, BuiltinModel, builtin_model
 
 log = logging.getLogger(__name__)
 
-TINY = "tiny"
-TINY_SDXL = "tiny-sdxl"
-TOY = "toy"
 
 #: the text-to-image pipeline classes the capture supports (``_class_name`` in model_index.json)
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
