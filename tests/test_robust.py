@@ -252,6 +252,62 @@ def test_temporary_names_are_recognised_and_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".keep.tmp", f"visible{TEMP_SUFFIX}"]
 
 
+def _replace_killed_at(final: Path, n: int) -> None:
+    """Replace the folder ``final`` by one holding ``new.txt``, in a forked child killed (``os._exit``,
+    no clean-up) at its ``n``-th rename."""
+    import multiprocessing
+
+    def child():
+        calls, real = [0], os.replace
+
+        def replace(a, b):
+            calls[0] += 1
+            if calls[0] == n:
+                os._exit(9)
+            real(a, b)
+        os.replace = replace
+        with atomic_path(final, directory=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+        os._exit(0)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == 9
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_folder_replaced_atomically_is_never_missing_after_a_kill(tmp_path, n):
+    """Killed before renaming the old copy aside (1) or between that and renaming the new one in (2): a
+    complete copy is there under the final name, or under temporary names that remove_temps puts back
+    (the new one, as it is complete). No kill point loses both."""
+    final = tmp_path / "last"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    _replace_killed_at(final, n)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    if n == 2:
+        assert "last" not in names and any(x.endswith(".old" + TEMP_SUFFIX) for x in names), names
+    remove_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert sorted(p.name for p in final.iterdir()) == (["old.txt"] if n == 1 else ["new.txt"])
+    # a temporary folder without an aside is restored only when the caller recognises it as complete
+    final.rename(tmp_path / f".last.0123abcd{TEMP_SUFFIX}")
+    remove_temps(tmp_path, complete=lambda p: (p / "new.txt").is_file() and n == 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["last"] if n == 2 else [])
+
+
+def test_read_jsonl_drops_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2')
+    assert read_jsonl(path, torn_tail=True) == [{"a": 1}]
+    with pytest.raises(InputError, match="line 2: not valid JSON"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n{"a": 2\n')          # ends with its newline: not torn, refused
+    with pytest.raises(InputError, match="line 2: not valid JSON"):
+        read_jsonl(path, torn_tail=True)
+
+
 def _modes(root: Path) -> set[tuple[str, int]]:
     return {("d" if p.is_dir() else "f", stat.S_IMODE(p.stat().st_mode)) for p in [root, *root.rglob("*")]}
 

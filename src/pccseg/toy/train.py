@@ -39,7 +39,7 @@ import torch
 
 from ..train.deeplab import load_optimizer, optimizer_tensors
 from ..io import atomic_path, read_json, respect_umask, save_tensors, write_json
-from ..signals import hold_interrupts
+from ..signals import hold_interrupts, save_on_interrupt
 from .config import ToyTrainConfig
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,12 @@ def _steps(stage: str, step: int, steps: int, one_step, save, ckpt_every: int) -
     """Run ``one_step(step) -> loss`` from ``step`` to ``steps``, logging every 50 steps; ``save(step)``
     every ``ckpt_every`` steps, at the end, and on Ctrl-C / SIGTERM (then ``KeyboardInterrupt`` goes on)."""
     t0, losses = time.perf_counter(), []
-    try:
+
+    def on_interrupt() -> None:
+        log.warning("%s: stopped at step %d; checkpointing", stage, step)
+        save(step)
+
+    with save_on_interrupt(on_interrupt):
         while step < steps:
             losses.append(one_step(step))
             step += 1
@@ -110,10 +115,6 @@ def _steps(stage: str, step: int, steps: int, one_step, save, ckpt_every: int) -
                          (time.perf_counter() - t0) / len(losses))
             if step % ckpt_every == 0 or step == steps:
                 save(step)
-    except KeyboardInterrupt:
-        log.warning("%s: stopped at step %d; checkpointing", stage, step)
-        save(step)
-        raise
 
 
 def _save_pipeline(folder: Path, pipe) -> None:
