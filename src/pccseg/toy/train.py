@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..train.deeplab import load_optimizer, optimizer_tensors
-from ..io import atomic_path, read_json, respect_umask, save_tensors, write_json
+from ..io import atomic_path, read_json, remove_temps, respect_umask, save_tensors, write_json
 from ..signals import hold_interrupts, save_on_interrupt
 from .config import ToyTrainConfig
 
@@ -75,6 +75,8 @@ def _resume(last: Path, stage: str, opt: torch.optim.Optimizer,
     """
     from safetensors.torch import load_file
 
+    # a kill inside the atomic replacement of ``last``: put its complete copy back, remove the rest
+    remove_temps(last.parent, name=last.name, complete=lambda p: (p / "state.json").is_file())
     if not (last / "state.json").is_file():
         return 0, {}, {}
     meta = read_json(last / "state.json")

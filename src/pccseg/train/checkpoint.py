@@ -191,3 +191,40 @@ def save(config, env, name: str, model, progress: Progress, class_names, *, miou
             if current is not None:
                 torch.set_rng_state(current)
 
+
+class RunLog:
+    """log.jsonl (and TensorBoard) lines, written by rank 0 only."""
+
+    def __init__(self, config, env, class_names, start: int):
+        self.path = Path(config.out) / LOG
+        self.class_names = class_names
+        self.writer = None
+        if env.main and config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise InputError("TensorBoard logs need the tensorboard package (pip install tensorboard); "
+                                 "or --no-tensorboard", field="tensorboard") from None
+            self.writer = SummaryWriter(str(Path(config.out) / TENSORBOARD), purge_step=start + 1 if start else None)
+        self.main = env.main
+
+    def write(self, record: dict) -> None:
+        if not self.main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            return
+        it = record["iter"]
+        if "loss" in record:
+            self.writer.add_scalar("train/loss", record["loss"], it)
+            self.writer.add_scalar("train/lr", record["lr"], it)
+        if record.get("miou") is not None:
+            self.writer.add_scalar("val/mIoU", record["miou"], it)
+            for name, iou in zip(self.class_names, record["iou"]):
+                if iou is not None:
+                    self.writer.add_scalar(f"val/IoU/{name}", iou, it)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

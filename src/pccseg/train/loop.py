@@ -24,7 +24,6 @@ line, so the log of a resumed run equals the uninterrupted run's.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -42,7 +41,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from .checkpoint import (BEST, CONFIG, LAST, LOG, RUNTIME_FIELDS, SCHEDULE_FIELDS, TENSORBOARD,  # noqa: F401
-                         Progress, save, settings, start)
+                         Progress, RunLog, save, settings, start)
 from .deeplab import (CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, backbone_state,  # noqa: F401
                       build_model, load_model, normalize, rescale_factor, rescaled_size, unwrap)
 from ..errors import InputError, unwrap_worker_error
@@ -51,7 +50,7 @@ from ..io import write_json
 from ..signals import blocked_for_children, dataloader_worker_init, hold_interrupts, save_on_interrupt
 from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
 from ..vocab import IGNORE_INDEX
-from ..dataset.voc import VOCSegmentation, voc_root
+from ..dataset.voc import VOCSegmentation
 
 logger = logging.getLogger(__name__)
 
@@ -351,7 +350,7 @@ def _loader(config: TrainConfig, env: _Env, train_set: VOCSegmentation, start: i
         generator=torch.Generator().manual_seed(config.seed))  # own generator: keeps the global RNG exact
 
 
-def _log_loss(env: _Env, progress: Progress, loss_sum: torch.Tensor, lr: float, seconds: float, log: _Log,
+def _log_loss(env: _Env, progress: Progress, loss_sum: torch.Tensor, lr: float, seconds: float, log: RunLog,
               bar) -> None:
     """Log the mean loss (over the iterations since the last line and the ranks), then start the sum
     afresh; a loss that is not finite stops the run."""
@@ -384,44 +383,6 @@ def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progr
             save(config, env, BEST, model, progress, class_names, miou=progress.last_miou)
 
 
-class _Log:
-    """log.jsonl (and TensorBoard) lines, written by rank 0 only."""
-
-    def __init__(self, config: TrainConfig, env: _Env, class_names, start: int):
-        self.path = Path(config.out) / LOG
-        self.class_names = class_names
-        self.writer = None
-        if env.main and config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise InputError("TensorBoard logs need the tensorboard package (pip install tensorboard); "
-                                 "or --no-tensorboard", field="tensorboard") from None
-            self.writer = SummaryWriter(str(Path(config.out) / TENSORBOARD), purge_step=start + 1 if start else None)
-        self.main = env.main
-
-    def write(self, record: dict) -> None:
-        if not self.main:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is None:
-            return
-        it = record["iter"]
-        if "loss" in record:
-            self.writer.add_scalar("train/loss", record["loss"], it)
-            self.writer.add_scalar("train/lr", record["lr"], it)
-        if record.get("miou") is not None:
-            self.writer.add_scalar("val/mIoU", record["miou"], it)
-            for name, iou in zip(self.class_names, record["iou"]):
-                if iou is not None:
-                    self.writer.add_scalar(f"val/IoU/{name}", iou, it)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 # ------------------------------------------------------------------------------------------------ train
 def train(config: TrainConfig) -> dict:
     """Train DeepLabv3 as ``config`` says; returns ``{"iteration", "last_miou", "best_miou",
@@ -443,7 +404,7 @@ def train(config: TrainConfig) -> dict:
     stop = config.iters if config.stop_after is None else min(config.iters, config.stop_after)
     with blocked_for_children():      # the workers start with SIGTERM / Ctrl-C blocked (pccseg.signals)
         batches = iter(_loader(config, env, train_set, progress.iteration, stop))
-    log = _Log(config, env, class_names, progress.iteration)
+    log = RunLog(config, env, class_names, progress.iteration)
     bar = None
     if env.main and config.progress:
         from tqdm.auto import tqdm
