@@ -232,6 +232,49 @@ def test_guidance_must_be_finite_before_anything_is_written(tmp_path, capsys, pi
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, needle, api", [
+    (["--seed", str(2**64 - 1)], "--seed: must be an integer from 0 to 2**63 - 1", dict(seed=2**64 - 1)),
+    (["--seed", str(2**63 - 1)], "it seeds 3 records", dict(seed=2**63 - 1)),      # seed + index overflows
+    (["--tiny-seed", str(2**70)], "--tiny-seed: must be an integer from 0 to 2**63 - 1", None),
+    (["--steps", "1000000000"], "--steps: must be at most 1000", dict(steps=10**9)),
+    (["--guidance", "1e308"], "--guidance: must be from 0 to 100", dict(guidance=1e308)),
+    (["--height", "65536"], "--height: must be at most 4096", dict(height=65536)),
+    (["--height", "4096", "--width", "4096", "--batch-size", "1000000"], "too large: decoding 1000000 image(s)",
+     dict(height=4096, width=4096, batch_size=10**6)),
+])
+def test_options_that_would_fail_after_writing_are_refused_first(tmp_path, capsys, pipe, records, tiny, argv,
+                                                                 needle, api):
+    """Each of these wrote settings.json, the manifest and the split, then failed (or ran for hours)."""
+    out = tmp_path / "ds"
+    _one_line(capsys, ["generate", "--num", "3", "--out", str(out), *tiny, *argv], needle)
+    assert not out.exists()
+    if api is not None:                          # the API refuses the same
+        with pytest.raises(InputError):
+            generate(pipe, records, out, **dict(KW, **api))
+        assert not out.exists()
+
+
+def test_a_run_that_fails_before_its_first_sample_does_not_lock_the_folder(tmp_path, pipe, records):
+    """NaN images (here: a VAE with NaN weights) stop the run in one line before the sample is written;
+    settings bind a folder only once it holds a sample, so the next run with other options goes on."""
+    out = tmp_path / "ds"
+    weight = pipe.vae.post_quant_conv.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+    try:
+        with pytest.raises(InputError, match="guidance: sampling record .* gave NaN or inf values"):
+            generate(pipe, records[:1], out, **KW)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert (out / "settings.json").is_file() and not list((out / "SegmentationClass").glob("*.png"))
+    report = generate(pipe, records[:1], out, **dict(KW, seed=7))
+    assert report.generated == 1 and json.loads((out / "settings.json").read_text())["seed"] == 7
+    with pytest.raises(InputError, match="other settings"):           # now it holds a sample: bound
+        generate(pipe, records[:1], out, **dict(KW, seed=8))
+
+
 # --------------------------------------------------------------------------- temporary names, the umask
 
 
