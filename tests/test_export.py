@@ -40,5 +40,37 @@ def test_export_hf_reads_back(tmp_path, capsys):
 def test_export_refuses_what_is_not_a_dataset(tmp_path):
     from pccseg.dataset.export import export_hf
 
+    (tmp_path / "src").mkdir()
     with pytest.raises(InputError, match="no split files"):
-        export_hf(tmp_path, tmp_path / "out")
+        export_hf(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_never_deletes_what_out_holds(tmp_path, capsys):
+    """A folder holding anything but an earlier export, the dataset itself or a folder inside it, a link,
+    a file: one line, exit 2, nothing written or removed. An earlier export is replaced."""
+    root = make_blocks_tree(tmp_path / "ds", n=2, size=32)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "precious.txt").write_text("precious")
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "link").symlink_to(keep)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    for out, needle in ((keep, "is not empty and not an earlier export"), (root, "is the dataset"),
+                        (root / "JPEGImages", "is the dataset"), (root / "new", "is the dataset"),
+                        (tmp_path / "file", "is not a folder"), (tmp_path / "link", "is a symbolic link")):
+        assert main(["export", str(root), "--out", str(out), "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"pccseg export: error: {out}: --out: {needle}"), err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert (keep / "precious.txt").read_text() == "precious"
+
+    out = tmp_path / "hf"
+    assert main(["export", str(root), "--out", str(out), "-q"]) == 0
+    assert json.loads((out / "pccseg-export.json").read_text())["entries"]
+    assert main(["export", str(root), "--out", str(out), "-q"]) == 0     # its own earlier export: replaced
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", str(root), "--out", str(out), "-q"]) == 2     # ... unless it holds more
+    assert "holds what an export did not write (notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and datasets.load_from_disk(str(out))["train"].num_rows == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -232,6 +232,49 @@ def test_guidance_must_be_finite_before_anything_is_written(tmp_path, capsys, pi
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, needle, api", [
+    (["--seed", str(2**64 - 1)], "--seed: must be an integer from 0 to 2**63 - 1", dict(seed=2**64 - 1)),
+    (["--seed", str(2**63 - 1)], "it seeds 3 records", dict(seed=2**63 - 1)),      # seed + index overflows
+    (["--tiny-seed", str(2**70)], "--tiny-seed: must be an integer from 0 to 2**63 - 1", None),
+    (["--steps", "1000000000"], "--steps: must be at most 1000", dict(steps=10**9)),
+    (["--guidance", "1e308"], "--guidance: must be from 0 to 100", dict(guidance=1e308)),
+    (["--height", "65536"], "--height: must be at most 4096", dict(height=65536)),
+    (["--height", "4096", "--width", "4096", "--batch-size", "1000000"], "too large: decoding 1000000 image(s)",
+     dict(height=4096, width=4096, batch_size=10**6)),
+])
+def test_options_that_would_fail_after_writing_are_refused_first(tmp_path, capsys, pipe, records, tiny, argv,
+                                                                 needle, api):
+    """Each of these wrote settings.json, the manifest and the split, then failed (or ran for hours)."""
+    out = tmp_path / "ds"
+    _one_line(capsys, ["generate", "--num", "3", "--out", str(out), *tiny, *argv], needle)
+    assert not out.exists()
+    if api is not None:                          # the API refuses the same
+        with pytest.raises(InputError):
+            generate(pipe, records, out, **dict(KW, **api))
+        assert not out.exists()
+
+
+def test_a_run_that_fails_before_its_first_sample_does_not_lock_the_folder(tmp_path, pipe, records):
+    """NaN images (here: a VAE with NaN weights) stop the run in one line before the sample is written;
+    settings bind a folder only once it holds a sample, so the next run with other options goes on."""
+    out = tmp_path / "ds"
+    weight = pipe.vae.post_quant_conv.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+    try:
+        with pytest.raises(InputError, match="guidance: sampling record .* gave NaN or inf values"):
+            generate(pipe, records[:1], out, **KW)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert (out / "settings.json").is_file() and not list((out / "SegmentationClass").glob("*.png"))
+    report = generate(pipe, records[:1], out, **dict(KW, seed=7))
+    assert report.generated == 1 and json.loads((out / "settings.json").read_text())["seed"] == 7
+    with pytest.raises(InputError, match="other settings"):           # now it holds a sample: bound
+        generate(pipe, records[:1], out, **dict(KW, seed=8))
+
+
 # --------------------------------------------------------------------------- temporary names, the umask
 
 
@@ -250,6 +293,62 @@ def test_temporary_names_are_recognised_and_removed(tmp_path):
     assert remove_temps(tmp_path, name="m.png") == 1
     assert remove_temps(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [".keep.tmp", f"visible{TEMP_SUFFIX}"]
+
+
+def _replace_killed_at(final: Path, n: int) -> None:
+    """Replace the folder ``final`` by one holding ``new.txt``, in a forked child killed (``os._exit``,
+    no clean-up) at its ``n``-th rename."""
+    import multiprocessing
+
+    def child():
+        calls, real = [0], os.replace
+
+        def replace(a, b):
+            calls[0] += 1
+            if calls[0] == n:
+                os._exit(9)
+            real(a, b)
+        os.replace = replace
+        with atomic_path(final, directory=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+        os._exit(0)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == 9
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_folder_replaced_atomically_is_never_missing_after_a_kill(tmp_path, n):
+    """Killed before renaming the old copy aside (1) or between that and renaming the new one in (2): a
+    complete copy is there under the final name, or under temporary names that remove_temps puts back
+    (the new one, as it is complete). No kill point loses both."""
+    final = tmp_path / "last"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    _replace_killed_at(final, n)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    if n == 2:
+        assert "last" not in names and any(x.endswith(".old" + TEMP_SUFFIX) for x in names), names
+    remove_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert sorted(p.name for p in final.iterdir()) == (["old.txt"] if n == 1 else ["new.txt"])
+    # a temporary folder without an aside is restored only when the caller recognises it as complete
+    final.rename(tmp_path / f".last.0123abcd{TEMP_SUFFIX}")
+    remove_temps(tmp_path, complete=lambda p: (p / "new.txt").is_file() and n == 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["last"] if n == 2 else [])
+
+
+def test_read_jsonl_drops_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2')
+    assert read_jsonl(path, torn_tail=True) == [{"a": 1}]
+    with pytest.raises(InputError, match="line 2: not valid JSON"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n{"a": 2\n')          # ends with its newline: not torn, refused
+    with pytest.raises(InputError, match="line 2: not valid JSON"):
+        read_jsonl(path, torn_tail=True)
 
 
 def _modes(root: Path) -> set[tuple[str, int]]:

@@ -199,7 +199,7 @@ def test_optimizer_state_round_trip():
     assert torch.equal(m.weight, m2.weight)
 
 
-def test_training_runs_end_to_end_and_resumes(tmp_path):
+def test_training_runs_end_to_end_and_resumes(tmp_path, caplog):
     """A few steps of every stage at toy scale; a second call resumes and finds everything done."""
     from pccseg.toy.config import ToyTrainConfig
     from pccseg.toy.model import toy_pipeline
@@ -245,7 +245,12 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
     assert json.loads((tmp_path / "run" / "vae" / "last" / "state.json").read_text())["step"] == 2
     state = json.loads((tmp_path / "run" / "unet" / "last" / "state.json").read_text())
     assert state["step"] == 1                  # checkpointed at the step reached, not at ckpt_every
+    # a kill between the renames of a checkpoint's replacement left only its complete new copy: resumed
+    unet = tmp_path / "run" / "unet"
+    (unet / "last").rename(unet / ".last.deadbeef.pccseg.tmp")
+    caplog.set_level("INFO", logger="pccseg")
     final = train(cfg, evaluate=False)
+    assert "unet: resumed at step 1" in caplog.text and not [p for p in unet.iterdir() if p.name.startswith(".")]
     mask = os.umask(0)
     os.umask(mask)
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~mask for p in final.rglob("*") if p.is_file())

@@ -496,3 +496,134 @@ def test_distributed_world_size_one(tmp_path, monkeypatch):
             dist.destroy_process_group()
     assert r["iteration"] == 2 and r["last_miou"] is not None and not math.isnan(r["last_miou"])
     assert "module." not in next(iter(load_file(str(tmp_path / "run" / "last" / "model.safetensors"))))
+
+
+# ------------------------------------------------------------------ kills, signals, torn files (issue 25, 22)
+def _cli_args(data, run, iters=8, **options):
+    """``pccseg train`` argv of a 2-image, 32 px run validated on its own images every 4 iterations."""
+    opts = {"--iters": iters, "--val-every": 4, "--log-every": 1, "--batch-size": 2, "--crop-size": 32,
+            "--short-side": 0, "--lr": 2e-3, "--backbone-lr-mult": 1, "--bn-momentum": 0.1, "--workers": 0,
+            "--device": "cpu", "--backbone-weights": "none", "--model": "mobilenet_v3_large", **options}
+    argv = ["train", "--data", str(data), "--val", str(data), "--val-split", "train", "--out", str(run),
+            "--no-aux-loss", "--no-progress", "--no-tensorboard", "--scale", "0.75", "1.25"]
+    for k, v in opts.items():
+        argv += [k, str(v)]
+    return argv
+
+
+def _same_log(a, b):
+    for x, y in zip(read_log(a), read_log(b), strict=True):
+        assert x.keys() == y.keys() and x["iter"] == y["iter"], (x, y)
+        if "loss" in x:
+            assert y["loss"] == pytest.approx(x["loss"], rel=1e-6)
+        if "miou" in x:
+            assert y["miou"] == pytest.approx(x["miou"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 8-iteration run (CLI), the one every interrupted run below must equal."""
+    root = tmp_path_factory.mktemp("reference")
+    data = make_blocks_tree(root / "data", n=2, size=32)
+    assert main(_cli_args(data, root / "full")) == 0
+    return data, root / "full"
+
+
+def test_a_kill_between_the_renames_of_last_resumes_from_the_complete_copy(reference, tmp_path, caplog):
+    """A kill between renaming RUN/last aside and renaming the new one in leaves both under temporary
+    names; so did older versions' kill between removing last/ and renaming (only the new copy): the rerun
+    puts the complete copy back and resumes from it, not from iteration 1."""
+    import shutil
+
+    data, full = reference
+    run = tmp_path / "run"
+    assert main(_cli_args(data, run, **{"--stop-after": 2})) == 0
+    shutil.copytree(run / "last", tmp_path / "at2")
+    assert main(_cli_args(data, run, **{"--stop-after": 5})) == 0
+    (run / "last").rename(run / ".last.0badf00d.pccseg.tmp")             # the new copy, complete
+    (tmp_path / "at2").rename(run / ".last.0badf00d.old.pccseg.tmp")     # the old one, renamed aside
+    caplog.clear()
+    assert main(_cli_args(data, run, **{"--stop-after": 6})) == 0
+    assert f"resuming {run} from iteration 5" in caplog.text
+    assert read_checkpoint_meta(run / "last")["iteration"] == 6
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+    # the issue's reproduction: only a complete temporary copy (what a kill left before this fix)
+    (run / "last").rename(run / ".last.deadbeef.pccseg.tmp")
+    assert main(_cli_args(data, run)) == 0
+    _same_log(full, run)
+    wa = load_file(str(full / "last" / "model.safetensors"))
+    wb = load_file(str(run / "last" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_an_incomplete_last_is_refused_not_restarted_over_best(reference, tmp_path, capsys):
+    data, _ = reference
+    run = tmp_path / "run"
+    assert main(_cli_args(data, run, **{"--stop-after": 4}) + ["--keep-best"]) == 0
+    (run / "last" / "checkpoint.json").unlink()
+    capsys.readouterr()
+    rc, err = cli_error(capsys, _cli_args(data, run) + ["--keep-best"])
+    assert rc == 2 and "last: incomplete checkpoint (no checkpoint.json)" in err and "--no-resume" in err
+    assert (run / "best" / "checkpoint.json").is_file() and len(read_log(run)) > 4
+    # a symlinked last/ is refused too
+    (run / "last").rename(tmp_path / "elsewhere")
+    (run / "last").symlink_to(tmp_path / "elsewhere")
+    rc, err = cli_error(capsys, _cli_args(data, run))
+    assert rc == 2 and "last: is a symbolic link" in err
+    assert (tmp_path / "elsewhere" / "model.safetensors").is_file()
+
+
+def test_a_torn_last_log_line_does_not_block_resume(reference, tmp_path):
+    data, full = reference
+    run = tmp_path / "run"
+    assert main(_cli_args(data, run, **{"--stop-after": 4})) == 0
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"iter": 5, "loss": 0.12')                    # a kill mid-append: no newline
+    assert main(_cli_args(data, run)) == 0
+    _same_log(full, run)
+    # a broken line that is not the torn tail is still refused, naming it
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"iter": 9, "lo\n{"iter": 9}\n')
+    with pytest.raises(InputError, match=r"log.jsonl: line \d+: not valid JSON"):
+        train(small_config(data, run, iters=10, val=None, crop_size=32, batch_size=2))
+
+
+@pytest.mark.parametrize("sig, where, code", [(signal.SIGTERM, "step", 143), (signal.SIGINT, "validation", 130)])
+def test_a_signal_saves_the_step_reached_and_the_rerun_goes_on_as_uninterrupted(reference, tmp_path, capsys,
+                                                                               monkeypatch, sig, where, code):
+    """SIGTERM during iteration 3's step, or Ctrl-C at the end of iteration 4's validation (its random
+    draws made): RUN/last of that iteration, one line, exit 143 / 130; the rerun's losses, scores and
+    weights are the uninterrupted run's."""
+    import pccseg.train.loop as loop
+
+    data, full = reference
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        if where == "step":
+            real_step = loop._step
+
+            def step(*a, **k):
+                out = real_step(*a, **k)
+                if len(read_log(run)) == 2:                    # iteration 3: two lines so far
+                    os.kill(os.getpid(), sig)
+                return out
+            m.setattr(loop, "_step", step)
+        else:
+            real_evaluate = loop.evaluate
+
+            def evaluate(*a, **k):
+                scores = real_evaluate(*a, **k)
+                os.kill(os.getpid(), sig)
+                return scores
+            m.setattr(loop, "evaluate", evaluate)
+        capsys.readouterr()
+        rc, err = cli_error(capsys, _cli_args(data, run))
+    assert rc == code and err == f"pccseg train: {'terminated (SIGTERM)' if code == 143 else 'interrupted'}"
+    meta = read_checkpoint_meta(run / "last")
+    assert meta["iteration"] == (3 if where == "step" else 4)
+    assert meta.get("pending_validation", False) == (where == "validation")
+    assert main(_cli_args(data, run)) == 0
+    _same_log(full, run)
+    wa = load_file(str(full / "last" / "model.safetensors"))
+    wb = load_file(str(run / "last" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -2,7 +2,9 @@
 
 Every file and folder is created with the modes ``open()`` and ``mkdir`` give (0666 / 0777 less the
 umask). A temporary name is ``.<final name>.<random>.pccseg.tmp`` (:data:`TEMP_SUFFIX`) beside the final
-name; :func:`remove_temps` deletes those that a killed run left behind.
+name; a folder being replaced is first renamed aside to ``.<final name>.<random>.old.pccseg.tmp``.
+:func:`remove_temps` deletes those that a killed run left behind, after restoring a complete copy whose
+final name a kill left missing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -22,6 +25,9 @@ from .vocab import VOC_PALETTE
 
 #: Every temporary file or folder name ends so (and starts with a dot).
 TEMP_SUFFIX = ".pccseg.tmp"
+#: A folder renamed aside while its replacement is renamed in: ``.<name>.<random>.old.pccseg.tmp``.
+_ASIDE = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-f]{8})\.old" + re.escape(TEMP_SUFFIX) + "$")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-f]{8})" + re.escape(TEMP_SUFFIX) + "$")
 
 
 def _new_temp(path: Path, directory: bool) -> Path:
@@ -44,39 +50,75 @@ def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
 
     A crash or a kill never leaves a half-written file under the final name (a kill may leave the
     temporary name, which :func:`remove_temps` recognises). With ``directory=True`` the temporary path is
-    an (empty, created) directory and an existing ``path`` directory is replaced.
+    an (empty, created) directory, and an existing ``path`` is replaced without a moment with no complete
+    copy: it is renamed aside (``.<name>.<random>.old.pccseg.tmp``, the same ``<random>`` as the new
+    copy's temporary name), the new copy renamed in, then the old one removed. After a kill between the
+    two renames, :func:`remove_temps` puts the complete new copy in place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp(path, directory)
     try:
         yield tmp
-        if directory and path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if directory and os.path.lexists(path):
+            aside = tmp.with_name(tmp.name[:-len(TEMP_SUFFIX)] + ".old" + TEMP_SUFFIX)
+            os.replace(path, aside)
+            os.replace(tmp, path)
+            _remove(aside)
         else:
-            tmp.unlink(missing_ok=True)
+            os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            _remove(tmp)
         raise
 
 
-def remove_temps(directory: str | Path, *, name: str | None = None) -> int:
+def _remove(path: str | Path) -> None:
+    """Delete a file, a link (not what it points to) or a folder tree."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        Path(path).unlink(missing_ok=True)
+
+
+def _restore(directory: Path, name: str | None, complete) -> None:
+    """Put back the complete copies that a kill inside :func:`atomic_path` left under temporary names
+    while the final name is missing: the new copy of an interrupted replacement (its old copy was renamed
+    aside only once it was complete), else the old copy; or a temporary folder that ``complete(path)``
+    recognises as whole (what versions before the rename-aside replacement left)."""
+    entries = {e.name for e in os.scandir(directory)}
+    for kind in ("aside", "complete"):
+        for entry in sorted(entries):
+            m = (_ASIDE if kind == "aside" else _TEMP).match(entry)
+            if m is None or (name is not None and m["name"] != name) or m["name"] in entries:
+                continue
+            if kind == "aside":
+                new = f".{m['name']}.{m['token']}{TEMP_SUFFIX}"
+                source = new if new in entries else entry      # the new copy is complete: prefer it
+            elif complete is not None and (directory / entry).is_dir() and complete(directory / entry):
+                source = entry
+            else:
+                continue
+            os.replace(directory / source, directory / m["name"])
+            entries.discard(source)
+            entries.add(m["name"])
+
+
+def remove_temps(directory: str | Path, *, name: str | None = None, complete=None) -> int:
     """Delete the temporary files and folders (:data:`TEMP_SUFFIX`) directly in ``directory`` that killed
-    runs left behind, or with ``name`` only those of that final name; returns how many. Call it only
-    while no other process writes them."""
+    runs left behind, or with ``name`` only those of that final name; returns how many. First, where a
+    kill inside :func:`atomic_path` left a final name missing, its complete copy is put back (see
+    :func:`_restore`; ``complete``: a test of whether a temporary folder is whole, for folders whose last
+    file written marks them complete). Call it only while no other process writes them."""
     directory = Path(directory)
     if not directory.is_dir():
         return 0
+    _restore(directory, name, complete)
     prefix = "." if name is None else f".{name}."
     n = 0
     for entry in os.scandir(directory):
         if entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                Path(entry.path).unlink(missing_ok=True)
+            _remove(entry.path)
             n += 1
     return n
 
@@ -183,8 +225,9 @@ def read_json(path: str | Path) -> dict:
     return obj
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Objects of a JSON-lines file (blank lines skipped).
+def read_jsonl(path: str | Path, *, torn_tail: bool = False) -> list[dict]:
+    """Objects of a JSON-lines file (blank lines skipped). ``torn_tail``: a last line without its newline
+    that is not a JSON object (a kill cut an append short) is dropped instead of refused.
 
     Raises:
         InputError: the file is unreadable or not UTF-8, or a line is not a JSON object (the message names
@@ -192,13 +235,20 @@ def read_jsonl(path: str | Path) -> list[dict]:
     """
     from .errors import InputError
 
+    text = read_text(path)
+    lines = text.splitlines()
     out = []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        obj = parse_json(line, path=path, field=f"line {n}")
-        if not isinstance(obj, dict):
-            raise InputError("expected a JSON object", path=path, field=f"line {n}")
+        try:
+            obj = parse_json(line, path=path, field=f"line {n}")
+            if not isinstance(obj, dict):
+                raise InputError("expected a JSON object", path=path, field=f"line {n}")
+        except InputError:
+            if torn_tail and n == len(lines) and not text.endswith("\n"):
+                break
+            raise
         out.append(obj)
     return out
 

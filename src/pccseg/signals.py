@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 _held = 0                                   # depth of hold_interrupts() blocks
 _pending: KeyboardInterrupt | None = None   # what a signal held back will raise
@@ -79,6 +79,20 @@ def hold_interrupts() -> Iterator[None]:
         if exc is not None:
             _pending = None
             _unwind(exc)
+
+
+@contextlib.contextmanager
+def save_on_interrupt(save: Callable[[], None]) -> Iterator[None]:
+    """Keep the work in hand: when Ctrl-C or SIGTERM ends the block (or any ``KeyboardInterrupt``),
+    ``save()`` runs (held: a further signal waits until it is done), then the interrupt goes on (exit code
+    130 / 143 on the command line). ``save`` decides what there is to keep (a checkpoint of the step
+    reached; nothing when the last one is current)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        with hold_interrupts():
+            save()
+        raise
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}

@@ -63,8 +63,9 @@ def sampling_settings(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from .label import params_from_args
     from ..dataset.folder import Dataset
-    from ..dataset.generate import check_options, distributed_state, generate
+    from ..dataset.generate import check_options, check_size_fits, distributed_state, generate
     from ..io import make_dir
+    from ..limits import check_seed
     from ..capture.pipeline import check_model, model_default_size, resolve_device, resolve_dtype
     from ..dataset.prompts import check_lengths, load_prompts, parse_classes_option, select
     from ..vocab import VOC_CLASSES
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no records from --start {args.start}", path=args.prompts)
     try:
         check_options(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, height=args.height,
-                      width=args.width)
+                      width=args.width, seed=args.seed, records=1 + max(r.index for r in records))
+        check_seed(args.tiny_seed, "tiny_seed")
     except InputError as e:
         raise InputError(e.message, field="--" + e.field.replace("_", "-")) from None
     label_params = params_from_args(args)
@@ -102,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
     size = model_default_size(args.model)
     height = args.height or (size[0] if size else None)
     width = args.width or (size[1] if size else None)
+    if height is not None and width is not None:
+        try:
+            check_size_fits(height, width, args.batch_size, device)
+        except InputError as e:
+            raise InputError(e.message, field="--height / --width") from None
     ds = Dataset(args.out)
     settings = None
     if height is not None and width is not None:

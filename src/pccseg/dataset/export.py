@@ -8,6 +8,11 @@ holding the files' own bytes (the JPEG, and the palette PNG whose pixel values a
 uncertain); ``prompt`` and ``classes`` come from ``manifest.jsonl`` (empty when the dataset has none).
 ``OUT/id2label.json`` maps label values to class names, as Hugging Face segmentation models expect.
 ``datasets.load_from_disk(OUT)`` reads it back; ``push_to_hub`` publishes it.
+
+``OUT`` is replaced atomically, and only when it is missing, empty, or an earlier export holding nothing
+else: ``OUT/pccseg-export.json`` (:data:`MARKER`) names the source and every entry the export wrote. Any
+other ``OUT`` is refused before anything is written: a folder holding other files, the source dataset or
+a folder inside it, a file, a symbolic link.
 """
 
 from __future__ import annotations
@@ -20,12 +25,49 @@ from pathlib import Path
 
 from .folder import MANIFEST, read_manifest
 from ..errors import InputError
-from ..io import atomic_path, make_dir, remove_temps
+from ..io import atomic_path, make_dir, read_json, remove_temps
 from .voc import SPLIT_DIR, VOCSegmentation, voc_root
 
 #: pccseg split name -> Hugging Face split name, where they differ.
 HF_SPLIT_NAMES = {"val": "validation"}
 ID2LABEL = "id2label.json"
+#: What marks a folder as an export (and lists what it holds), so that a new export may replace it.
+MARKER = "pccseg-export.json"
+
+
+def check_out(source: str | Path, out: str | Path) -> Path:
+    """``out`` as an export may write it, or :class:`InputError` (field ``--out``): it must not be a link,
+    a file, the ``source`` dataset or inside it, nor a folder holding anything but an earlier export."""
+    out = Path(out)
+    if out.is_symlink():
+        raise InputError("is a symbolic link: give the folder it points to, or a new folder", path=out,
+                         field="--out")
+    if out.exists() and not out.is_dir():
+        raise InputError("is not a folder", path=out, field="--out")
+    src, dst = Path(source).resolve(), out.resolve()
+    if dst == src or src in dst.parents:
+        raise InputError(f"is the dataset {source} or inside it: give a folder outside it", path=out,
+                         field="--out")
+    try:
+        entries = sorted(os.listdir(out)) if out.is_dir() else []
+    except OSError as e:
+        raise InputError(f"unreadable ({e.strerror or e})", path=out, field="--out") from None
+    if entries:
+        wrote = None
+        if MARKER in entries and (out / MARKER).is_file():
+            try:
+                wrote = read_json(out / MARKER).get("entries")
+            except InputError:
+                wrote = None
+        if not isinstance(wrote, list):
+            raise InputError("is not empty and not an earlier export (no pccseg-export.json): give a new or "
+                             "empty folder", path=out, field="--out")
+        other = [e for e in entries if e not in wrote and e != MARKER]
+        if other:
+            raise InputError(f"holds what an export did not write ({', '.join(other[:3])}"
+                             f"{', ...' if len(other) > 3 else ''}): give a new or empty folder", path=out,
+                             field="--out")
+    return out
 
 
 #: the progress bars of exports in progress, by a key (``datasets`` pickles the generator's arguments)
@@ -50,15 +92,16 @@ def export_hf(root: str | Path, out: str | Path, *, splits: Sequence[str] | None
     except ImportError:
         raise InputError("the Hugging Face export needs the 'datasets' package: pip install 'pccseg[hf]'",
                          field="--format") from None
-    out = Path(out)
-    make_dir(out.parent)
-    remove_temps(out.parent, name=out.name)   # what a killed export left
+    source = root
+    out = check_out(source, out)
     root = voc_root(root)
     if splits is None:
         splits = sorted(p.stem for p in (root / SPLIT_DIR).glob("*.txt")) if (root / SPLIT_DIR).is_dir() else []
         if not splits:
             raise InputError(f"no split files in {SPLIT_DIR}/ (not a dataset folder?)", path=root)
     manifest = {str(e.get("id")): e for e in read_manifest(root)} if (root / MANIFEST).is_file() else {}
+    make_dir(out.parent)
+    remove_temps(out.parent, name=out.name)   # what a killed export left
     features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
                                   "mask": datasets.Image(), "prompt": datasets.Value("string"),
                                   "classes": datasets.Sequence(datasets.Value("string"))})
@@ -98,4 +141,7 @@ def _export(datasets, root: Path, out: Path, splits: Sequence[str], manifest: di
         with atomic_path(out, directory=True) as tmp:
             result.save_to_disk(str(tmp))
             (tmp / ID2LABEL).write_text(json.dumps({str(i): n for i, n in enumerate(class_names)}, indent=2) + "\n")
+            (tmp / MARKER).write_text(json.dumps({"format": "hf", "source": str(Path(source).resolve()),
+                                                  "splits": list(parts), "entries": sorted(os.listdir(tmp))},
+                                                 indent=2) + "\n")
     return datasets.load_from_disk(str(out))

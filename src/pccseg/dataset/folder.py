@@ -163,9 +163,18 @@ class Dataset:
         return [s for s in stems if s not in entries or not self.is_done(s, capture=capture)]
 
     # settings
+    def holds_samples(self) -> bool:
+        """Whether any sample file is there (an image, a mask, a manifest shard line, a capture)."""
+        for d in (self.root / IMAGES, self.root / MASKS, self.root / CAPTURES):
+            if d.is_dir() and any(not e.name.startswith(".") for e in os.scandir(d)):
+                return True
+        return any(shard.stat().st_size for shard in self._shards())
+
     def check_settings(self, settings: dict) -> dict | None:
         """Raise :class:`InputError` when the folder holds a different run; does not write anything.
-        Returns the folder's settings.json (None when there is none yet)."""
+        Returns the folder's settings.json (None when there is none yet, or when the folder holds no
+        sample: settings bind a folder only once a sample is written, so a run that failed before its
+        first sample does not lock the folder to its options)."""
         path = self.settings_path
         if self.root.exists() and not self.root.is_dir():
             raise InputError("output path exists and is not a directory", path=self.root, field="--out")
@@ -173,15 +182,17 @@ class Dataset:
             return None
         old = read_json(path)
         diff = settings_diff(old, settings)
+        if diff and not self.holds_samples():
+            return None
         if diff:
             raise InputError("this folder holds a run with other settings (" + "; ".join(diff) +
                              "): use another --out, or the earlier run's options to resume it", path=path)
         return old
 
     def write_settings(self, settings: dict) -> None:
-        """Check, then write settings.json if it is not there yet."""
-        self.check_settings(settings)
-        if not self.settings_path.is_file():
+        """Check, then write settings.json if it is not there yet (or binds nothing: see
+        :meth:`check_settings`)."""
+        if self.check_settings(settings) is None:
             write_json(self.settings_path, _canon(settings))
 
     # manifest

@@ -24,6 +24,7 @@ from .. import __version__
 from .folder import JPEG_QUALITY, Dataset, check_val_share, mask_stats, rounding_changes
 from ..errors import InputError
 from ..io import make_dir, save_image, save_mask
+from ..limits import check_fits, check_seed
 from .prompts import PromptRecord
 from ..signals import hold_interrupts
 from ..vocab import VOC_CLASSES
@@ -89,19 +90,46 @@ def run_settings(*, model: str, steps: int, guidance: float, height: int, width:
                 pccseg_version=__version__, **({"val_share": val_share} if val_share else {}), **info)
 
 
+#: The most denoising steps: SD's schedulers are trained on 1000 timesteps (and refuse more).
+MAX_STEPS = 1000
+#: The largest image side: 8x SD's 512, 4x SDXL's 1024 (attention work grows with the square of the pixels).
+MAX_SIDE = 4096
+#: The largest guidance scale: SD uses 7.5, SDXL 5; far above, the latents overflow into NaN.
+MAX_GUIDANCE = 100.0
+
+
 def check_options(*, steps: int | None = None, guidance: float | None = None, batch_size: int | None = None,
-                  height: int | None = None, width: int | None = None) -> None:
-    """:class:`InputError` naming the first bad option (None: not given, the default): ``steps``,
-    ``batch_size``, ``height`` and ``width`` must be integers >= 1, the sizes multiples of 8, and
-    ``guidance`` a finite number (NaN and inf are never valid settings)."""
+                  height: int | None = None, width: int | None = None, seed: int | None = None,
+                  records: int = 1) -> None:
+    """:class:`InputError` naming the first bad option (None: not given, the default): ``steps`` an
+    integer in 1..:data:`MAX_STEPS`; ``batch_size``, ``height`` and ``width`` integers >= 1, the sizes
+    multiples of 8 up to :data:`MAX_SIDE`; ``guidance`` a finite number in 0..:data:`MAX_GUIDANCE`; ``seed`` such that ``seed +
+    index`` is a seed (:func:`pccseg.limits.check_seed`) for the record indices ``0 .. records - 1``."""
     for name, v in (("steps", steps), ("batch_size", batch_size), ("height", height), ("width", width)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise InputError(f"must be an integer >= 1, got {v!r}", field=name)
         if v is not None and name in ("height", "width") and v % 8:
             raise InputError(f"must be a multiple of 8 (64 for SD's full UNet depth), got {v}", field=name)
+        if v is not None and name in ("height", "width") and v > MAX_SIDE:
+            raise InputError(f"must be at most {MAX_SIDE} (8x SD's 512), got {v}", field=name)
+    if steps is not None and steps > MAX_STEPS:
+        raise InputError(f"must be at most {MAX_STEPS} (the schedulers' training timesteps), got {steps}",
+                         field="steps")
     if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
                                  or not math.isfinite(guidance)):
         raise InputError(f"must be a finite number, got {guidance!r}", field="guidance")
+    if guidance is not None and not 0 <= guidance <= MAX_GUIDANCE:
+        raise InputError(f"must be from 0 to {MAX_GUIDANCE:g} (SD uses 7.5), got {guidance!r}", field="guidance")
+    if seed is not None:
+        check_seed(seed, "seed", count=records)
+
+
+def check_size_fits(height: int, width: int, batch_size: int, device=None, *, vae_channels: int = 8) -> None:
+    """:class:`InputError` (field ``height``) when ``batch_size`` images of ``height`` x ``width`` cannot be
+    decoded in the memory of ``device``: the VAE decoder holds at least two ``vae_channels`` x H x W float32
+    activations per image (8: the smallest of the pipelines pccseg ships; SD's have 128)."""
+    check_fits(float(batch_size) * height * width * vae_channels * 2 * 4, "height",
+               f"decoding {batch_size} image(s) of {height} x {width}", device)
 
 
 def split_records(records: Sequence[PromptRecord], rank: int, world_size: int) -> list[PromptRecord]:
@@ -183,6 +211,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     Returns:
         a :class:`GenerateReport` of this process.
     """
+    import numpy as np
     import torch
 
     from ..capture.attention import capture
@@ -198,7 +227,8 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     if guidance is None and entry is not None:
         guidance = entry.guidance
     prompts_name = PROMPT_SETS[entry.prompts if entry else "voc"] if prompts_name is None else prompts_name
-    check_options(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width)
+    check_options(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width, seed=seed,
+                  records=1 + max((r.index for r in records), default=0))
     if label_workers is None:       # a daemonic process (a pool's worker) may not start one
         label_workers = 1 if label_fn is None and pipe.device.type == "cpu" and \
             not multiprocessing.current_process().daemon else 0
@@ -206,6 +236,11 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     self_probs = labeller_of(label_params).needs_self_probs or keep_captures   # kept: what every labeller needs
     dh, dw = default_size(pipe)
     height, width = height or dh, width or dw
+    check_size_fits(height, width, batch_size, pipe.device, vae_channels=pipe.vae.config.block_out_channels[0])
+    trained = getattr(pipe.scheduler.config, "num_train_timesteps", MAX_STEPS)
+    if steps > trained:
+        raise InputError(f"must be at most {trained} (the scheduler's training timesteps), got {steps}",
+                         field="steps")
     guidance = default_guidance(pipe) if guidance is None else float(guidance)
     model_name = model_name or getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or "unknown"
     dtype = str(pipe.unet.dtype).replace("torch.", "")
@@ -285,6 +320,10 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
                              include_mid=include_mid, self_probs=self_probs) as cap:
                     neg = {} if negative_prompt is None else {"negative_prompt": [negative_prompt] * len(batch)}
                     out = pipe([r.prompt for r in batch], generator=gens, **call, **neg)
+                if not np.isfinite(out.images).all():
+                    raise InputError(f"sampling record {batch[0].id!r} (seed {seeds[0]}, batch of {len(batch)}) gave "
+                                     f"NaN or inf values: lower the guidance ({guidance:g}) or use float32",
+                                     field="guidance")
                 metas = [dict(prompt=r.prompt, record_id=r.id, seed=s, model=model_name, steps=steps,
                               guidance=guidance) for r, s in zip(batch, seeds)]
                 # label what --keep-captures saves: `pccseg label` gives the same masks

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from ..train.deeplab import load_optimizer, optimizer_tensors
-from ..io import atomic_path, read_json, respect_umask, save_tensors, write_json
-from ..signals import hold_interrupts
+from ..io import atomic_path, read_json, remove_temps, respect_umask, save_tensors, write_json
+from ..signals import hold_interrupts, save_on_interrupt
 from .config import ToyTrainConfig
 from . import board
 
@@ -77,6 +77,8 @@ def _resume(last: Path, stage: str, opt: torch.optim.Optimizer,
     """
     from safetensors.torch import load_file
 
+    # a kill inside the atomic replacement of ``last``: put its complete copy back, remove the rest
+    remove_temps(last.parent, name=last.name, complete=lambda p: (p / "state.json").is_file())
     if not (last / "state.json").is_file():
         return 0, {}, {}
     meta = read_json(last / "state.json")
@@ -103,7 +105,12 @@ def _steps(stage: str, step: int, steps: int, one_step, save, ckpt_every: int) -
     """Run ``one_step(step) -> loss`` from ``step`` to ``steps``, logging every 50 steps; ``save(step)``
     every ``ckpt_every`` steps, at the end, and on Ctrl-C / SIGTERM (then ``KeyboardInterrupt`` goes on)."""
     t0, losses = time.perf_counter(), []
-    try:
+
+    def on_interrupt() -> None:
+        log.warning("%s: stopped at step %d; checkpointing", stage, step)
+        save(step)
+
+    with save_on_interrupt(on_interrupt):
         while step < steps:
             losses.append(one_step(step))
             step += 1
@@ -113,10 +120,6 @@ def _steps(stage: str, step: int, steps: int, one_step, save, ckpt_every: int) -
                          (time.perf_counter() - t0) / len(losses))
             if step % ckpt_every == 0 or step == steps:
                 save(step)
-    except KeyboardInterrupt:
-        log.warning("%s: stopped at step %d; checkpointing", stage, step)
-        save(step)
-        raise
 
 
 def _save_pipeline(folder: Path, pipe) -> None:

@@ -4,9 +4,11 @@ recipe and every remaining difference).
 
 :func:`train` reads top to bottom, like torchvision's ``references/segmentation/train.py``:
 :func:`_setup` (processes, device, precision), :func:`_data`, :func:`_model`, :func:`_optimizer`,
-:func:`_start` (a fresh run or the resumption of ``RUN/last``), then the loop: :func:`_step` per
-iteration, :func:`_log_loss` every ``log_every``, :func:`_validate` every ``val_every`` iterations and
-:func:`_save` for the checkpoints.
+:func:`~pccseg.train.checkpoint.start` (a fresh run or the resumption of ``RUN/last``), then the loop:
+:func:`_step` per iteration, :func:`_log_loss` every ``log_every``, :func:`_validate` every ``val_every``
+iterations and :func:`~pccseg.train.checkpoint.save` for the checkpoints (:mod:`pccseg.train.checkpoint`:
+the run folder across starts). Ctrl-C and SIGTERM finish the step under way, save ``RUN/last`` of the
+iteration reached, and stop; the rerun resumes from it as if uninterrupted.
 The model, its checkpoints and the input normalisation live in :mod:`pccseg.train.deeplab`, which
 :mod:`pccseg.train.evaluate` shares.
 
@@ -22,14 +24,11 @@ line, so the log of a resumed run equals the uninterrupted run's.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -41,28 +40,20 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
+from .checkpoint import (BEST, CONFIG, LAST, LOG, RUNTIME_FIELDS, SCHEDULE_FIELDS, TENSORBOARD,  # noqa: F401
+                         Progress, RunLog, save, settings, start)
 from .deeplab import (CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, backbone_state,  # noqa: F401
-                      build_model, load_model, load_training_state, normalize, read_checkpoint_meta,
-                      rescale_factor, rescaled_size, save_checkpoint, unwrap)
+                      build_model, load_model, normalize, rescale_factor, rescaled_size, unwrap)
 from ..errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
 from .metrics import percent
-from ..io import atomic_path, make_dir, read_jsonl, remove_temps, write_json
-from ..signals import blocked_for_children, dataloader_worker_init, hold_interrupts
+from ..io import write_json
+from ..signals import blocked_for_children, dataloader_worker_init, hold_interrupts, save_on_interrupt
 from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
 from ..vocab import IGNORE_INDEX
-from ..dataset.voc import VOCSegmentation, voc_root
+from ..dataset.voc import VOCSegmentation
 
 logger = logging.getLogger(__name__)
-
-LOG, CONFIG, LAST, BEST, TENSORBOARD = "log.jsonl", "config.json", "last", "best", "tensorboard"
-#: Settings that may differ when a run is resumed: they do not change what the weights learn.
-RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "workers", "device", "amp", "check_data",
-                            "val", "val_split", "val_every", "val_limit", "save_every", "log_every",
-                            "keep_best", "tensorboard"})
-#: Settings a resumed run may change: applied from the resumption on, and recorded in ``changes``.
-SCHEDULE_FIELDS = frozenset({"iters", "lr", "backbone_lr_mult", "weight_decay", "power", "grad_clip"})
-
 
 # ------------------------------------------------------------------------------------------------ data
 def photometric_distortion(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -208,20 +199,6 @@ class _Env:
         return self.world > 1 or torch_dist.is_initialized()
 
 
-@dataclass
-class _Progress:
-    """What a checkpoint carries from one start of a run to the next."""
-
-    iteration: int = 0
-    last_miou: float | None = None
-    best_miou: float | None = None
-    best_iteration: int | None = None
-    loss_sum: float = 0.0              # losses since the last log line, summed (mean over ranks)
-    loss_n: int = 0
-    seconds: float = 0.0               # training wall time before this start
-    changes: list = field(default_factory=list)   # settings changed on resume: {"iteration", "changed"}
-
-
 def _setup(config: TrainConfig) -> _Env:
     """Join the process group that ``torchrun`` / ``accelerate launch`` describe, pick the device and
     the precision."""
@@ -316,82 +293,6 @@ def _optimizer(config: TrainConfig, model: nn.Module, env: _Env):
     return optimizer, scheduler, scaler
 
 
-def _apply_schedule(config: TrainConfig, optimizer, scheduler, start: int) -> None:
-    """Put the optimisation settings of ``config`` in force from iteration ``start + 1`` on: base rates,
-    weight decay, and the poly schedule's closed form at ``start`` of ``config.iters``."""
-    factor = (1 - start / config.iters) ** config.power
-    bases = (config.lr * config.backbone_lr_mult, config.lr)
-    for group, base in zip(optimizer.param_groups, bases):
-        group.update(initial_lr=base, lr=base * factor, weight_decay=config.weight_decay)
-    scheduler.base_lrs = list(bases)
-    scheduler.total_iters, scheduler.power = config.iters, config.power
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
-
-
-def _settings(config: TrainConfig, env: _Env) -> dict:
-    """The settings in force, as recorded in config.json and the checkpoints (precision resolved)."""
-    return dict(dataclasses.asdict(config), amp=env.amp, device=str(env.device))
-
-
-def _start(config: TrainConfig, env: _Env, model, optimizer, scheduler, scaler, class_names) -> _Progress:
-    """A fresh run (an emptied run directory), or the resumption of ``RUN/last``: weights, optimizer,
-    schedule, RNG and progress restored; settings that change the training refused, schedule settings
-    applied and recorded."""
-    out = Path(config.out)
-    if env.main and out.is_dir():
-        remove_temps(out)
-    resume = (out / LAST / "checkpoint.json").is_file() if config.resume is None else config.resume
-    if not resume:
-        if env.main:
-            for name in (LAST, BEST, TENSORBOARD):
-                shutil.rmtree(out / name, ignore_errors=True)
-            make_dir(out)
-            with atomic_path(out / LOG) as tmp:
-                tmp.write_text("")
-        torch.manual_seed(config.seed + 1 + env.rank)  # the dropout stream
-        return _Progress()
-
-    meta = read_checkpoint_meta(out / LAST)
-    if meta["arch"] != config.arch or meta["num_classes"] != len(class_names) \
-            or bool(meta.get("aux_loss")) != config.aux_loss:
-        raise InputError(f"cannot resume: checkpoint is {meta['arch']} with {meta['num_classes']} classes "
-                         f"(aux {meta.get('aux_loss')}), this run {config.arch} with {len(class_names)} "
-                         f"(aux {config.aux_loss})", path=out / LAST)
-    start = meta["iteration"]
-    saved = meta.get("config") or {}
-    new = json.loads(json.dumps(_settings(config, env)))
-    changed = {k: [saved.get(k, "<unset>"), v] for k, v in new.items()
-               if k not in RUNTIME_FIELDS and saved.get(k, "<unset>") != v}
-    refused = {k: v for k, v in changed.items() if k not in SCHEDULE_FIELDS}
-    if refused:
-        raise InputError("cannot resume with other settings (" + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b)
-                         in refused.items()) + "): give the run's settings (see its config.json), or start "
-                         "afresh with --no-resume", path=out / LAST)
-    if config.iters < start:
-        raise InputError(f"the run is at iteration {start}: --iters {config.iters} ends before it", field="iters")
-    load_training_state(out / LAST, meta, model, optimizer, scheduler, scaler)
-    progress = _Progress(iteration=start, last_miou=meta.get("last_miou"), best_miou=meta.get("best_miou"),
-                         best_iteration=meta.get("best_iteration"), loss_sum=float(meta.get("loss_sum", 0.0)),
-                         loss_n=int(meta.get("loss_n", 0)), seconds=float(meta.get("train_seconds", 0.0)),
-                         changes=list(meta.get("changes", [])))
-    if changed:
-        _apply_schedule(config, optimizer, scheduler, start)
-        progress.changes.append({"iteration": start, "changed": changed})
-    if env.rank:  # the other ranks' dropout streams (rank 0's generator was restored with the checkpoint)
-        torch.manual_seed(config.seed + 1 + env.rank + 7919 * start)
-    if env.main:  # drop log lines written after the checkpoint (a kill between a save and the next)
-        kept = [r for r in (read_jsonl(out / LOG) if (out / LOG).is_file() else [])
-                if r.get("iter", 0) < start or (r.get("iter") == start and "changed" not in r)]
-        if changed:
-            kept.append({"iter": start, "changed": changed})
-        with atomic_path(out / LOG) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        logger.info("resuming %s from iteration %d%s", out, start,
-                    "; from now on " + ", ".join(f"{k} {b!r} (was {a!r})" for k, (a, b) in changed.items())
-                    if changed else "")
-    return progress
-
-
 def _step(config: TrainConfig, env: _Env, model, images, masks, optimizer, scheduler, scaler):
     """One iteration: forward, loss (main + aux_weight x auxiliary), backward, gradient clipping, AdamW
     step, schedule step. Returns (the loss, detached; the heads' lr this step used)."""
@@ -413,6 +314,16 @@ def _step(config: TrainConfig, env: _Env, model, images, masks, optimizer, sched
     lr = optimizer.param_groups[-1]["lr"]
     scheduler.step()
     return loss.detach(), lr
+
+
+@dataclass
+class _Run:
+    """What the loop of one start keeps track of, for the checkpoint saved on Ctrl-C / SIGTERM."""
+
+    saved: int                         # the iteration of RUN/last on disk
+    seconds: float                     # training wall time up to the last step
+    mid_step: bool = False             # a second signal cut a step short: its state is torn, keep RUN/last
+    rng: torch.Tensor | None = None    # the random state before the validation under way
 
 
 def _mean_over_ranks(x: torch.Tensor, env: _Env) -> torch.Tensor:
@@ -440,7 +351,7 @@ def _loader(config: TrainConfig, env: _Env, train_set: VOCSegmentation, start: i
         generator=torch.Generator().manual_seed(config.seed))  # own generator: keeps the global RNG exact
 
 
-def _log_loss(env: _Env, progress: _Progress, loss_sum: torch.Tensor, lr: float, seconds: float, log: _Log,
+def _log_loss(env: _Env, progress: Progress, loss_sum: torch.Tensor, lr: float, seconds: float, log: RunLog,
               bar) -> None:
     """Log the mean loss (over the iterations since the last line and the ranks), then start the sum
     afresh; a loss that is not finite stops the run."""
@@ -455,7 +366,7 @@ def _log_loss(env: _Env, progress: _Progress, loss_sum: torch.Tensor, lr: float,
         bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
 
 
-def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progress: _Progress, log) -> None:
+def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progress: Progress, log) -> None:
     """Score the validation split as ``evaluate`` does (images split over the ranks), log the scores, and
     with ``keep_best`` save ``RUN/best`` when the mIoU is the best so far."""
     scores = evaluate(unwrap(model), val_set, class_names=class_names, device=env.device, amp=env.amp,
@@ -470,60 +381,7 @@ def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progr
             and (progress.best_miou is None or progress.last_miou > progress.best_miou):
         progress.best_miou, progress.best_iteration = progress.last_miou, it
         if env.main:
-            _save(config, env, BEST, model, progress, class_names, miou=progress.last_miou)
-
-
-def _save(config: TrainConfig, env: _Env, name: str, model, progress: _Progress, class_names, *,
-          miou: float | None, optimizer=None, scheduler=None, scaler=None) -> None:
-    meta = {"iteration": progress.iteration, "arch": config.arch, "num_classes": len(class_names),
-            "class_names": class_names, "aux_loss": config.aux_loss, "miou": miou,
-            "last_miou": progress.last_miou, "best_miou": progress.best_miou, "best_iteration": progress.best_iteration,
-            "loss_sum": progress.loss_sum, "loss_n": progress.loss_n, "train_seconds": progress.seconds,
-            "changes": progress.changes, "config": _settings(config, env)}
-    if name == BEST:
-        meta["selected_on"] = {"dataset": str(voc_root(config.val).resolve()), "split": config.val_split,
-                               "images": config.val_limit}
-    with hold_interrupts():  # SIGTERM / Ctrl-C: the checkpoint is finished first
-        save_checkpoint(Path(config.out) / name, model, meta, optimizer=optimizer, scheduler=scheduler,
-                        scaler=scaler)
-
-
-class _Log:
-    """log.jsonl (and TensorBoard) lines, written by rank 0 only."""
-
-    def __init__(self, config: TrainConfig, env: _Env, class_names, start: int):
-        self.path = Path(config.out) / LOG
-        self.class_names = class_names
-        self.writer = None
-        if env.main and config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise InputError("TensorBoard logs need the tensorboard package (pip install tensorboard); "
-                                 "or --no-tensorboard", field="tensorboard") from None
-            self.writer = SummaryWriter(str(Path(config.out) / TENSORBOARD), purge_step=start + 1 if start else None)
-        self.main = env.main
-
-    def write(self, record: dict) -> None:
-        if not self.main:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is None:
-            return
-        it = record["iter"]
-        if "loss" in record:
-            self.writer.add_scalar("train/loss", record["loss"], it)
-            self.writer.add_scalar("train/lr", record["lr"], it)
-        if record.get("miou") is not None:
-            self.writer.add_scalar("val/mIoU", record["miou"], it)
-            for name, iou in zip(self.class_names, record["iou"]):
-                if iou is not None:
-                    self.writer.add_scalar(f"val/IoU/{name}", iou, it)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+            save(config, env, BEST, model, progress, class_names, miou=progress.last_miou)
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -536,10 +394,10 @@ def train(config: TrainConfig) -> dict:
     train_set, val_set, class_names = _data(config, env)
     model = _model(config, len(class_names), env)
     optimizer, scheduler, scaler = _optimizer(config, model, env)
-    progress = _start(config, env, model, optimizer, scheduler, scaler, class_names)
+    progress = start(config, env, model, optimizer, scheduler, scaler, class_names)
     out = Path(config.out)
     if env.main:
-        write_json(out / CONFIG, dict(_settings(config, env), changes=progress.changes))
+        write_json(out / CONFIG, dict(settings(config, env), changes=progress.changes))
     if env.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, **({"device_ids": [env.device.index]} if env.device.type == "cuda" else {}))
@@ -547,44 +405,71 @@ def train(config: TrainConfig) -> dict:
     stop = config.iters if config.stop_after is None else min(config.iters, config.stop_after)
     with blocked_for_children():      # the workers start with SIGTERM / Ctrl-C blocked (pccseg.signals)
         batches = iter(_loader(config, env, train_set, progress.iteration, stop))
-    log = _Log(config, env, class_names, progress.iteration)
+    log = RunLog(config, env, class_names, progress.iteration)
     bar = None
     if env.main and config.progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=stop, initial=progress.iteration, desc="train", dynamic_ncols=True)
 
-    start, before, t0 = progress.iteration, progress.seconds, time.perf_counter()
+    begin, before, t0 = progress.iteration, progress.seconds, time.perf_counter()
     loss_sum = torch.tensor(progress.loss_sum, device=env.device)
-    while progress.iteration < stop:
-        try:
-            images, masks = next(batches)
-        except InputError as e:
-            raise unwrap_worker_error(e) from None
-        loss, lr = _step(config, env, model, images, masks, optimizer, scheduler, scaler)
-        it = progress.iteration = progress.iteration + 1
-        loss_sum += loss
-        progress.loss_n += 1
-        seconds = before + time.perf_counter() - t0
-        if it % config.log_every == 0 or it == config.iters:
-            _log_loss(env, progress, loss_sum, lr, seconds, log, bar)
-        if bar is not None:
-            bar.update(1)
+    run = _Run(saved=begin, seconds=before)
 
-        validated = val_set is not None and (it % config.val_every == 0 or it == config.iters)
-        if validated:
-            _validate(config, env, model, val_set, class_names, progress, log)
-        if validated or it % (config.save_every or config.val_every) == 0 or it == stop:
-            progress.loss_sum, progress.seconds = _mean_over_ranks(loss_sum, env).item(), seconds
-            if env.main:
-                _save(config, env, LAST, model, progress, class_names,
-                      miou=progress.last_miou if validated else None,
-                      optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    def save_last(validated: bool, rng: torch.Tensor | None = None, reduce: bool = True) -> None:
+        progress.loss_sum = (_mean_over_ranks(loss_sum, env) if reduce else loss_sum).item()
+        progress.seconds = run.seconds
+        if env.main:
+            save(config, env, LAST, model, progress, class_names, miou=progress.last_miou if validated else None,
+                 optimizer=optimizer, scheduler=scheduler, scaler=scaler, rng=rng)
+        run.saved = progress.iteration
+
+    def validate() -> None:
+        progress.pending_validation, run.rng = True, torch.get_rng_state()
+        _validate(config, env, model, val_set, class_names, progress, log)
+        progress.pending_validation = False
+
+    def on_interrupt() -> None:
+        """Ctrl-C / SIGTERM: ``RUN/last`` of the iteration reached, unless it is there already, a second
+        signal cut a step short, or the run is distributed (its ranks stop at different points; the last
+        periodic checkpoint stays)."""
+        if env.distributed or run.mid_step or run.saved == progress.iteration:
+            return
+        save_last(False, rng=run.rng if progress.pending_validation else None, reduce=False)
+        logger.debug("interrupted: saved %s at iteration %d", out / LAST, progress.iteration)
+
+    with save_on_interrupt(on_interrupt):
+        if progress.pending_validation:     # saved on a signal during this validation: run it again
+            validate()
+            save_last(True)
+        while progress.iteration < stop:
+            try:
+                images, masks = next(batches)
+            except InputError as e:
+                raise unwrap_worker_error(e) from None
+            with hold_interrupts():         # a signal waits for the step and its bookkeeping
+                run.mid_step = True
+                loss, lr = _step(config, env, model, images, masks, optimizer, scheduler, scaler)
+                it = progress.iteration = progress.iteration + 1
+                loss_sum += loss
+                progress.loss_n += 1
+                run.seconds = before + time.perf_counter() - t0
+                if it % config.log_every == 0 or it == config.iters:
+                    _log_loss(env, progress, loss_sum, lr, run.seconds, log, bar)
+                run.mid_step = False
+            if bar is not None:
+                bar.update(1)
+
+            validated = val_set is not None and (it % config.val_every == 0 or it == config.iters)
+            if validated:
+                validate()
+            if validated or it % (config.save_every or config.val_every) == 0 or it == stop:
+                save_last(validated)
     if bar is not None:
         bar.close()
     log.close()
     if env.distributed:
         torch_dist.barrier()
-    if env.main and progress.iteration > start:
-        logger.debug("trained iterations %d..%d in %.1f s", start + 1, progress.iteration, progress.seconds - before)
+    if env.main and progress.iteration > begin:
+        logger.debug("trained iterations %d..%d in %.1f s", begin + 1, progress.iteration, progress.seconds - before)
     return {"iteration": progress.iteration, "last_miou": progress.last_miou, "best_miou": progress.best_miou,
             "best_iteration": progress.best_iteration, "seconds": round(progress.seconds, 3), "run_dir": str(out)}
