@@ -110,13 +110,14 @@ def export_hf(root: str | Path, out: str | Path, *, splits: Sequence[str] | None
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        return _export(datasets, root, out, splits, manifest, features, progress)
+        return _export(datasets, source, root, out, splits, manifest, features, progress)
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
 
 
-def _export(datasets, root: Path, out: Path, splits: Sequence[str], manifest: dict, features, progress: bool):
+def _export(datasets, source: str | Path, root: Path, out: Path, splits: Sequence[str], manifest: dict, features,
+            progress: bool):
     from tqdm import tqdm
 
     parts, class_names = {}, None
