@@ -16,8 +16,14 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.field = field
         self.message = message
-        parts = [p for p in (self.path, self.field) if p]
+        parts = [_printable(p) for p in (self.path, self.field) if p]
         super().__init__(": ".join(parts + [message]))
+
+
+def _printable(text: str) -> str:
+    """``text``, or its repr when it holds a line break or another control character (a name read from
+    the disk or a data file must not break the one line)."""
+    return repr(text) if any(ord(c) < 32 or ord(c) == 127 for c in text) else text
 
 
 def unwrap_worker_error(e: InputError) -> InputError:

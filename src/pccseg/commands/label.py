@@ -180,21 +180,26 @@ def capture_dirs(paths: list[str | Path]) -> list[Path]:
     """Expand the CLI's paths: a capture directory stays; a directory of captures gives its sub-dirs.
 
     A directory is a capture when it holds ``capture.json`` or ``capture.safetensors``. Sub-directories
-    are listed sorted by name; hidden ones (``.name``, e.g. temporary files) are skipped.
+    are listed sorted by name; hidden ones (``.name``, e.g. temporary files) are skipped. A capture's
+    folder name is its sample id (its mask's name): a plain file stem (:func:`pccseg.io.check_stem`), else
+    :class:`InputError`; ``.`` and ``..`` stand for the folder's own name.
     """
     from ..capture.format import META_FILE, TENSOR_FILE
+    from ..io import check_stem
 
     out: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
             raise InputError("not a directory", path=p)
         if (p / META_FILE).exists() or (p / TENSOR_FILE).exists():
-            out.append(p)
+            out.append(p.resolve() if p.name in ("", ".", "..") else p)
             continue
         subs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not subs:
             raise InputError("neither a capture directory nor a directory of captures", path=p)
         out.extend(subs)
+    for d in out:
+        check_stem(d.name, path=d, key="capture folder name (the sample id)")
     return out
 
 

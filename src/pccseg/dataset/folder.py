@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
-from ..io import atomic_path, read_json, read_jsonl, remove_temps, write_json
+from ..io import atomic_path, check_no_links, read_json, read_jsonl, remove_temps, write_json
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,8 @@ class Dataset:
         path = self.settings_path
         if self.root.exists() and not self.root.is_dir():
             raise InputError("output path exists and is not a directory", path=self.root, field="--out")
+        if self.root.is_dir():
+            self.check_no_links()
         if not path.is_file():
             return None
         old = read_json(path)
@@ -220,6 +222,17 @@ class Dataset:
         """stem -> latest manifest entry over all shards; lines that are not whole entries are left out."""
         return {str(e["id"]): e for shard in self._shards() for e in _read_shard(shard)[0]}
 
+    def check_no_links(self) -> None:
+        """:class:`InputError` when a folder or file the dataset's writers write into is a symbolic link
+        (its folders, its shards, settings.json, manifest.jsonl, a capture folder): nothing is written
+        through one, nor read from one on resume. The root may be a link; ``VOCdevkit``'s links are the
+        dataset's own."""
+        paths = [self.root / d for d in (IMAGES, MASKS, SETS.split("/")[0], SETS, SHARDS, CAPTURES)]
+        paths += [self.settings_path, self.manifest_path, *self._shards()]
+        if (self.root / CAPTURES).is_dir() and not (self.root / CAPTURES).is_symlink():
+            paths += [Path(e.path) for e in os.scandir(self.root / CAPTURES)]
+        check_no_links(*paths)
+
     def repair(self) -> None:
         """Undo what kills leave behind; call it before a run, while no process writes into the dataset.
 
@@ -227,6 +240,7 @@ class Dataset:
         and drops the shard lines that a kill tore: their samples count as not done (:meth:`todo`) and are
         made again.
         """
+        self.check_no_links()
         for d in (self.root, self.root / IMAGES, self.root / MASKS, self.root / SETS, self.root / CAPTURES):
             n = remove_temps(d)
             if n:

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .folder import IMAGES as IMAGE_DIR, MASKS as MASK_DIR, SETS as SPLIT_DIR, TORCHVISION_VOC_DIR
 from ..errors import InputError
-from ..io import check_stem, load_image, load_mask, read_json, read_text
+from ..io import check_inside, check_stem, image_size, load_image, load_mask, read_json, read_text
 from ..vocab import IGNORE_INDEX, VOC_CLASSES, check_class_names
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
@@ -87,6 +86,9 @@ class VOCSegmentation(torch.utils.data.Dataset):
                 raise InputError(f"folder {sub}/ not found (VOC layout)", path=self.root / sub)
         self.images: list[Path] = []
         self.masks: list[Path] = []
+        # files are read only inside the dataset (the folder above VOCdevkit/VOC2012 for such a root: a
+        # pccseg dataset's VOCdevkit/VOC2012 links to its own JPEGImages, ...)
+        base = self.root.parent.parent if self.root.parent.name == "VOCdevkit" else self.root
         for n, stem in enumerate(self.stems, 1):
             image = self._find_image(stem)
             if image is None:
@@ -96,8 +98,8 @@ class VOCSegmentation(torch.utils.data.Dataset):
             if not mask.is_file():
                 raise InputError(f"mask {stem!r} named in the split file not found", path=mask,
                                  field=f"{split_file.name} line {n}")
-            self.images.append(image)
-            self.masks.append(mask)
+            self.images.append(check_inside(image, base, what="the dataset"))
+            self.masks.append(check_inside(mask, base, what="the dataset"))
 
     def _find_image(self, stem: str) -> Path | None:
         for suffix in _IMAGE_SUFFIXES:
@@ -114,10 +116,10 @@ class VOCSegmentation(torch.utils.data.Dataset):
         return len(self.stems)
 
     def _check_sizes(self, i: int) -> None:
-        with Image.open(self.images[i]) as im, Image.open(self.masks[i]) as mk:
-            if im.size != mk.size:
-                raise InputError(f"mask size {mk.size[0]}x{mk.size[1]} differs from image size "
-                                 f"{im.size[0]}x{im.size[1]} ({self.images[i].name})", path=self.masks[i])
+        im, mk = image_size(self.images[i]), image_size(self.masks[i])
+        if im != mk:
+            raise InputError(f"mask size {mk[0]}x{mk[1]} differs from image size "
+                             f"{im[0]}x{im[1]} ({self.images[i].name})", path=self.masks[i])
 
     def _check_values(self, mask: np.ndarray, i: int) -> None:
         present = np.unique(mask)
@@ -127,17 +129,11 @@ class VOCSegmentation(torch.utils.data.Dataset):
                              path=self.masks[i], field="mask values")
 
     def _load_mask(self, i: int) -> np.ndarray:
-        try:
-            return load_mask(self.masks[i])
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read mask ({e})", path=self.masks[i]) from None
+        return load_mask(self.masks[i])
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` as numpy: image (H, W, 3) uint8 RGB, mask (H, W) uint8; checked."""
-        try:
-            image = load_image(self.images[i])
-        except OSError as e:
-            raise InputError(f"cannot read image ({e})", path=self.images[i]) from None
+        image = load_image(self.images[i])
         mask = self._load_mask(i)
         if image.shape[:2] != mask.shape:
             raise InputError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
