@@ -204,6 +204,32 @@ def capture_dirs(paths: list[str | Path]) -> list[Path]:
 
 
 LABEL_SETTINGS = "label_params.json"
+#: label_params.json key recorded while an --overwrite run redoes the masks (removed when it has finished).
+OVERWRITING = "overwrite_in_progress"
+
+
+def check_overwrite_covers(out: Path, ds, names: list[str], params) -> None:
+    """With ``--overwrite`` and label parameters other than those the folder's masks were made with,
+    every mask in the folder must be redone by this run: :class:`InputError` naming those it would leave
+    (they would keep the old labeller's masks under the new settings)."""
+    from ..dataset.folder import settings_diff
+    from ..io import read_json
+    from ..labellers.registry import DEFAULT_LABELLER, params_record
+
+    path = out / LABEL_SETTINGS
+    if not path.is_file():
+        return
+    old, new = read_json(path), params_record(params)
+    if old.get("labeller", DEFAULT_LABELLER) == new["labeller"] \
+            and not settings_diff(old.get("label_params", {}), new["label_params"]):
+        return
+    existing = ds.stems_on_disk() if ds is not None else \
+        sorted(p.stem for p in out.glob("*.png") if not p.name.startswith("."))
+    left = sorted(set(existing) - set(names))
+    if left:
+        raise InputError(f"--overwrite with other label parameters would leave {len(left)} mask(s) made with the "
+                         f"old ones ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}): relabel every "
+                         "capture of this folder, or use another --out", path=path)
 
 
 def check_label_settings(out: Path, params, *, overwrite: bool = False) -> dict:
@@ -224,6 +250,9 @@ def check_label_settings(out: Path, params, *, overwrite: bool = False) -> dict:
     path = out / LABEL_SETTINGS
     if path.is_file() and not overwrite:
         old = read_json(path)
+        if old.get(OVERWRITING):
+            raise InputError("an --overwrite run stopped before it had redone every mask, so masks of two "
+                             "parameter sets may be mixed: run it again with --overwrite", path=path)
         old_labeller = old.get("labeller", DEFAULT_LABELLER)
         diff = [f"labeller: {old_labeller!r} -> {new['labeller']!r}"] if old_labeller != new["labeller"] \
             else settings_diff(old.get("label_params", {}), new["label_params"])
@@ -307,6 +336,9 @@ def run(args: argparse.Namespace) -> int:
         ds, class_names, ds_settings = open_dataset(out, dirs[0], params, val_share=args.val_share,
                                                     overwrite=args.overwrite)
     settings = check_label_settings(out, params, overwrite=args.overwrite)
+    if args.overwrite:
+        check_overwrite_covers(out, ds, names, params)
+        finished_settings, settings = settings, dict(settings, **{OVERWRITING: True})
     device = resolve_device(args.device)
     make_dir(out)
     if ds is None:
@@ -352,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.set_postfix(uncertain=f"{res.uncertain_share:.3f}")
     bar.close()
+    if args.overwrite and not failed and (out / LABEL_SETTINGS).is_file():
+        write_json(out / LABEL_SETTINGS, finished_settings)   # every mask redone: no longer mixed
     if ds is not None and ds.settings_path.is_file():
         n = ds.rebuild()[0]
         if not args.quiet:
