@@ -453,11 +453,18 @@ def test_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path, tiny):
                out / "JPEGImages" / f".000001.jpg.0badf00d{TEMP_SUFFIX}",
                out / f".manifest.jsonl.0badf00d{TEMP_SUFFIX}",
                out / "ImageSets" / "Segmentation" / f".train.txt.0badf00d{TEMP_SUFFIX}"]
+    planted += [out / "manifest.d" / f".rank-0000.jsonl.0badf00d{TEMP_SUFFIX}",   # every folder it writes
+                out / "ImageSets" / f".x.0badf00d{TEMP_SUFFIX}",
+                out / "VOCdevkit" / "VOC2012" / f".JPEGImages.0badf00d{TEMP_SUFFIX}",
+                out / "captures" / "000001" / f".capture.json.0badf00d{TEMP_SUFFIX}"]
     for p in planted:
         p.write_bytes(b"")
     (out / "captures" / f".000001.0badf00d{TEMP_SUFFIX}").mkdir()
+    shard = out / "manifest.d" / "rank-0000.jsonl"                  # a kill between the append and the mask
+    shard.write_text(shard.read_text() + shard.read_text().splitlines(keepends=True)[0])
     assert cli.main(argv) == 0                                      # all done: no model, still cleaned
     assert _temps(out) == []
+    assert [json.loads(x)["id"] for x in shard.read_text().splitlines()] == ["000000", "000001"]
     planted[0].write_bytes(b"")
     assert cli.main(argv[:2] + ["3"] + argv[3:]) == 0              # a run with work to do cleans too
     assert _temps(out) == [] and len(read_manifest(out)) == 3

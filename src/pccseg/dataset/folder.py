@@ -236,12 +236,18 @@ class Dataset:
     def repair(self) -> None:
         """Undo what kills leave behind; call it before a run, while no process writes into the dataset.
 
-        Deletes the temporary files and folders (:func:`pccseg.io.remove_temps`) in the dataset's folders,
-        and drops the shard lines that a kill tore: their samples count as not done (:meth:`todo`) and are
+        Deletes the temporary files and folders (:func:`pccseg.io.remove_temps`) in every folder the
+        dataset's writers write (the root, the VOC folders, ``manifest.d``, ``VOCdevkit/VOC2012``, ``captures``
+        and each capture folder), and drops the shard lines that a kill tore: their samples count as not done (:meth:`todo`) and are
         made again.
         """
         self.check_no_links()
-        for d in (self.root, self.root / IMAGES, self.root / MASKS, self.root / SETS, self.root / CAPTURES):
+        captures = self.root / CAPTURES
+        folders = [self.root, self.root / IMAGES, self.root / MASKS, self.root / SETS.split("/")[0],
+                   self.root / SETS, self.root / SHARDS, self.root / TORCHVISION_VOC_DIR, captures]
+        if captures.is_dir():
+            folders += sorted(Path(e.path) for e in os.scandir(captures) if e.is_dir(follow_symlinks=False))
+        for d in folders:
             n = remove_temps(d)
             if n:
                 log.info("%s: removed %d temporary file(s) of an interrupted run", d, n)
@@ -250,8 +256,10 @@ class Dataset:
             if torn:
                 log.warning("%s: line(s) %s torn by a kill: dropped, their samples are made again", shard,
                             ", ".join(map(str, torn)))
+            latest = list({str(e["id"]): e for e in entries}.values())   # a sample made again: its last line
+            if torn or len(latest) < len(entries):
                 with atomic_path(shard) as tmp:
-                    tmp.write_text(_jsonl(entries), encoding="utf-8")
+                    tmp.write_text(_jsonl(latest), encoding="utf-8")
 
     def stems_on_disk(self) -> list[str]:
         """Stems whose image and mask both exist, sorted."""

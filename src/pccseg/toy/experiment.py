@@ -429,6 +429,19 @@ def _cpu_seconds() -> float:
                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
+def _repair(cfg: ExperimentConfig, lay: Layout) -> None:
+    """Remove what a killed run left in every folder the experiment writes, done stages included: the
+    root, ``scores/``, ``runs/``, and each dataset (``generated``, ``rendered``, ``sets/<labeller>``); the
+    training runs clean their own folders."""
+    from ..io import remove_temps
+
+    for folder in (lay.root, lay.root / "scores", lay.root / "runs", lay.root / "sets", lay.root / "report"):
+        remove_temps(folder)
+    for folder in {lay.generated, lay.rendered, *(lay.labelled(n) for n in cfg.labellers)}:
+        if folder.is_dir():
+            Dataset(folder).repair()
+
+
 def run_experiment(cfg: ExperimentConfig) -> dict:
     """Run (or resume) every stage; returns ``results.json``'s content."""
     from ..capture.pipeline import check_model, resolve_device
@@ -443,6 +456,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     check_config(cfg, lay)
+    _repair(cfg, lay)
     timings_path = lay.root / "timings.json"
     timings = read_json(timings_path) if timings_path.is_file() else {}
     stages = [("generate", lambda: stage_generate(cfg, lay, str(device), processes)),
