@@ -332,12 +332,13 @@ def test_backbone_weights_never_silently_random(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("option,value,needle", [
-    ("--lr", "nan", "lr: must be a finite number > 0, got nan"),
-    ("--lr", "inf", "lr: must be a finite number > 0, got inf"),
-    ("--workers", "-1", "workers: must be an integer >= 0, got -1"),
-    ("--weight-decay", "-1", "weight_decay: must be a finite number >= 0"),
-    ("--cat-max-ratio", "1.5", "cat_max_ratio: must be a finite number > 0 and <= 1"),
-    ("--train-split", "../x", "train_split: must be a split name"),
+    ("--lr", "nan", "error: --lr: must be a finite number > 0, got nan"),          # named as the options
+    ("--lr", "inf", "error: --lr: must be a finite number > 0, got inf"),
+    ("--workers", "-1", "error: --workers: must be an integer >= 0, got -1"),
+    ("--weight-decay", "-1", "error: --weight-decay: must be a finite number >= 0"),
+    ("--cat-max-ratio", "1.5", "error: --cat-max-ratio: must be a finite number > 0 and <= 1"),
+    ("--train-split", "../x", "error: --train-split: must be a split name"),
+    ("--iters", "0", "error: --iters: must be an integer >= 1"),
 ])
 def test_bad_settings_one_line(tmp_path, capsys, option, value, needle):
     rc, err = cli_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
@@ -643,9 +644,9 @@ def test_a_signal_saves_the_step_reached_and_the_rerun_goes_on_as_uninterrupted(
 @pytest.mark.parametrize("argv, needle", [
     (["--seed", str(2**63)], "seed: must be an integer from 0 to 2**63 - 1"),
     (["--device", "foo"], "--device: not a torch device: 'foo'"),
-    (["--crop-size", str(10**6)], "batch_size / crop_size: too large"),
-    (["--batch-size", str(10**7)], "batch_size / crop_size: too large"),
-    (["--short-side", str(10**7)], "short_side: too large"),
+    (["--crop-size", str(10**6)], "--batch-size / --crop-size: too large"),
+    (["--batch-size", str(10**7)], "--batch-size / --crop-size: too large"),
+    (["--short-side", str(10**7)], "--short-side: too large"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device: CUDA is not available")]))
 def test_bad_options_one_line_before_anything_is_written(reference, tmp_path, capsys, argv, needle):
     data, _ = reference
