@@ -704,3 +704,42 @@ def test_unreachable_hub_fails_fast_with_one_line(no_hub_cache, monkeypatch, tmp
     finally:
         release.set()
     assert time.perf_counter() - t0 < 2
+
+
+# --------------------------------------------------------------------------- workers die with their parent
+
+
+def _pdeathsig() -> int:
+    """This process's parent-death signal (Linux prctl PR_GET_PDEATHSIG)."""
+    import ctypes
+
+    value = ctypes.c_int(0)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(2, ctypes.byref(value))
+    return value.value
+
+
+def _pdeathsig_of(_) -> int:
+    return _pdeathsig()
+
+
+class _PdeathsigDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return _pdeathsig()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_killed_main_process():
+    """DataLoader and labelling workers ask the OS for SIGKILL when their parent dies (they outlived a
+    SIGKILLed command by seconds), the experiment's for SIGTERM."""
+    from pccseg.labellers.workers import LabelPool
+    from pccseg.signals import blocked_for_children, dataloader_worker_init
+
+    with blocked_for_children():
+        loader = iter(torch.utils.data.DataLoader(_PdeathsigDataset(), num_workers=1,
+                                                  worker_init_fn=dataloader_worker_init))
+    assert int(next(loader)) == signal.SIGKILL
+    with LabelPool(LabelParams(), 1) as pool:
+        assert pool.result(pool._send(_pdeathsig_of, None)) == signal.SIGKILL

@@ -37,7 +37,6 @@ import math
 import multiprocessing
 import os
 import platform
-import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ import torch
 from ..dataset.folder import Dataset, settings_diff
 from ..errors import InputError
 from ..io import load_image, load_mask, read_json, save_image, write_json
+from ..signals import die_with_parent
 from ..vocab import VOC_CLASSES
 from .config import EXPERIMENT_RUNTIME_FIELDS, RENDER_SEED, TOY_SIZE, ExperimentConfig
 from .world import TOY_CLASSES
@@ -105,18 +105,8 @@ def check_config(cfg: ExperimentConfig, lay: Layout) -> None:
 
 
 # ------------------------------------------------------------------------------------------- processes
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGTERM when its parent dies, so a killed run leaves no worker behind."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _worker_init(threads: int) -> None:
-    _die_with_parent()
+    die_with_parent()               # a killed run leaves no worker behind
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
