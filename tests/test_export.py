@@ -102,3 +102,15 @@ def test_export_never_follows_a_link_out_of_the_dataset(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "000001.jpg: is a symbolic link out of the dataset" in err, err
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("name", ["manifest.jsonl", "settings.json", "ImageSets/Segmentation/train.txt"])
+def test_dataset_files_linked_out_of_the_dataset_are_not_read(tmp_path, capsys, name):
+    root = make_blocks_tree(tmp_path / "ds", n=2, size=32, class_names=["background", "cat", "dog"])
+    (root / "manifest.jsonl").write_text(json.dumps({"id": "000000", "prompt": "p", "classes": []}) + "\n")
+    outside = tmp_path / "outside"
+    (root / name).rename(outside)
+    (root / name).symlink_to(outside)
+    assert main(["export", str(root), "--out", str(tmp_path / "hf"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{name}: is a symbolic link out of the dataset" in err, err

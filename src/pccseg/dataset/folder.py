@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
-from ..io import atomic_path, check_no_links, read_json, read_jsonl, remove_temps, write_json
+from ..io import atomic_path, check_inside, check_no_links, read_json, read_jsonl, remove_temps, write_json
 
 log = logging.getLogger(__name__)
 
@@ -334,5 +334,5 @@ def _read_shard(shard: Path) -> tuple[list[dict], list[int]]:
 
 
 def read_manifest(root: str | Path) -> list[dict]:
-    """The entries of ``root/manifest.jsonl``."""
-    return read_jsonl(Path(root) / MANIFEST)
+    """The entries of ``root/manifest.jsonl`` (never read through a link out of ``root``)."""
+    return read_jsonl(check_inside(Path(root) / MANIFEST, root, what="the dataset"))

@@ -40,10 +40,19 @@ def voc_root(root: str | Path) -> Path:
     return root
 
 
+def dataset_folder(root: str | Path) -> Path:
+    """The folder a VOC root's files must lie in once links are followed (:func:`pccseg.io.check_inside`):
+    the root, or for a ``.../VOCdevkit/VOC2012`` root the folder above ``VOCdevkit`` (a pccseg dataset's
+    ``VOCdevkit/VOC2012`` links to its own ``JPEGImages``, ...)."""
+    root = Path(root)
+    return root.parent.parent if root.parent.name == "VOCdevkit" else root
+
+
 def read_class_names(root: str | Path) -> list[str]:
     """The dataset's class names: ``settings.json``'s ``class_names`` when present, else the 21 VOC ones."""
     settings = voc_root(root) / "settings.json"
     if settings.is_file():
+        check_inside(settings, dataset_folder(voc_root(root)), what="the dataset")
         names = read_json(settings).get("class_names")
         if names is not None:
             return list(check_class_names(names, path=settings))
@@ -60,7 +69,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
     split_file = root / SPLIT_DIR / f"{split}.txt"
     if not split_file.is_file():
         raise InputError(f"split file not found (a VOC root holds {SPLIT_DIR}/{split}.txt)", path=split_file)
-    lines = read_text(split_file).splitlines()
+    lines = read_text(check_inside(split_file, dataset_folder(root), what="the dataset")).splitlines()
     stems = [check_stem(line.strip(), path=split_file, line=n) for n, line in enumerate(lines, 1) if line.strip()]
     if not stems:
         raise InputError("split file lists no images", path=split_file)
@@ -86,9 +95,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
                 raise InputError(f"folder {sub}/ not found (VOC layout)", path=self.root / sub)
         self.images: list[Path] = []
         self.masks: list[Path] = []
-        # files are read only inside the dataset (the folder above VOCdevkit/VOC2012 for such a root: a
-        # pccseg dataset's VOCdevkit/VOC2012 links to its own JPEGImages, ...)
-        base = self.root.parent.parent if self.root.parent.name == "VOCdevkit" else self.root
+        base = dataset_folder(self.root)            # files are read only inside the dataset
         for n, stem in enumerate(self.stems, 1):
             image = self._find_image(stem)
             if image is None:
