@@ -85,6 +85,12 @@ class VOCSegmentation(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", class_names: Sequence[str] | None = None):
+        try:
+            self._open(root, split, class_names)
+        except OSError as e:   # a folder or file that cannot be looked at (permissions, I/O): one line
+            raise InputError(f"unreadable ({e.strerror or e})", path=e.filename or root) from None
+
+    def _open(self, root: str | Path, split: str, class_names: Sequence[str] | None) -> None:
         self.root = voc_root(root)
         self.split = split
         self.class_names = list(class_names) if class_names is not None else read_class_names(self.root)
