@@ -60,7 +60,19 @@ CORRUPTIONS = {
                         "self_probs"),
     "self_probs_shape": (lambda d: _edit_tensors(d, lambda t: t.update(self_probs=t["self_probs"][:, :, :-1].contiguous())),
                          "capture.safetensors", "self_probs"),
+    # an image other than the generated one: labelled without a word before
+    "grey_image": (lambda d: _edit_image(d, lambda im: im.convert("L")), "image.png", None),
+    "rgba_image": (lambda d: _edit_image(d, lambda im: im.convert("RGBA")), "image.png", None),
+    "image_of_another_size": (lambda d: _edit_image(d, lambda im: im.resize((72, 72))), "image.png", None),
 }
+
+
+def _edit_image(d: Path, fn):
+    from PIL import Image
+
+    with Image.open(d / "image.png") as im:
+        out = fn(im.copy())
+    out.save(d / "image.png")
 
 
 def make_bad(root: Path, name: str, dirname: str | None = None) -> Path:

@@ -213,3 +213,22 @@ def test_generation_in_two_processes(tmp_path, toy_folder):
     assert len(list((lay.generated / "SegmentationClass").glob("*.png"))) == 2
     assert len((lay.generated / "manifest.jsonl").read_text().splitlines()) == 2
     assert not stage_generate(cfg, lay, "cpu", 2)            # done: nothing left
+
+
+def test_a_rerun_removes_leftovers_from_every_folder_it_writes(tmp_path):
+    """Stages that are done are skipped, but what a killed run left in their folders is removed."""
+    from pccseg.io import TEMP_SUFFIX
+    from pccseg.toy.experiment import Layout, _repair
+
+    cfg = ExperimentConfig(out=str(tmp_path), labellers=("pcc", "attn"), num=10, val=5, iters=7)
+    lay = Layout(tmp_path)
+    planted = [tmp_path / f".results.json.0badf00d{TEMP_SUFFIX}", tmp_path / "scores" / f".pcc.json.0badf00d{TEMP_SUFFIX}",
+               lay.rendered / "JPEGImages" / f".000001.jpg.0badf00d{TEMP_SUFFIX}",
+               lay.generated / "captures" / "000001" / f".capture.json.0badf00d{TEMP_SUFFIX}",
+               lay.labelled("attn") / "SegmentationClass" / f".000001.png.0badf00d{TEMP_SUFFIX}"]
+    for p in planted:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"partial")
+    (tmp_path / "scores" / "pcc.json").write_text("{}")
+    _repair(cfg, lay)
+    assert not any(p.exists() for p in planted) and (tmp_path / "scores" / "pcc.json").is_file()

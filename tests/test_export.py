@@ -74,3 +74,43 @@ def test_export_never_deletes_what_out_holds(tmp_path, capsys):
     assert "holds what an export did not write (notes.txt)" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine" and datasets.load_from_disk(str(out))["train"].num_rows == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_refuses_a_split_that_cannot_be_a_hugging_face_split(tmp_path, capsys):
+    root = make_blocks_tree(tmp_path / "ds", n=2, size=32)
+    (root / "ImageSets/Segmentation/train-aug.txt").write_text("000000\n")
+    assert main(["export", str(root), "--out", str(tmp_path / "hf"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train-aug.txt: split 'train-aug' cannot be a Hugging Face split" in err
+    assert not (tmp_path / "hf").exists()
+    assert main(["export", str(root), "--out", str(tmp_path / "hf"), "--splits", "train", "-q"]) == 0
+
+
+def test_export_never_follows_a_link_out_of_the_dataset(tmp_path, capsys):
+    """A dataset image that links to a file outside the dataset is refused, not embedded; the dataset's
+    own VOCdevkit/VOC2012 links (to its JPEGImages, ...) are read."""
+    from pccseg.dataset.folder import Dataset
+    from pccseg.dataset.voc import VOCSegmentation
+
+    root = make_blocks_tree(tmp_path / "ds", n=2, size=32)
+    Dataset(root).link_voc_layout()
+    assert len(VOCSegmentation(root / "VOCdevkit" / "VOC2012", "train")) == 2
+    (tmp_path / "secret.jpg").write_bytes((root / "JPEGImages" / "000001.jpg").read_bytes())
+    (root / "JPEGImages" / "000001.jpg").unlink()
+    (root / "JPEGImages" / "000001.jpg").symlink_to(tmp_path / "secret.jpg")
+    assert main(["export", str(root), "--out", str(tmp_path / "hf"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "000001.jpg: is a symbolic link out of the dataset" in err, err
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("name", ["manifest.jsonl", "settings.json", "ImageSets/Segmentation/train.txt"])
+def test_dataset_files_linked_out_of_the_dataset_are_not_read(tmp_path, capsys, name):
+    root = make_blocks_tree(tmp_path / "ds", n=2, size=32, class_names=["background", "cat", "dog"])
+    (root / "manifest.jsonl").write_text(json.dumps({"id": "000000", "prompt": "p", "classes": []}) + "\n")
+    outside = tmp_path / "outside"
+    (root / name).rename(outside)
+    (root / name).symlink_to(outside)
+    assert main(["export", str(root), "--out", str(tmp_path / "hf"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{name}: is a symbolic link out of the dataset" in err, err

@@ -247,3 +247,51 @@ def test_dd_on_a_capture_without_self_probs(captures, tmp_path, capsys):
     assert err[0].startswith(f"pccseg label: error: {captures / '000000old' / 'capture.safetensors'}: self_probs: ")
     assert "--keep-captures" in err[0] and not (out / "000000old.png").exists()
     assert main(["label", str(captures), "--out", str(out), "-q", "--labeller", "attn", "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("dataset", [False, True])
+def test_overwrite_never_leaves_masks_of_two_labellers(captures, tmp_path, capsys, monkeypatch, dataset):
+    """--overwrite with another labeller over half the folder is refused (the other half would keep PCC's
+    masks under attn's settings); an --overwrite run that stops midway says so, and a rerun without
+    --overwrite is refused until one finishes."""
+    import json
+
+    import pccseg.commands.label as label_cmd
+
+    out = tmp_path / "out"
+    extra = ["--dataset"] if dataset else []
+    assert main(["label", str(captures), "--out", str(out), "-q", *extra]) == 0
+    before = sorted(p.read_bytes() for p in out.rglob("*.png"))
+    capsys.readouterr()
+    assert main(["label", str(captures / "000000"), "--out", str(out), "-q", "--labeller", "attn", "--overwrite",
+                 *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would leave 1 mask(s) made with the old ones (000001)" in err[0], err
+    assert sorted(p.read_bytes() for p in out.rglob("*.png")) == before
+    assert json.loads((out / "label_params.json").read_text())["labeller"] == "pcc"
+
+    import pccseg.io
+
+    real = pccseg.io.save_mask if not dataset else label_cmd.write_sample
+    calls = []
+
+    def stop_after_one(*a, **k):                   # Ctrl-C after the first relabelled mask
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+    with monkeypatch.context() as m:
+        if dataset:
+            m.setattr(label_cmd, "write_sample", stop_after_one)
+        else:
+            m.setattr("pccseg.io.save_mask", stop_after_one)
+        assert main(["label", str(captures), "--out", str(out), "-q", "--labeller", "attn", "--overwrite",
+                     "--workers", "1", *extra]) == 130
+    assert json.loads((out / "label_params.json").read_text())["overwrite_in_progress"] is True
+    capsys.readouterr()
+    assert main(["label", str(captures), "--out", str(out), "-q", "--labeller", "attn", *extra]) == 2
+    assert "an --overwrite run stopped before it had redone every mask" in capsys.readouterr().err
+    assert main(["label", str(captures), "--out", str(out), "-q", "--labeller", "attn", "--overwrite", *extra]) == 0
+    recorded = json.loads((out / "label_params.json").read_text())
+    assert recorded["labeller"] == "attn" and "overwrite_in_progress" not in recorded
+    assert main(["label", str(captures), "--out", str(out), "-q", "--labeller", "attn", *extra]) == 0

@@ -199,6 +199,7 @@ def test_dd_needs_self_probs():
 @pytest.mark.parametrize("cls, kw, field", [
     (DDParams, dict(power=-1), "power"),
     (DDParams, dict(power=2.0), "power"),
+    (DDParams, dict(power=10**9), "power"),                                   # 10**9 matrix products: refused
     (DDParams, dict(class_downsample=0), "class_downsample"),
     (DDParams, dict(threshold=1.5), "threshold"),
     (DDParams, dict(threshold=0.4), "uncertain_threshold"),                   # below the default band 0.5

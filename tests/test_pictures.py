@@ -428,6 +428,45 @@ def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "absent"), "--out", str(tmp_path / "rep")]) == 2
 
 
+def test_report_inputs_of_the_wrong_kind_are_one_line(tmp_path, capsys):
+    """A manifest whose classes is a number, results.json rows that are numbers, --out an existing file:
+    one line and exit 2 (they were tracebacks); a picture of results.json that is a link out of the
+    folder is not copied."""
+    root = make_dataset(tmp_path / "ds", n=2)
+    lines = (root / "manifest.jsonl").read_text().splitlines()
+    (root / "manifest.jsonl").write_text("\n".join([lines[0], json.dumps(dict(json.loads(lines[1]), classes=7))]))
+    for argv, needle in ((["report", str(root), "--out", str(tmp_path / "rep")], "record 2: classes"),):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (tmp_path / "secret.png").write_bytes(b"secret")
+    (exp / "leak.png").symlink_to(tmp_path / "secret.png")
+    table = {"title": "t", "columns": ["a", "b"], "rows": [1, 2]}
+    (exp / "results.json").write_text(json.dumps({"tables": [table]}))
+    (tmp_path / "afile").write_text("x")
+    for out, needle in ((tmp_path / "rep2", "tables: expected a list of {title, columns, rows} with every row"),
+                        (tmp_path / "afile", "afile: --out: cannot create the folder")):
+        if "afile" in str(out):
+            (exp / "results.json").write_text(json.dumps({"tables": [dict(table, rows=[[1, 2]])]}))
+        assert main(["report", str(exp), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+    (exp / "results.json").write_text(json.dumps({"tables": [dict(table, rows=[[1, 2]])],
+                                                  "pictures": [{"file": "leak.png", "caption": "c"}]}))
+    assert main(["report", str(exp), "--out", str(tmp_path / "rep3")]) == 0
+    assert not (tmp_path / "rep3" / "leak.png").exists()
+
+
+def test_show_refuses_a_dpi_that_cannot_be_drawn(tmp_path, capsys):
+    from pccseg.pictures.show import check_figure_options
+
+    with pytest.raises(InputError, match="--dpi: too large"):
+        check_figure_options(dpi=100000)
+    check_figure_options(dpi=300)
+
+
 # --------------------------------------------------------------------------- report: training run
 
 def test_training_report(tmp_path, capsys):

@@ -193,7 +193,7 @@ def test_generate_bad_out_and_settings_file(tmp_path, capsys, tiny):
     ("ring_width", -1), ("kmeans_iters", 0), ("background_factor", -1.0), ("background_factor", math.inf),
     ("refine_subsample", -1), ("refine_subsample", 5), ("refine_min_segment", -1), ("dominance_share", 1.5),
     ("dominance_share", math.nan), ("cluster_connectivity", 6), ("vote_rule", "mine"), ("refine", 1),
-    ("seed", -1),
+    ("seed", -1), ("ring_width", 10**9), ("seed", 2**63),
 ])
 def test_label_params_refuse_bad_values(name, value):
     with pytest.raises(InputError) as e:
@@ -273,6 +273,59 @@ def test_a_run_that_fails_before_its_first_sample_does_not_lock_the_folder(tmp_p
     assert report.generated == 1 and json.loads((out / "settings.json").read_text())["seed"] == 7
     with pytest.raises(InputError, match="other settings"):           # now it holds a sample: bound
         generate(pipe, records[:1], out, **dict(KW, seed=8))
+
+
+# --------------------------------------------------------------------------- sample ids, input files
+
+
+@pytest.mark.parametrize("name, needle", [("evil\n000000", "not a plain file name"), (".hidden", "not a plain file name"),
+                                          ("x" * 201, "a name of 201 bytes is longer than the limit of 200")])
+def test_capture_folder_names_are_checked_as_sample_ids(tmp_path, capsys, name, needle):
+    """A capture folder's name becomes a sample id: checked like a split line or a manifest id (a line
+    break injected a line into train.txt; .hidden wrote .hidden.png left out of the split)."""
+    caps = tmp_path / "caps"
+    save_capture(caps / name, small_capture())
+    for src in (caps, caps / name) if not name.startswith(".") else (caps / name,):   # hidden: skipped in caps
+        line = _one_line(capsys, ["label", str(src), "--out", str(tmp_path / "ds"), "--dataset", "-q"], needle)
+        assert "capture folder name (the sample id)" in line
+    assert not (tmp_path / "ds").exists()
+
+
+def test_label_dot_inside_a_capture_folder_uses_its_name(tmp_path, monkeypatch):
+    save_capture(tmp_path / "caps" / "000007", small_capture())
+    monkeypatch.chdir(tmp_path / "caps" / "000007")
+    assert cli.main(["label", ".", "--out", str(tmp_path / "ds"), "--dataset", "-q"]) == 0
+    assert (tmp_path / "ds" / "ImageSets/Segmentation/train.txt").read_text() == "000007\n"
+    assert sorted(p.name for p in (tmp_path / "ds" / "SegmentationClass").iterdir()) == ["000007.png"]
+
+
+def test_capture_images_that_cannot_be_read_are_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    from pccseg.capture.format import IMAGE_FILE
+
+    caps = tmp_path / "caps"
+    save_capture(caps / "000000", small_capture())
+    Image.new("RGB", (20000, 20000)).save(caps / "000000" / IMAGE_FILE)            # a decompression bomb
+    _one_line(capsys, ["label", str(caps), "--out", str(tmp_path / "m"), "-q"], f"{IMAGE_FILE}: image too large",
+              code=2)
+    (caps / "000000" / IMAGE_FILE).write_bytes(b"not an image")
+    with pytest.raises(InputError, match="not an image"):
+        load_capture(caps / "000000")
+
+
+@pytest.mark.parametrize("link", ["SegmentationClass", "manifest.d", "captures/000000"])
+def test_generate_never_writes_through_a_link_in_the_dataset(tmp_path, capsys, tiny, link):
+    """A dataset folder (or a capture folder, on resume) that is a symbolic link is refused in one line;
+    what it points to is untouched."""
+    out = tmp_path / "ds"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / link).parent.mkdir(parents=True)
+    (out / link).symlink_to(elsewhere, target_is_directory=True)
+    _one_line(capsys, ["generate", "--num", "1", "--out", str(out), "--keep-captures", *tiny],
+              f"{link}: is a symbolic link")
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in out.iterdir()) == [link.split("/")[0]]
 
 
 # --------------------------------------------------------------------------- temporary names, the umask
@@ -400,11 +453,18 @@ def test_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path, tiny):
                out / "JPEGImages" / f".000001.jpg.0badf00d{TEMP_SUFFIX}",
                out / f".manifest.jsonl.0badf00d{TEMP_SUFFIX}",
                out / "ImageSets" / "Segmentation" / f".train.txt.0badf00d{TEMP_SUFFIX}"]
+    planted += [out / "manifest.d" / f".rank-0000.jsonl.0badf00d{TEMP_SUFFIX}",   # every folder it writes
+                out / "ImageSets" / f".x.0badf00d{TEMP_SUFFIX}",
+                out / "VOCdevkit" / "VOC2012" / f".JPEGImages.0badf00d{TEMP_SUFFIX}",
+                out / "captures" / "000001" / f".capture.json.0badf00d{TEMP_SUFFIX}"]
     for p in planted:
         p.write_bytes(b"")
     (out / "captures" / f".000001.0badf00d{TEMP_SUFFIX}").mkdir()
+    shard = out / "manifest.d" / "rank-0000.jsonl"                  # a kill between the append and the mask
+    shard.write_text(shard.read_text() + shard.read_text().splitlines(keepends=True)[0])
     assert cli.main(argv) == 0                                      # all done: no model, still cleaned
     assert _temps(out) == []
+    assert [json.loads(x)["id"] for x in shard.read_text().splitlines()] == ["000000", "000001"]
     planted[0].write_bytes(b"")
     assert cli.main(argv[:2] + ["3"] + argv[3:]) == 0              # a run with work to do cleans too
     assert _temps(out) == [] and len(read_manifest(out)) == 3
@@ -644,3 +704,42 @@ def test_unreachable_hub_fails_fast_with_one_line(no_hub_cache, monkeypatch, tmp
     finally:
         release.set()
     assert time.perf_counter() - t0 < 2
+
+
+# --------------------------------------------------------------------------- workers die with their parent
+
+
+def _pdeathsig() -> int:
+    """This process's parent-death signal (Linux prctl PR_GET_PDEATHSIG)."""
+    import ctypes
+
+    value = ctypes.c_int(0)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(2, ctypes.byref(value))
+    return value.value
+
+
+def _pdeathsig_of(_) -> int:
+    return _pdeathsig()
+
+
+class _PdeathsigDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return _pdeathsig()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_killed_main_process():
+    """DataLoader and labelling workers ask the OS for SIGKILL when their parent dies (they outlived a
+    SIGKILLed command by seconds), the experiment's for SIGTERM."""
+    from pccseg.labellers.workers import LabelPool
+    from pccseg.signals import blocked_for_children, dataloader_worker_init
+
+    with blocked_for_children():
+        loader = iter(torch.utils.data.DataLoader(_PdeathsigDataset(), num_workers=1,
+                                                  worker_init_fn=dataloader_worker_init))
+    assert int(next(loader)) == signal.SIGKILL
+    with LabelPool(LabelParams(), 1) as pool:
+        assert pool.result(pool._send(_pdeathsig_of, None)) == signal.SIGKILL

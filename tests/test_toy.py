@@ -381,3 +381,25 @@ def test_load_pipeline_quiet_has_no_loading_bars(capsys):
     assert diffusers_logging.is_progress_bar_enabled()            # as it was before the call
     load_pipeline("toy")
     assert "Loading pipeline components" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [(["--size", "100000"], "--size: must be a multiple of 8 from 32 to 4096"),
+                                          (["--seed", "-1"], "--seed: must be an integer from 0 to 2**63 - 1")])
+def test_render_refuses_sizes_and_seeds_out_of_range(tmp_path, capsys, argv, needle):
+    from pccseg.cli import main
+
+    assert main(["toy", "render", "--out", str(tmp_path / "r"), "--num", "1", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_render_removes_what_a_killed_render_left(tmp_path):
+    from pccseg.toy.dataset import write_toy_dataset
+
+    write_toy_dataset(tmp_path / "r", 1, size=32)
+    left = [tmp_path / "r" / "JPEGImages" / ".000001.jpg.0badf00d.pccseg.tmp", tmp_path / "r" / ".x.1234abcd.pccseg.tmp"]
+    for p in left:
+        p.write_bytes(b"partial")
+    write_toy_dataset(tmp_path / "r", 2, size=32)
+    assert not any(p.exists() for p in left)

@@ -318,15 +318,27 @@ def test_backbone_weights_never_silently_random(tmp_path, monkeypatch, capsys):
         backbone_state("resnet50", str(tmp_path / "mnv3.safetensors"))
     with pytest.raises(InputError, match="backbone weights file not found"):
         backbone_state("resnet50", str(tmp_path / "nope.pth"))
+    # garbage, and a pickle that runs code (torch's weights-only load refuses it): one line each
+    (tmp_path / "garbage.pth").write_bytes(b"\x00garbage" * 10)
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"w": Evil()}))
+    for name in ("garbage.pth", "evil.pth"):
+        with pytest.raises(InputError, match=f"{name}: --backbone-weights: cannot read backbone weights"):
+            backbone_state("mobilenet_v3_large", str(tmp_path / name))
 
 
 @pytest.mark.parametrize("option,value,needle", [
-    ("--lr", "nan", "lr: must be a finite number > 0, got nan"),
-    ("--lr", "inf", "lr: must be a finite number > 0, got inf"),
-    ("--workers", "-1", "workers: must be an integer >= 0, got -1"),
-    ("--weight-decay", "-1", "weight_decay: must be a finite number >= 0"),
-    ("--cat-max-ratio", "1.5", "cat_max_ratio: must be a finite number > 0 and <= 1"),
-    ("--train-split", "../x", "train_split: must be a split name"),
+    ("--lr", "nan", "error: --lr: must be a finite number > 0, got nan"),          # named as the options
+    ("--lr", "inf", "error: --lr: must be a finite number > 0, got inf"),
+    ("--workers", "-1", "error: --workers: must be an integer >= 0, got -1"),
+    ("--weight-decay", "-1", "error: --weight-decay: must be a finite number >= 0"),
+    ("--cat-max-ratio", "1.5", "error: --cat-max-ratio: must be a finite number > 0 and <= 1"),
+    ("--train-split", "../x", "error: --train-split: must be a split name"),
+    ("--iters", "0", "error: --iters: must be an integer >= 1"),
 ])
 def test_bad_settings_one_line(tmp_path, capsys, option, value, needle):
     rc, err = cli_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
@@ -627,3 +639,80 @@ def test_a_signal_saves_the_step_reached_and_the_rerun_goes_on_as_uninterrupted(
     wa = load_file(str(full / "last" / "model.safetensors"))
     wb = load_file(str(run / "last" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--seed", str(2**63)], "seed: must be an integer from 0 to 2**63 - 1"),
+    (["--device", "foo"], "--device: not a torch device: 'foo'"),
+    (["--crop-size", str(10**6)], "--batch-size / --crop-size: too large"),
+    (["--batch-size", str(10**7)], "--batch-size / --crop-size: too large"),
+    (["--short-side", str(10**7)], "--short-side: too large"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device: CUDA is not available")]))
+def test_bad_options_one_line_before_anything_is_written(reference, tmp_path, capsys, argv, needle):
+    data, _ = reference
+    rc, err = cli_error(capsys, _cli_args(data, tmp_path / "run") + argv)
+    assert rc == 2 and needle in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_refuses_negative_workers(overfit, capsys):
+    data, run, cfg, result = overfit
+    rc, err = cli_error(capsys, ["evaluate", "--checkpoint", str(run), "--voc", str(data), "--split", "train",
+                                 "--device", "cpu", "--workers", "-1", "--no-progress"])
+    assert rc == 2 and "workers: must be an integer >= 0, got -1" in err
+
+
+def test_a_tampered_checkpoint_is_one_line_on_resume(reference, tmp_path, capsys):
+    import shutil
+
+    data, _ = reference
+    run = tmp_path / "run"
+    assert main(_cli_args(data, run, **{"--stop-after": 2})) == 0
+    shutil.copytree(run / "last", tmp_path / "good")
+    meta = json.loads((run / "last" / "checkpoint.json").read_text())
+    tensors = load_file(str(run / "last" / "training.safetensors"))
+
+    def tamper(meta_=None, tensors_=None):
+        shutil.rmtree(run / "last")
+        shutil.copytree(tmp_path / "good", run / "last")
+        if meta_ is not None:
+            (run / "last" / "checkpoint.json").write_text(json.dumps(meta_))
+        if tensors_ is not None:
+            save_file(tensors_, str(run / "last" / "training.safetensors"))
+        return cli_error(capsys, _cli_args(data, run))
+
+    for args, needle in (
+            ((({k: v for k, v in meta.items() if k != "iteration"}),), "iteration: missing"),
+            (((dict(meta, iteration=-1)),), "iteration: must be an integer >= 0, got -1"),
+            (((dict(meta, loss_n="x")),), "cannot resume from this checkpoint"),
+            ((None, {k: v for k, v in tensors.items() if k != "rng.torch"}), "cannot resume from this checkpoint"),
+            ((None, dict(tensors, **{"rng.torch": torch.zeros(3, dtype=torch.uint8)})), "rng.torch: expected")):
+        rc, err = tamper(*args)
+        assert rc == 2 and needle in err, err
+
+
+def test_a_nan_loss_is_one_line_and_keeps_the_last_good_checkpoint(reference, tmp_path, capsys):
+    data, _ = reference
+    run = tmp_path / "run"
+    assert main(_cli_args(data, run, **{"--stop-after": 2})) == 0
+    rc, err = cli_error(capsys, _cli_args(data, run, **{"--lr": 1e30, "--grad-clip": 0}))
+    assert rc == 2 and "lr: the loss is" in err and "RUN/last of iteration 2 kept" in err, err
+    assert read_checkpoint_meta(run / "last")["iteration"] == 2
+
+
+def test_image_files_that_cannot_be_read_are_one_line(reference, tmp_path, capsys):
+    import shutil
+    from PIL import Image
+
+    data, _ = reference
+    bad = tmp_path / "data"
+    shutil.copytree(data, bad)
+    (bad / "JPEGImages" / "000001.jpg").write_bytes(b"not a jpeg")
+    rc, err = cli_error(capsys, _cli_args(bad, tmp_path / "run"))
+    assert rc == 2 and "000001.jpg: not an image" in err, err
+    Image.new("L", (20000, 20000)).save(bad / "SegmentationClass" / "000000.png")   # a decompression bomb
+    with pytest.raises(InputError, match="000000.png: image too large to decode"):
+        VOCSegmentation(bad, "train").read(0)
+    (bad / "ImageSets/Segmentation/train.txt").write_text("x" * 300 + "\n")           # longer than a file name
+    rc, err = cli_error(capsys, _cli_args(bad, tmp_path / "run"))
+    assert rc == 2 and "train.txt: line 1: a name of 300 bytes is longer than the limit of 200" in err, err

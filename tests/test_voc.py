@@ -166,3 +166,23 @@ def test_torchvision_style_root(tmp_path):
     stems = make_voc_tree(tmp_path / "VOCdevkit/VOC2012", split="val")
     ds = VOCSegmentation(tmp_path, "val")
     assert ds.root == tmp_path / "VOCdevkit/VOC2012" and ds.stems == stems
+
+
+def test_a_folder_that_cannot_be_looked_at_is_one_line(tmp_path, monkeypatch):
+    """An unreadable --data folder (EACCES: not reproducible as root, so raised here by a patched
+    stat) is one line naming it, not a traceback."""
+    import errno
+    import pathlib
+
+    from test_train import make_blocks_tree
+
+    root = make_blocks_tree(tmp_path / "ds", n=1, size=32)
+    real = pathlib.Path.is_dir
+
+    def is_dir(self):
+        if self.name == "SegmentationClass":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self)
+    monkeypatch.setattr(pathlib.Path, "is_dir", is_dir)
+    with pytest.raises(InputError, match=r"SegmentationClass: unreadable \(Permission denied\)"):
+        VOCSegmentation(root, "train")

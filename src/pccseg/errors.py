@@ -16,8 +16,14 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.field = field
         self.message = message
-        parts = [p for p in (self.path, self.field) if p]
+        parts = [_printable(p) for p in (self.path, self.field) if p]
         super().__init__(": ".join(parts + [message]))
+
+
+def _printable(text: str) -> str:
+    """``text``, or its repr when it holds a line break or another control character (a name read from
+    the disk or a data file must not break the one line)."""
+    return repr(text) if any(ord(c) < 32 or ord(c) == 127 for c in text) else text
 
 
 def unwrap_worker_error(e: InputError) -> InputError:
@@ -28,3 +34,18 @@ def unwrap_worker_error(e: InputError) -> InputError:
         return e
     last = [ln for ln in text.splitlines() if ln.strip()][-1]
     return InputError(last.split("InputError: ", 1)[-1])
+
+
+def as_options(e: InputError, parser, aliases: dict[str, str] | None = None) -> InputError:
+    """``e`` with its field named as the command line's option (``batch_size`` -> ``--batch-size``, ``arch``
+    -> ``--model``) when it is a setting of ``parser`` (an ``argparse`` parser) and names no file;
+    ``aliases``: setting -> destination where they differ (``scale_min`` -> ``scale``). Fields joined by
+    `` / `` are named one by one."""
+    if e.path is not None or not e.field:
+        return e
+    options = {a.dest: next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
+               for a in parser._actions if a.option_strings}
+    names = [options.get((aliases or {}).get(f, f)) for f in e.field.split(" / ")]
+    if not all(names):
+        return e
+    return InputError(e.message, field=" / ".join(dict.fromkeys(names)))

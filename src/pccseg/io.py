@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .vocab import VOC_PALETTE
 
@@ -27,6 +27,8 @@ from .vocab import VOC_PALETTE
 TEMP_SUFFIX = ".pccseg.tmp"
 #: A folder renamed aside while its replacement is renamed in: ``.<name>.<random>.old.pccseg.tmp``.
 _ASIDE = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-f]{8})\.old" + re.escape(TEMP_SUFFIX) + "$")
+#: The longest sample id (UTF-8 bytes): with ``.png`` and a temporary name's 25 more it fits in 255.
+MAX_STEM_BYTES = 200
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-f]{8})" + re.escape(TEMP_SUFFIX) + "$")
 
 
@@ -143,16 +145,48 @@ def check_stem(stem: str, *, path: str | Path | None = None, line: int | None = 
     """``stem`` if it is a plain file stem, else :class:`InputError` naming ``path``, ``line`` and ``key``.
 
     A stem read from a data file (a split-file line, a manifest id) names a file inside the folder it
-    belongs to: it is not empty, holds no path separator or NUL, and does not start with a dot (so it is
-    neither ``.`` nor ``..``, nor a hidden or temporary name). An absolute path holds a separator.
+    belongs to: it is not empty, holds no path separator, NUL or line break, does not start with a dot (so
+    it is neither ``.`` nor ``..``, nor a hidden or temporary name), and is at most :data:`MAX_STEM_BYTES`
+    bytes of UTF-8 (its files' and temporary names' must fit the file system's 255). An absolute path
+    holds a separator.
     """
     from .errors import InputError
 
-    if not isinstance(stem, str) or not stem or stem.startswith(".") or any(c in stem for c in "/\\\0"):
-        where = ": ".join(x for x in (None if line is None else f"line {line}", key) if x) or None
-        raise InputError(f"{stem!r} is not a plain file name (no path separators, no leading dot, not empty)",
-                         path=path, field=where)
+    where = ": ".join(x for x in (None if line is None else f"line {line}", key) if x) or None
+    if not isinstance(stem, str) or not stem or stem.startswith(".") or any(c in stem for c in "/\\\0\n\r"):
+        raise InputError(f"{stem!r} is not a plain file name (no path separators or line breaks, no leading dot, "
+                         "not empty)", path=path, field=where)
+    try:
+        size = len(stem.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InputError(f"{stem!r} is not a plain file name (not valid Unicode)", path=path, field=where) from None
+    if size > MAX_STEM_BYTES:
+        raise InputError(f"a name of {size} bytes is longer than the limit of {MAX_STEM_BYTES} "
+                         f"({stem[:20]!r}...)", path=path, field=where)
     return stem
+
+
+def check_inside(path: str | Path, base: str | Path, *, what: str = "the folder") -> Path:
+    """``path`` if it lies inside ``base`` once links are followed, else :class:`InputError` naming it: a
+    file of a dataset or a run folder is never read through a link that leads out of it (one rule for
+    every reader)."""
+    from .errors import InputError
+
+    real, root = os.path.realpath(path), os.path.realpath(base)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise InputError(f"is a symbolic link out of {what} ({base}): pccseg does not follow it", path=path)
+    return Path(path)
+
+
+def check_no_links(*paths: str | Path) -> None:
+    """:class:`InputError` naming the first of ``paths`` that is a symbolic link: pccseg never writes
+    through one (a folder or file it writes into must be a real one of the output folder)."""
+    from .errors import InputError
+
+    for p in paths:
+        if os.path.islink(p):
+            raise InputError("is a symbolic link: pccseg writes only into real folders and files of its output "
+                             "folder, never through a link", path=p)
 
 
 def read_text(path: str | Path) -> str:
@@ -276,11 +310,43 @@ def save_mask(path: str | Path, mask: Any) -> None:
         img.save(tmp, format="PNG")
 
 
+@contextlib.contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """A PIL image of ``path``, opened lazily (header only until its pixels are read inside the block).
+    Any error opening or decoding it, in the block too (unreadable, not an image, truncated, larger than
+    PIL's decompression-bomb limit of ``Image.MAX_IMAGE_PIXELS`` x 2 pixels), is an :class:`InputError`
+    naming the file."""
+    from .errors import InputError
+
+    try:
+        with Image.open(path) as img:
+            yield img
+    except Image.DecompressionBombError as e:
+        raise InputError(f"image too large to decode ({str(e).split(' could be')[0].rstrip(',. ')})", path=path) from None
+    except UnidentifiedImageError:
+        raise InputError("not an image (or in a format PIL cannot read)", path=path) from None
+    except OSError as e:   # a file system error, or "image file is truncated"
+        raise InputError(f"unreadable image ({e.strerror or e})", path=path) from None
+    except (ValueError, SyntaxError, EOFError) as e:  # malformed image data in PIL's decoders
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"unreadable image ({type(e).__name__}: {e})", path=path) from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the image file's header; :class:`InputError` as :func:`open_image`."""
+    with open_image(path) as img:
+        return img.size
+
+
 def load_mask(path: str | Path) -> np.ndarray:
-    """Read a palette (or grey) PNG mask as (H, W) uint8 label values (the palette is not applied)."""
-    with Image.open(path) as img:
+    """Read a palette (or grey) PNG mask as (H, W) uint8 label values (the palette is not applied);
+    :class:`InputError` naming the file when it cannot (see :func:`open_image`)."""
+    from .errors import InputError
+
+    with open_image(path) as img:
         if img.mode not in ("P", "L"):
-            raise ValueError(f"{path}: mask must be a palette or greyscale PNG, got mode {img.mode}")
+            raise InputError(f"mask must be a palette or greyscale PNG, got mode {img.mode}", path=path)
         return np.array(img, dtype=np.uint8)
 
 
@@ -297,6 +363,17 @@ def save_image(path: str | Path, image: Any, *, format: str | None = None, **kwa
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB."""
-    with Image.open(path) as img:
+    """Read an image file as (H, W, 3) uint8 RGB; :class:`InputError` naming the file when it cannot
+    (see :func:`open_image`)."""
+    with open_image(path) as img:
         return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes; :class:`InputError` naming it when it is unreadable."""
+    from .errors import InputError
+
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"unreadable ({e.strerror or e})", path=path) from None

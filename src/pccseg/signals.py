@@ -120,13 +120,32 @@ def unblock() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child process: the OS sends it ``sig`` when the process that started it dies (Linux's
+    ``PR_SET_PDEATHSIG``; elsewhere nothing), so a SIGKILLed command leaves no worker running on (they
+    outlived it by 1.3-5.9 s, waiting for their own checks). If the parent is already gone, exit now."""
+    import multiprocessing
+    import os
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(sig))   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):                                 # pragma: no cover - not Linux / glibc
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None and os.getppid() != parent.pid:
+        os._exit(1)                                                   # it died before the prctl
+
+
 def _end_worker(signum: int, frame) -> None:
     raise KeyboardInterrupt
 
 
 def dataloader_worker_init(worker_id: int) -> None:
     """``worker_init_fn`` of pccseg's DataLoaders, whose iterators start inside :func:`blocked_for_children`:
-    SIGINT and SIGTERM end the worker quietly, then :func:`unblock`.
+    SIGINT and SIGTERM end the worker quietly, it dies with the main process (:func:`die_with_parent`),
+    then :func:`unblock`.
 
     Both raise ``KeyboardInterrupt``, which torch's worker loop takes as the end of the worker (exit code
     0). torch's own SIGTERM handler exits quietly only for the main process's SIGTERM; Slurm's, sent to
@@ -135,4 +154,5 @@ def dataloader_worker_init(worker_id: int) -> None:
     exited 1 with a traceback)."""
     signal.signal(signal.SIGINT, _end_worker)
     signal.signal(signal.SIGTERM, _end_worker)
+    die_with_parent(signal.SIGKILL)      # nothing to keep in a loader: gone at once with the main process
     unblock()

@@ -30,7 +30,7 @@ from safetensors import SafetensorError as SafetensorsError
 from safetensors.torch import load_file
 
 from ..errors import InputError
-from ..io import atomic_path, load_image, read_json, save_image, save_tensors
+from ..io import atomic_path, load_image, open_image, read_json, save_image, save_tensors
 from ..vocab import VOC_CLASSES, check_class_names
 
 IMAGE_FILE = "image.png"
@@ -144,6 +144,9 @@ def validate(cap: Capture) -> None:
     if abs(tm.shape[1] / tm.shape[2] - aspect) > 0.05 * aspect:
         raise _err(src, TENSOR_FILE, TOKEN_MAPS_KEY,
                    f"spatial size {tuple(tm.shape[1:])} does not match the image's {H}x{W} aspect ratio")
+    if H % tm.shape[1] or W % tm.shape[2] or H // tm.shape[1] != W // tm.shape[2]:
+        raise _err(src, IMAGE_FILE, None, f"image size {H}x{W} is not a whole multiple of the latent size "
+                   f"{tm.shape[1]}x{tm.shape[2]} (an image other than the one generated?)")
 
     if not cap.self_attn:
         raise _err(src, TENSOR_FILE, SELF_ATTN_PREFIX + "*", "no self-attention layer captured")
@@ -244,10 +247,10 @@ def load_capture(directory: str | Path, *, device: str | torch.device = "cpu",
     for key, t in tensors.items():
         if not t.is_floating_point():
             raise _err(src, TENSOR_FILE, key, f"expected a float tensor, got {t.dtype}")
-    try:
-        image = torch.from_numpy(load_image(directory / IMAGE_FILE)).to(device)
-    except OSError as e:
-        raise _err(src, IMAGE_FILE, None, f"unreadable image ({e})") from None
+    with open_image(directory / IMAGE_FILE) as img:   # unreadable / not an image: one line naming it
+        if img.mode != "RGB":
+            raise _err(src, IMAGE_FILE, None, f"expected the RGB image that generate saves, got mode {img.mode}")
+    image = torch.from_numpy(load_image(directory / IMAGE_FILE)).to(device)
     self_attn = {k[len(SELF_ATTN_PREFIX):]: v.to(dtype) for k, v in tensors.items() if k.startswith(SELF_ATTN_PREFIX)}
     tokens = meta.pop("tokens")
     token_classes = meta.pop("token_classes")

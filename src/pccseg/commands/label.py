@@ -183,25 +183,56 @@ def capture_dirs(paths: list[str | Path]) -> list[Path]:
     """Expand the CLI's paths: a capture directory stays; a directory of captures gives its sub-dirs.
 
     A directory is a capture when it holds ``capture.json`` or ``capture.safetensors``. Sub-directories
-    are listed sorted by name; hidden ones (``.name``, e.g. temporary files) are skipped.
+    are listed sorted by name; hidden ones (``.name``, e.g. temporary files) are skipped. A capture's
+    folder name is its sample id (its mask's name): a plain file stem (:func:`pccseg.io.check_stem`), else
+    :class:`InputError`; ``.`` and ``..`` stand for the folder's own name.
     """
     from ..capture.format import META_FILE, TENSOR_FILE
+    from ..io import check_stem
 
     out: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
             raise InputError("not a directory", path=p)
         if (p / META_FILE).exists() or (p / TENSOR_FILE).exists():
-            out.append(p)
+            out.append(p.resolve() if p.name in ("", ".", "..") else p)
             continue
         subs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not subs:
             raise InputError("neither a capture directory nor a directory of captures", path=p)
         out.extend(subs)
+    for d in out:
+        check_stem(d.name, path=d, key="capture folder name (the sample id)")
     return out
 
 
 LABEL_SETTINGS = "label_params.json"
+#: label_params.json key recorded while an --overwrite run redoes the masks (removed when it has finished).
+OVERWRITING = "overwrite_in_progress"
+
+
+def check_overwrite_covers(out: Path, ds, names: list[str], params) -> None:
+    """With ``--overwrite`` and label parameters other than those the folder's masks were made with,
+    every mask in the folder must be redone by this run: :class:`InputError` naming those it would leave
+    (they would keep the old labeller's masks under the new settings)."""
+    from ..dataset.folder import settings_diff
+    from ..io import read_json
+    from ..labellers.registry import DEFAULT_LABELLER, params_record
+
+    path = out / LABEL_SETTINGS
+    if not path.is_file():
+        return
+    old, new = read_json(path), params_record(params)
+    if old.get("labeller", DEFAULT_LABELLER) == new["labeller"] \
+            and not settings_diff(old.get("label_params", {}), new["label_params"]):
+        return
+    existing = ds.stems_on_disk() if ds is not None else \
+        sorted(p.stem for p in out.glob("*.png") if not p.name.startswith("."))
+    left = sorted(set(existing) - set(names))
+    if left:
+        raise InputError(f"--overwrite with other label parameters would leave {len(left)} mask(s) made with the "
+                         f"old ones ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}): relabel every "
+                         "capture of this folder, or use another --out", path=path)
 
 
 def check_label_settings(out: Path, params, *, overwrite: bool = False) -> dict:
@@ -222,6 +253,9 @@ def check_label_settings(out: Path, params, *, overwrite: bool = False) -> dict:
     path = out / LABEL_SETTINGS
     if path.is_file() and not overwrite:
         old = read_json(path)
+        if old.get(OVERWRITING):
+            raise InputError("an --overwrite run stopped before it had redone every mask, so masks of two "
+                             "parameter sets may be mixed: run it again with --overwrite", path=path)
         old_labeller = old.get("labeller", DEFAULT_LABELLER)
         diff = [f"labeller: {old_labeller!r} -> {new['labeller']!r}"] if old_labeller != new["labeller"] \
             else settings_diff(old.get("label_params", {}), new["label_params"])
@@ -305,6 +339,9 @@ def run(args: argparse.Namespace) -> int:
         ds, class_names, ds_settings = open_dataset(out, dirs[0], params, val_share=args.val_share,
                                                     overwrite=args.overwrite)
     settings = check_label_settings(out, params, overwrite=args.overwrite)
+    if args.overwrite:
+        check_overwrite_covers(out, ds, names, params)
+        finished_settings, settings = settings, dict(settings, **{OVERWRITING: True})
     device = resolve_device(args.device)
     make_dir(out)
     if ds is None:
@@ -351,6 +388,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.set_postfix(uncertain=f"{res.uncertain_share:.3f}")
     bar.close()
+    if args.overwrite and not failed and (out / LABEL_SETTINGS).is_file():
+        write_json(out / LABEL_SETTINGS, finished_settings)   # every mask redone: no longer mixed
     if ds is not None and ds.settings_path.is_file():
         n = ds.rebuild()[0]
         if not args.quiet:

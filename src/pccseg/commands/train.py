@@ -96,7 +96,7 @@ def register(sub) -> None:
     p.add_argument("--check-data", action=argparse.BooleanOptionalAction, default=d.check_data,
                    help="check every mask before training (default: on)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=_with_options(run_train, p))
 
     e = sub.add_parser("evaluate", help="mIoU, per-class IoU and accuracy of a checkpoint on a VOC split",
                        description="Score a pccseg train checkpoint on a VOC-layout split as mmsegmentation "
@@ -118,7 +118,20 @@ def register(sub) -> None:
                    help="mixed precision (default: on for CUDA)")
     e.add_argument("--workers", type=int, default=2, help="data loader workers (default: %(default)s)")
     e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    e.set_defaults(func=run_evaluate)
+    e.set_defaults(func=_with_options(run_evaluate, e))
+
+
+def _with_options(func, parser):
+    """``func`` whose :class:`InputError` names the option (``--batch-size``) rather than the setting
+    (``batch_size``), as the other commands' errors do."""
+    from ..errors import as_options
+
+    def run(args) -> int:
+        try:
+            return func(args)
+        except InputError as e:
+            raise as_options(e, parser, {"scale_min": "scale", "scale_max": "scale"}) from None
+    return run
 
 
 def run_train(args) -> int:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from .folder import MANIFEST, read_manifest
 from ..errors import InputError
-from ..io import atomic_path, make_dir, read_json, remove_temps
+from ..io import atomic_path, make_dir, read_bytes, read_json, remove_temps
 from .voc import SPLIT_DIR, VOCSegmentation, voc_root
 
 #: pccseg split name -> Hugging Face split name, where they differ.
@@ -78,8 +79,8 @@ def _rows(samples: list[tuple[str, str, str, str, list[str]]], bar: str | None =
     for stem, image, mask, prompt, classes in samples:
         if bar in _BARS:
             _BARS[bar].update(1)
-        yield {"id": stem, "image": {"bytes": Path(image).read_bytes(), "path": Path(image).name},
-               "mask": {"bytes": Path(mask).read_bytes(), "path": Path(mask).name},
+        yield {"id": stem, "image": {"bytes": read_bytes(image), "path": Path(image).name},
+               "mask": {"bytes": read_bytes(mask), "path": Path(mask).name},
                "prompt": prompt, "classes": classes}
 
 
@@ -99,6 +100,11 @@ def export_hf(root: str | Path, out: str | Path, *, splits: Sequence[str] | None
         splits = sorted(p.stem for p in (root / SPLIT_DIR).glob("*.txt")) if (root / SPLIT_DIR).is_dir() else []
         if not splits:
             raise InputError(f"no split files in {SPLIT_DIR}/ (not a dataset folder?)", path=root)
+    for split in splits:
+        name = HF_SPLIT_NAMES.get(split, split)
+        if not re.fullmatch(r"\w+(\.\w+)*", name):
+            raise InputError(f"split {split!r} cannot be a Hugging Face split name (letters, digits, _ and .): "
+                             "rename the file, or leave it out with --splits", path=root / SPLIT_DIR / f"{split}.txt")
     manifest = {str(e.get("id")): e for e in read_manifest(root)} if (root / MANIFEST).is_file() else {}
     make_dir(out.parent)
     remove_temps(out.parent, name=out.name)   # what a killed export left

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
-from ..io import atomic_path, read_json, read_jsonl, remove_temps, write_json
+from ..io import atomic_path, check_inside, check_no_links, read_json, read_jsonl, remove_temps, write_json
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,8 @@ class Dataset:
         path = self.settings_path
         if self.root.exists() and not self.root.is_dir():
             raise InputError("output path exists and is not a directory", path=self.root, field="--out")
+        if self.root.is_dir():
+            self.check_no_links()
         if not path.is_file():
             return None
         old = read_json(path)
@@ -220,14 +222,32 @@ class Dataset:
         """stem -> latest manifest entry over all shards; lines that are not whole entries are left out."""
         return {str(e["id"]): e for shard in self._shards() for e in _read_shard(shard)[0]}
 
+    def check_no_links(self) -> None:
+        """:class:`InputError` when a folder or file the dataset's writers write into is a symbolic link
+        (its folders, its shards, settings.json, manifest.jsonl, a capture folder): nothing is written
+        through one, nor read from one on resume. The root may be a link; ``VOCdevkit``'s links are the
+        dataset's own."""
+        paths = [self.root / d for d in (IMAGES, MASKS, SETS.split("/")[0], SETS, SHARDS, CAPTURES)]
+        paths += [self.settings_path, self.manifest_path, *self._shards()]
+        if (self.root / CAPTURES).is_dir() and not (self.root / CAPTURES).is_symlink():
+            paths += [Path(e.path) for e in os.scandir(self.root / CAPTURES)]
+        check_no_links(*paths)
+
     def repair(self) -> None:
         """Undo what kills leave behind; call it before a run, while no process writes into the dataset.
 
-        Deletes the temporary files and folders (:func:`pccseg.io.remove_temps`) in the dataset's folders,
-        and drops the shard lines that a kill tore: their samples count as not done (:meth:`todo`) and are
+        Deletes the temporary files and folders (:func:`pccseg.io.remove_temps`) in every folder the
+        dataset's writers write (the root, the VOC folders, ``manifest.d``, ``VOCdevkit/VOC2012``, ``captures``
+        and each capture folder), and drops the shard lines that a kill tore: their samples count as not done (:meth:`todo`) and are
         made again.
         """
-        for d in (self.root, self.root / IMAGES, self.root / MASKS, self.root / SETS, self.root / CAPTURES):
+        self.check_no_links()
+        captures = self.root / CAPTURES
+        folders = [self.root, self.root / IMAGES, self.root / MASKS, self.root / SETS.split("/")[0],
+                   self.root / SETS, self.root / SHARDS, self.root / TORCHVISION_VOC_DIR, captures]
+        if captures.is_dir():
+            folders += sorted(Path(e.path) for e in os.scandir(captures) if e.is_dir(follow_symlinks=False))
+        for d in folders:
             n = remove_temps(d)
             if n:
                 log.info("%s: removed %d temporary file(s) of an interrupted run", d, n)
@@ -236,8 +256,10 @@ class Dataset:
             if torn:
                 log.warning("%s: line(s) %s torn by a kill: dropped, their samples are made again", shard,
                             ", ".join(map(str, torn)))
+            latest = list({str(e["id"]): e for e in entries}.values())   # a sample made again: its last line
+            if torn or len(latest) < len(entries):
                 with atomic_path(shard) as tmp:
-                    tmp.write_text(_jsonl(entries), encoding="utf-8")
+                    tmp.write_text(_jsonl(latest), encoding="utf-8")
 
     def stems_on_disk(self) -> list[str]:
         """Stems whose image and mask both exist, sorted."""
@@ -312,5 +334,5 @@ def _read_shard(shard: Path) -> tuple[list[dict], list[int]]:
 
 
 def read_manifest(root: str | Path) -> list[dict]:
-    """The entries of ``root/manifest.jsonl``."""
-    return read_jsonl(Path(root) / MANIFEST)
+    """The entries of ``root/manifest.jsonl`` (never read through a link out of ``root``)."""
+    return read_jsonl(check_inside(Path(root) / MANIFEST, root, what="the dataset"))

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .folder import IMAGES as IMAGE_DIR, MASKS as MASK_DIR, SETS as SPLIT_DIR, TORCHVISION_VOC_DIR
 from ..errors import InputError
-from ..io import check_stem, load_image, load_mask, read_json, read_text
+from ..io import check_inside, check_stem, image_size, load_image, load_mask, read_json, read_text
 from ..vocab import IGNORE_INDEX, VOC_CLASSES, check_class_names
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
@@ -41,10 +40,19 @@ def voc_root(root: str | Path) -> Path:
     return root
 
 
+def dataset_folder(root: str | Path) -> Path:
+    """The folder a VOC root's files must lie in once links are followed (:func:`pccseg.io.check_inside`):
+    the root, or for a ``.../VOCdevkit/VOC2012`` root the folder above ``VOCdevkit`` (a pccseg dataset's
+    ``VOCdevkit/VOC2012`` links to its own ``JPEGImages``, ...)."""
+    root = Path(root)
+    return root.parent.parent if root.parent.name == "VOCdevkit" else root
+
+
 def read_class_names(root: str | Path) -> list[str]:
     """The dataset's class names: ``settings.json``'s ``class_names`` when present, else the 21 VOC ones."""
     settings = voc_root(root) / "settings.json"
     if settings.is_file():
+        check_inside(settings, dataset_folder(voc_root(root)), what="the dataset")
         names = read_json(settings).get("class_names")
         if names is not None:
             return list(check_class_names(names, path=settings))
@@ -61,7 +69,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
     split_file = root / SPLIT_DIR / f"{split}.txt"
     if not split_file.is_file():
         raise InputError(f"split file not found (a VOC root holds {SPLIT_DIR}/{split}.txt)", path=split_file)
-    lines = read_text(split_file).splitlines()
+    lines = read_text(check_inside(split_file, dataset_folder(root), what="the dataset")).splitlines()
     stems = [check_stem(line.strip(), path=split_file, line=n) for n, line in enumerate(lines, 1) if line.strip()]
     if not stems:
         raise InputError("split file lists no images", path=split_file)
@@ -77,6 +85,12 @@ class VOCSegmentation(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", class_names: Sequence[str] | None = None):
+        try:
+            self._open(root, split, class_names)
+        except OSError as e:   # a folder or file that cannot be looked at (permissions, I/O): one line
+            raise InputError(f"unreadable ({e.strerror or e})", path=e.filename or root) from None
+
+    def _open(self, root: str | Path, split: str, class_names: Sequence[str] | None) -> None:
         self.root = voc_root(root)
         self.split = split
         self.class_names = list(class_names) if class_names is not None else read_class_names(self.root)
@@ -87,6 +101,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
                 raise InputError(f"folder {sub}/ not found (VOC layout)", path=self.root / sub)
         self.images: list[Path] = []
         self.masks: list[Path] = []
+        base = dataset_folder(self.root)            # files are read only inside the dataset
         for n, stem in enumerate(self.stems, 1):
             image = self._find_image(stem)
             if image is None:
@@ -96,8 +111,8 @@ class VOCSegmentation(torch.utils.data.Dataset):
             if not mask.is_file():
                 raise InputError(f"mask {stem!r} named in the split file not found", path=mask,
                                  field=f"{split_file.name} line {n}")
-            self.images.append(image)
-            self.masks.append(mask)
+            self.images.append(check_inside(image, base, what="the dataset"))
+            self.masks.append(check_inside(mask, base, what="the dataset"))
 
     def _find_image(self, stem: str) -> Path | None:
         for suffix in _IMAGE_SUFFIXES:
@@ -114,10 +129,10 @@ class VOCSegmentation(torch.utils.data.Dataset):
         return len(self.stems)
 
     def _check_sizes(self, i: int) -> None:
-        with Image.open(self.images[i]) as im, Image.open(self.masks[i]) as mk:
-            if im.size != mk.size:
-                raise InputError(f"mask size {mk.size[0]}x{mk.size[1]} differs from image size "
-                                 f"{im.size[0]}x{im.size[1]} ({self.images[i].name})", path=self.masks[i])
+        im, mk = image_size(self.images[i]), image_size(self.masks[i])
+        if im != mk:
+            raise InputError(f"mask size {mk[0]}x{mk[1]} differs from image size "
+                             f"{im[0]}x{im[1]} ({self.images[i].name})", path=self.masks[i])
 
     def _check_values(self, mask: np.ndarray, i: int) -> None:
         present = np.unique(mask)
@@ -127,17 +142,11 @@ class VOCSegmentation(torch.utils.data.Dataset):
                              path=self.masks[i], field="mask values")
 
     def _load_mask(self, i: int) -> np.ndarray:
-        try:
-            return load_mask(self.masks[i])
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read mask ({e})", path=self.masks[i]) from None
+        return load_mask(self.masks[i])
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` as numpy: image (H, W, 3) uint8 RGB, mask (H, W) uint8; checked."""
-        try:
-            image = load_image(self.images[i])
-        except OSError as e:
-            raise InputError(f"cannot read image ({e})", path=self.images[i]) from None
+        image = load_image(self.images[i])
         mask = self._load_mask(i)
         if image.shape[:2] != mask.shape:
             raise InputError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "

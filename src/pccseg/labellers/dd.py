@@ -35,9 +35,11 @@ MISSING_SELF_PROBS = ("no self-attention probabilities in this capture, which th
                       "captures with `pccseg generate --labeller dd` or `pccseg generate --keep-captures`")
 
 
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"must be an integer >= {minimum}, got {value!r}", field=name)
+def _check_int(value: Any, name: str, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise InputError(f"must be an integer {bound}, got {value!r}", field=name)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class DDParams:
     interpolation: Interpolation = "bicubic"    # class level -> self level, and self level -> image
 
     def __post_init__(self) -> None:
-        _check_int(self.power, "power", 0)
+        _check_int(self.power, "power", 0, 64)         # 0: no affinity (the class maps alone); each is a matmul
         _check_int(self.class_downsample, "class_downsample", 1)
         check_thresholds(self.threshold, self.uncertain_threshold)
         check_choice(self.interpolation, "interpolation", get_args(Interpolation))

@@ -150,7 +150,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "dominance_rule": _one_of("report", "authors"),
     "dominance_share": _number(0, 1),
     "artefact_ring": _one_of(True, False),
-    "ring_width": _integer(0),
+    "ring_width": _integer(0, 1024),             # pixels: wider than any image's side is meaningless
 }
 
 

@@ -34,7 +34,7 @@ import torch
 
 from ..capture.format import Capture, load_capture
 from ..errors import InputError
-from ..signals import blocked_for_children, hold_interrupts, unblock
+from ..signals import blocked_for_children, die_with_parent, hold_interrupts, unblock
 from .pcc import torch_threads
 
 
@@ -112,6 +112,7 @@ def _init_worker(label_fn: Callable, params: Any, device: torch.device) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the whole group: the main process decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent(signal.SIGKILL)                   # a SIGKILLed main process takes its workers along
     unblock()                                         # blocked since the fork (LabelPool._send)
     torch.set_num_threads(1)
     _worker.update(label_fn=label_fn, params=params, device=device)

@@ -130,11 +130,19 @@ def dataset_stats(directory: str | Path) -> dict[str, Any]:
             pixels[n] = counts[:C]
             uncertain[n] = counts[IGNORE_INDEX] / m.size
         else:
-            for name, cnt in cp.items():
-                if name in index:
-                    pixels[n, index[name]] = int(cnt)
-            uncertain[n] = float(us)
-        for name in rec.get("classes") or ():
+            try:
+                for name, cnt in cp.items():
+                    if name in index:
+                        pixels[n, index[name]] = int(cnt)
+                uncertain[n] = float(us)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise InputError(f"class_pixels / uncertain_share: not numbers ({e})", path=manifest,
+                                 field=f"record {n + 1}") from None
+        classes = rec.get("classes") or []
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise InputError(f"expected a list of class names, got {classes!r:.60}", path=manifest,
+                             field=f"record {n + 1}: classes")
+        for name in classes:
             if name in index:
                 named[n, index[name]] = True
     return dict(class_names=names, settings=settings, ids=ids, pixels=pixels, uncertain=uncertain,
@@ -546,9 +554,11 @@ def results_report(directory: str | Path, out: str | Path) -> Path:
     results = read_json(path)
     tables, pictures = results.get("tables", []), results.get("pictures", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) and isinstance(t.get("columns"), list)
-                                               and isinstance(t.get("rows"), list) for t in tables):
-        raise InputError("expected a list of {title, columns, rows}", path=path, field="tables")
-    out.mkdir(parents=True, exist_ok=True)
+                                               and isinstance(t.get("rows"), list)
+                                               and all(isinstance(r, list) for r in t["rows"]) for t in tables):
+        raise InputError("expected a list of {title, columns, rows} with every row a list", path=path,
+                         field="tables")
+    _prepare(out)
     body = [f"<p>Results of <code>{_e(directory.resolve())}</code> (also in results.md, results.json and the "
             "CSV files there).</p>"]
     for t in tables:
@@ -560,8 +570,8 @@ def results_report(directory: str | Path, out: str | Path) -> Path:
             body.append(f'<p class="note">{_e(t["note"])}</p>')
     for p in pictures if isinstance(pictures, list) else []:
         src = directory / str(p.get("file", "")) if isinstance(p, dict) else None
-        if src is None or src.parent != directory or not src.is_file():
-            continue
+        if src is None or src.parent != directory or src.is_symlink() or not src.is_file():
+            continue                              # a picture is a file of the folder, never a link out of it
         with atomic_path(out / src.name) as tmp:
             shutil.copyfile(src, tmp)
         body += [f"<h2>{_e(p.get('caption', src.name))}</h2>", _img(src.name, str(p.get("caption", "")))]

@@ -41,6 +41,7 @@ from scipy.ndimage import binary_dilation  # noqa: E402
 
 from ..errors import InputError  # noqa: E402
 from ..io import atomic_path  # noqa: E402
+from ..limits import check_fits  # noqa: E402
 from ..vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
 
 #: Colour of uncertain (255) pixels: white stripes (drawn over the image or a light grey ground).
@@ -232,10 +233,12 @@ def _label_panel(ax, rgb: np.ndarray, title: str) -> None:
 
 
 def check_figure_options(*, n_heads: int = 3, dpi: int = 100) -> None:
-    """:class:`InputError` naming the option when ``n_heads`` < 0 or ``dpi`` < 1 (or not integers)."""
+    """:class:`InputError` naming the option when ``n_heads`` < 0 or ``dpi`` < 1 (or not integers), or
+    when one panel's RGBA pixels at ``dpi`` cannot fit in memory (:func:`pccseg.limits.check_fits`)."""
     for name, value, lo in (("heads", n_heads, 0), ("dpi", dpi, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise InputError(f"must be an integer >= {lo}, got {value!r}", field=f"--{name}")
+    check_fits((_PANEL_IN * dpi) ** 2 * 4, "--dpi", f"one {_PANEL_IN}-inch panel at {dpi} dpi")
 
 
 def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int = 5, alpha: float = 0.55,

@@ -17,7 +17,11 @@ from ..dataset.folder import JPEG_QUALITY, Dataset, sample_stem
 from ..errors import InputError
 from ..io import atomic_path, save_image, save_mask
 from ..dataset.voc import SPLIT_DIR
+from ..limits import check_seed
 from .config import RENDER_SEED
+
+#: The largest rendered side (the toy model works at 128; scenes are drawn per pixel on the CPU).
+MAX_RENDER_SIZE = 4096
 
 
 def write_toy_dataset(out: str | Path, num: int, val: int = 0, *, seed: int = RENDER_SEED, size: int = 128,
@@ -27,12 +31,14 @@ def write_toy_dataset(out: str | Path, num: int, val: int = 0, *, seed: int = RE
 
     if num < 0 or val < 0 or num + val < 1:
         raise InputError(f"need at least one scene (num={num}, val={val})", field="--num/--val")
-    if size < 32 or size % 8:
-        raise InputError(f"must be a multiple of 8, at least 32, got {size}", field="--size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 8 or size > MAX_RENDER_SIZE:
+        raise InputError(f"must be a multiple of 8 from 32 to {MAX_RENDER_SIZE}, got {size}", field="--size")
+    check_seed(seed, "--seed", count=num + val)
     ds = Dataset(out)
     settings = {"kind": "toy-render", "seed": int(seed), "size": int(size)}
     ds.check_settings(settings)
     ds.write_settings(settings)
+    ds.repair()                                       # what a killed render left
     from tqdm import tqdm
 
     stems = {"train": [sample_stem(i) for i in range(num)], "val": [sample_stem(i) for i in range(num, num + val)]}

@@ -37,7 +37,6 @@ import math
 import multiprocessing
 import os
 import platform
-import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ import torch
 from ..dataset.folder import Dataset, settings_diff
 from ..errors import InputError
 from ..io import load_image, load_mask, read_json, save_image, write_json
+from ..signals import die_with_parent
 from ..vocab import VOC_CLASSES
 from .config import EXPERIMENT_RUNTIME_FIELDS, RENDER_SEED, TOY_SIZE, ExperimentConfig
 from .world import TOY_CLASSES
@@ -105,18 +105,8 @@ def check_config(cfg: ExperimentConfig, lay: Layout) -> None:
 
 
 # ------------------------------------------------------------------------------------------- processes
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGTERM when its parent dies, so a killed run leaves no worker behind."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _worker_init(threads: int) -> None:
-    _die_with_parent()
+    die_with_parent()               # a killed run leaves no worker behind
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -429,6 +419,19 @@ def _cpu_seconds() -> float:
                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
+def _repair(cfg: ExperimentConfig, lay: Layout) -> None:
+    """Remove what a killed run left in every folder the experiment writes, done stages included: the
+    root, ``scores/``, ``runs/``, and each dataset (``generated``, ``rendered``, ``sets/<labeller>``); the
+    training runs clean their own folders."""
+    from ..io import remove_temps
+
+    for folder in (lay.root, lay.root / "scores", lay.root / "runs", lay.root / "sets", lay.root / "report"):
+        remove_temps(folder)
+    for folder in {lay.generated, lay.rendered, *(lay.labelled(n) for n in cfg.labellers)}:
+        if folder.is_dir():
+            Dataset(folder).repair()
+
+
 def run_experiment(cfg: ExperimentConfig) -> dict:
     """Run (or resume) every stage; returns ``results.json``'s content."""
     from ..capture.pipeline import check_model, resolve_device
@@ -443,6 +446,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     check_config(cfg, lay)
+    _repair(cfg, lay)
     timings_path = lay.root / "timings.json"
     timings = read_json(timings_path) if timings_path.is_file() else {}
     stages = [("generate", lambda: stage_generate(cfg, lay, str(device), processes)),

@@ -121,7 +121,10 @@ def start(config, env, model, optimizer, scheduler, scaler, class_names) -> Prog
         raise InputError(f"cannot resume: checkpoint is {meta['arch']} with {meta['num_classes']} classes "
                          f"(aux {meta.get('aux_loss')}), this run {config.arch} with {len(class_names)} "
                          f"(aux {config.aux_loss})", path=out / LAST)
-    begin = meta["iteration"]
+    begin = meta.get("iteration")
+    if begin is None:
+        raise InputError("missing: cannot resume without it; start afresh with --no-resume",
+                         path=out / LAST / "checkpoint.json", field="iteration")
     saved = meta.get("config") or {}
     new = json.loads(json.dumps(settings(config, env)))
     changed = {k: [saved.get(k, "<unset>"), v] for k, v in new.items()
@@ -133,12 +136,16 @@ def start(config, env, model, optimizer, scheduler, scaler, class_names) -> Prog
                          "afresh with --no-resume", path=out / LAST)
     if config.iters < begin:
         raise InputError(f"the run is at iteration {begin}: --iters {config.iters} ends before it", field="iters")
+    try:
+        progress = Progress(iteration=begin, last_miou=meta.get("last_miou"), best_miou=meta.get("best_miou"),
+                            best_iteration=meta.get("best_iteration"), loss_sum=float(meta.get("loss_sum", 0.0)),
+                            loss_n=int(meta.get("loss_n", 0)), seconds=float(meta.get("train_seconds", 0.0)),
+                            changes=list(meta.get("changes", [])),
+                            pending_validation=bool(meta.get("pending_validation")))
+    except (TypeError, ValueError) as e:
+        raise InputError(f"cannot resume from this checkpoint ({e}); start afresh with --no-resume",
+                         path=out / LAST / "checkpoint.json") from None
     load_training_state(out / LAST, meta, model, optimizer, scheduler, scaler)
-    progress = Progress(iteration=begin, last_miou=meta.get("last_miou"), best_miou=meta.get("best_miou"),
-                        best_iteration=meta.get("best_iteration"), loss_sum=float(meta.get("loss_sum", 0.0)),
-                        loss_n=int(meta.get("loss_n", 0)), seconds=float(meta.get("train_seconds", 0.0)),
-                        changes=list(meta.get("changes", [])),
-                        pending_validation=bool(meta.get("pending_validation")))
     if changed:
         apply_schedule(config, optimizer, scheduler, begin)
         progress.changes.append({"iteration": begin, "changed": changed})

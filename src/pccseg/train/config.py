@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..limits import check_seed
 
 ARCHS = ("resnet50", "resnet101", "mobilenet_v3_large")
 
@@ -98,5 +99,6 @@ class TrainConfig:
             if not ok:
                 rng = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
                 fail(name, f"must be a finite number {rng}, got {v!r}")
+        check_seed(self.seed)
         if self.scale_min > self.scale_max:
             fail("scale", f"need scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")

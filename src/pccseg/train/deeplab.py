@@ -89,8 +89,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code runs
-    except (OSError, RuntimeError, ValueError, SafetensorError, EOFError) as e:
-        raise InputError(f"cannot read backbone weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+    except Exception as e:  # noqa: BLE001 - any failure to read the file (torch.load raises many kinds,
+        # pickle.UnpicklingError for a pickle with code, which weights_only refuses) is this file's fault
+        raise InputError(f"cannot read backbone weights ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})",
                          path=path, field="--backbone-weights") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise InputError("not a state dict of tensors", path=path, field="--backbone-weights")
@@ -243,8 +245,9 @@ def read_checkpoint_meta(path: str | Path) -> dict:
     if names is not None and not (isinstance(names, list) and len(names) == n
                                   and all(isinstance(x, str) for x in names)):
         raise InputError(f"must be a list of {n} strings", path=where, field="class_names")
-    if not isinstance(meta.get("iteration", 0), int):
-        raise InputError("must be an integer", path=where, field="iteration")
+    it = meta.get("iteration", 0)
+    if isinstance(it, bool) or not isinstance(it, int) or it < 0:
+        raise InputError(f"must be an integer >= 0, got {it!r}", path=where, field="iteration")
     meta["path"] = str(ckpt)
     return meta
 
@@ -269,13 +272,17 @@ def load_training_state(ckpt: Path, meta: dict, model, optimizer, scheduler, sca
         tensors = load_file(str(ckpt / "training.safetensors"))
         load_optimizer(optimizer, tensors, meta["optimizer"])
         scheduler.load_state_dict(meta["scheduler"])
-    except (RuntimeError, OSError, SafetensorError, KeyError, ValueError, TypeError) as e:
+        if scaler is not None and scaler.is_enabled() and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        rng = tensors["rng.torch"]
+        if rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+            raise ValueError(f"rng.torch: expected {tuple(torch.get_rng_state().shape)} uint8, got "
+                             f"{tuple(rng.shape)} {rng.dtype}")
+        torch.set_rng_state(rng)
+        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    except (RuntimeError, OSError, SafetensorError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise InputError(f"cannot resume from this checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); start afresh with --no-resume",
                          path=ckpt) from None
-    if scaler is not None and scaler.is_enabled() and meta.get("scaler"):
-        scaler.load_state_dict(meta["scaler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)

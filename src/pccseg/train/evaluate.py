@@ -17,6 +17,7 @@ from torch import nn
 
 from .deeplab import load_model, normalize, read_checkpoint_meta, rescale_factor, rescaled_size
 from ..errors import InputError, unwrap_worker_error
+from ..capture.pipeline import resolve_device
 from ..io import make_dir, remove_temps, save_mask
 from ..signals import blocked_for_children, dataloader_worker_init
 from .metrics import Scores, confusion_matrix, scores_from_confusion
@@ -107,15 +108,15 @@ def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.uti
     if short_side is not None and (not isinstance(short_side, int) or short_side < 1):
         raise InputError(f"must be an integer >= 1 (or None: native size), got {short_side!r}",
                          field="short_side")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InputError(f"must be an integer >= 0, got {workers!r}", field="workers")
+    device = resolve_device(device)
     if isinstance(dataset, (str, Path)):
         dataset = VOCSegmentation(dataset, split)
     base, indices = _base(dataset)
     if limit is not None:
         indices = indices[:limit]
     class_names = list(class_names) if class_names is not None else base.class_names
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
     if isinstance(model, (str, Path)):
         meta = read_checkpoint_meta(model)
         check_classes(meta, class_names, base.root)

@@ -47,7 +47,9 @@ from .deeplab import (CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, backbone_s
 from ..errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
 from .metrics import percent
+from ..capture.pipeline import resolve_device
 from ..io import write_json
+from ..limits import check_fits
 from ..signals import blocked_for_children, dataloader_worker_init, hold_interrupts, save_on_interrupt
 from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
 from ..vocab import IGNORE_INDEX
@@ -212,7 +214,7 @@ def _setup(config: TrainConfig) -> _Env:
         if not torch_dist.is_initialized():
             torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if config.device:
-        device = torch.device(config.device)
+        device = resolve_device(config.device)
     else:
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda" and world > 1:
@@ -226,7 +228,27 @@ def _setup(config: TrainConfig) -> _Env:
     if config.batch_size // world < 2 and not env.sync_bn:
         raise InputError("needs at least 2 images per process (BatchNorm after ASPP's global pooling)",
                          field="batch_size")
+    _check_sizes_fit(config, env)
     return env
+
+
+def _check_sizes_fit(config: TrainConfig, env: _Env) -> None:
+    """Refuse (one line, before anything is written) a batch, crop or short side whose tensors cannot fit
+    in the device's memory: at least the float32 image and int64 mask of every crop (20 bytes a pixel)
+    and the backbone's 16-channel float32 stem at half resolution (16 bytes a pixel); with validation,
+    the same for one image resized to the short side; and the uint8 image and int64 mask resized to the
+    short side times ``scale_min`` before cropping (11 bytes a pixel)."""
+    per_pixel = 20 + 16
+    crops = config.batch_size // env.world * config.crop_size ** 2
+    check_fits(crops * per_pixel, "batch_size / crop_size",
+               f"a batch of {config.batch_size // env.world} crop(s) of {config.crop_size} px", env.device)
+    if config.short_side:
+        side = config.short_side * config.scale_min
+        check_fits(side * side * 11, "short_side", f"resizing to a short side of {config.short_side} px",
+                   env.device)
+        if config.val:
+            check_fits(config.short_side ** 2 * per_pixel, "short_side",
+                       f"validating at a short side of {config.short_side} px", env.device)
 
 
 def _data(config: TrainConfig, env: _Env):
@@ -352,13 +374,14 @@ def _loader(config: TrainConfig, env: _Env, train_set: VOCSegmentation, start: i
 
 
 def _log_loss(env: _Env, progress: Progress, loss_sum: torch.Tensor, lr: float, seconds: float, log: RunLog,
-              bar) -> None:
+              bar, run_saved: int = 0) -> None:
     """Log the mean loss (over the iterations since the last line and the ranks), then start the sum
     afresh; a loss that is not finite stops the run."""
     it = progress.iteration
     mean = _mean_over_ranks(loss_sum / progress.loss_n, env).item()
     if not math.isfinite(mean):
-        raise RuntimeError(f"loss is {mean} at iteration {it}; lower --lr or check the data")
+        raise InputError(f"the loss is {mean} at iteration {it} (RUN/last of iteration {run_saved} kept): lower "
+                         "the learning rate, keep gradient clipping on, or check the data", field="lr")
     log.write({"iter": it, "loss": mean, "lr": lr, "time": round(seconds, 3)})
     loss_sum.zero_()
     progress.loss_n = 0
@@ -417,6 +440,10 @@ def train(config: TrainConfig) -> dict:
 
     def save_last(validated: bool, rng: torch.Tensor | None = None, reduce: bool = True) -> None:
         progress.loss_sum = (_mean_over_ranks(loss_sum, env) if reduce else loss_sum).item()
+        if not math.isfinite(progress.loss_sum):          # never overwrite a good checkpoint with NaN weights
+            raise InputError(f"the loss is {progress.loss_sum} before iteration {progress.iteration} (RUN/last of "
+                             f"iteration {run.saved} kept): lower the learning rate, keep gradient clipping on, "
+                             "or check the data", field="lr")
         progress.seconds = run.seconds
         if env.main:
             save(config, env, LAST, model, progress, class_names, miou=progress.last_miou if validated else None,
@@ -454,7 +481,7 @@ def train(config: TrainConfig) -> dict:
                 progress.loss_n += 1
                 run.seconds = before + time.perf_counter() - t0
                 if it % config.log_every == 0 or it == config.iters:
-                    _log_loss(env, progress, loss_sum, lr, run.seconds, log, bar)
+                    _log_loss(env, progress, loss_sum, lr, run.seconds, log, bar, run.saved)
                 run.mid_step = False
             if bar is not None:
                 bar.update(1)
