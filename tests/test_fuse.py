@@ -224,3 +224,25 @@ def test_cli_refuses_what_the_api_refuses(tmp_path, capsys, argv, field):
     assert main(["label", str(caps), "--out", str(tmp_path / "ok"), "-q", "--labeller", "fuse",
                  "--fuse-refine", "pamr", "--fuse-pamr-iters", "2"]) == 0
     assert np.asarray((tmp_path / "ok" / "000000.png").exists())
+
+
+def test_show_fuse_stages(tmp_path):
+    from PIL import Image
+
+    from pccseg.capture.format import save_capture
+    from pccseg.cli import main
+    from pccseg.pictures.fuse_figure import fuse_figure
+
+    cap = planted_capture(image_size=(128, 128), latent=(32, 32), layers=SD21[::3], heads_per_layer=2, head_dim=16)
+    fig = fuse_figure(cap, label(cap, FuseParams()))
+    titles = "\n".join(ax.get_title() for ax in fig.axes)
+    for name in ("person", "dog", "pottedplant", "background"):
+        assert f"{name} map" in titles and f"{name}: share of the\n9 cluster votes" in titles
+        assert f"{name} score" in titles
+    assert "PCC's voted mask (32x32)" in titles and "colour segments" in titles and "final mask over image" in titles
+    assert fig._suptitle.get_text().startswith("fuse")
+    out = tmp_path / "fig.png"
+    assert main(["show", str(save_capture(tmp_path / "cap", cap)), "--out", str(out), "--labeller", "fuse",
+                 "--fuse-refine", "pamr", "--fuse-pamr-iters", "2"]) == 0
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 500
