@@ -246,3 +246,14 @@ def test_show_fuse_stages(tmp_path):
                  "--fuse-refine", "pamr", "--fuse-pamr-iters", "2"]) == 0
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 500
+
+
+def test_two_threads_give_the_masks_of_one(planted):
+    from pccseg.labellers.pcc import torch_threads
+
+    cap, _ = planted
+    with torch_threads(1):
+        one = label(cap, FuseParams())
+    with torch_threads(2):
+        two = label(cap, FuseParams())
+    assert torch.equal(one.mask, two.mask) and torch.equal(one.refine_segments, two.refine_segments)

@@ -164,13 +164,16 @@ class FuseResult:
 def label(capture: Capture, params: FuseParams | None = None, **overrides) -> FuseResult:
     """Label one capture with the fuse labeller; runs on the device of the capture's token maps.
 
-    Timings (seconds): ``votes`` (PCC's clusters and votes), ``fuse``, ``propagate``, ``refine_segments``,
-    ``refine``, ``decide``, ``total``.
+    Timings (seconds): ``votes`` (PCC's clusters and votes), ``refine_segments``, ``fuse``, ``propagate``,
+    ``refine``, ``decide``, ``total``. On the CPU with torch threads > 1 the colour segments run beside the
+    votes (as in PCC), each on one thread, so ``votes`` and ``refine_segments`` overlap; the masks are
+    those of one thread either way.
 
     Raises:
         InputError: ``propagate`` > 0 and the capture has no ``self_probs``; a layer's head_dim is below
             ``n_components`` (both name the file and the field).
     """
+    import torch
     import torch.nn.functional as F
 
     from ..capture.format import SELF_PROBS_KEY, TENSOR_FILE
@@ -184,11 +187,18 @@ def label(capture: Capture, params: FuseParams | None = None, **overrides) -> Fu
                          field=SELF_PROBS_KEY)
     device = capture.token_maps.device
     timer = _Timer(device)
-    vote = pcc.label(capture, pcc.LabelParams(n_components=p.n_components, ks=p.ks, thresholds=p.thresholds,
-                                              background_factor=p.background_factor, seed=p.seed,
-                                              refine=False, artefact_ring=False))
+    image = capture.image.to(device)
+    # as PCC does: on a CPU with torch threads > 1, the colour segments run beside the votes, each on one
+    # torch thread (two intra-op teams would oversubscribe the cores)
+    with pcc._tasks(torch.get_num_threads() if device.type == "cpu" else 1) as submit:
+        segmenting = submit(lambda: timer.timed("refine_segments", image_segments, image, k=p.refine_k,
+                                                seed=p.seed)) if p.refine in ("segments", "both") else None
+        vote = timer.timed("votes", pcc.label, capture, pcc.LabelParams(
+            n_components=p.n_components, ks=p.ks, thresholds=p.thresholds, background_factor=p.background_factor,
+            seed=p.seed, refine=False, artefact_ring=False))
+        segments = None if segmenting is None else segmenting.result()
+    timer.start = timer._now()
     ids, maps = vote.class_ids, vote.class_maps
-    timer.lap("votes")
     shares = Fu.vote_shares(vote.votes, ids)
     scores = Fu.fuse_scores(shares, maps, ids, p.map_weight, p.background_weight)
     timer.lap("fuse")
@@ -205,12 +215,8 @@ def label(capture: Capture, params: FuseParams | None = None, **overrides) -> Fu
     kw = {} if p.upsample == "nearest" else {"align_corners": False}
     up = F.interpolate(scores[None], size=size, mode=p.upsample, **kw)[0] if tuple(scores.shape[1:]) != size \
         else scores
-    segments = None
-    if p.refine in ("segments", "both"):
-        segments = image_segments(capture.image.to(device), k=p.refine_k, seed=p.seed)
-        timer.lap("refine_segments")
     if p.refine in ("pamr", "both") and p.pamr_iters:
-        up = Fu.pamr(capture.image.to(device), up, p.pamr_iters, p.pamr_dilations)
+        up = Fu.pamr(image, up, p.pamr_iters, p.pamr_dilations)
     if segments is not None:
         up = Fu.pool_segments(up, segments)
     timer.lap("refine")
