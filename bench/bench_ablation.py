@@ -49,6 +49,7 @@ ROWS = [
     ("alt: PAMR instead of segments", FuseParams(refine="pamr")),
     ("alt: background weight 1", FuseParams(background_weight=1.0)),
     ("alt: background weight 1.5", FuseParams(background_weight=1.5)),
+    ("alt: background weight 2.5", FuseParams(background_weight=2.5)),
 ]
 
 
