@@ -257,3 +257,18 @@ def test_two_threads_give_the_masks_of_one(planted):
     with torch_threads(2):
         two = label(cap, FuseParams())
     assert torch.equal(one.mask, two.mask) and torch.equal(one.refine_segments, two.refine_segments)
+
+
+def test_generate_with_the_fuse_labeller(tmp_path):
+    import json
+
+    from pccseg.cli import main
+    from pccseg.io import load_mask
+
+    out = tmp_path / "ds"
+    assert main(["generate", "--model", "tiny", "--num", "1", "--height", "64", "--width", "64", "--out", str(out),
+                 "-q", "--labeller", "fuse", "--fuse-refine-k", "8"]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["labeller"] == "fuse" and settings["label_params"]["refine_k"] == 8
+    masks = list((out / "SegmentationClass").glob("*.png"))
+    assert len(masks) == 1 and load_mask(masks[0]).shape == (64, 64)
