@@ -1,7 +1,7 @@
 """The labellers side by side on one planted capture at SD 2.1 shapes (not a test).
 
 A planted synthetic capture (512x512 image, latent 64x64, 210 heads of dim 64, self-attention
-probabilities at 32x32) is labelled N times by each labeller (pcc, dd, attn) with its default parameters.
+probabilities at 32x32) is labelled N times by each labeller (pcc, dd, attn, fuse) with its default parameters.
 Prints a Markdown table: median seconds, the ratio to pcc's time in the same run, mIoU against the planted
 layout and the uncertain share. The planted capture is easy for every labeller; this measures speed and
 checks that each one runs at full size, not which one is better on real images.

@@ -50,10 +50,10 @@ def test_end_to_end_files_and_tables(done):
     cfg, lay, results = done
     tables = {t["title"].split(":")[0]: t for t in results["tables"]}
     down = tables["Downstream"]
-    assert [r[0] for r in down["rows"]] == ["rendered (exact labels, upper bound)", "pcc", "dd", "attn"]
+    assert [r[0] for r in down["rows"]] == ["rendered (exact labels, upper bound)", "pcc", "dd", "attn", "fuse"]
     upper = down["rows"][0]
     assert upper[-1] == (pytest.approx(100.0) if upper[-2] else None)          # share of its own mIoU
-    for name in (UPPER, "pcc", "dd", "attn"):
+    for name in (UPPER, "pcc", "dd", "attn", "fuse"):
         s = json.loads(lay.scores(name).read_text())
         assert 0 <= s["miou"] <= 1 and len(s["iou"]) == 21
         assert (lay.run(name) / "last" / "checkpoint.json").is_file()
@@ -62,10 +62,10 @@ def test_end_to_end_files_and_tables(done):
     assert run_cfg["backbone_weights"] == "none" and run_cfg.get("photometric") in (None, False)
     assert run_cfg.get("short_side") in (None, 128) and run_cfg["scale_min"] >= 0.5
     quality = tables["Label quality"]
-    assert [r[0] for r in quality["rows"]] == ["pcc", "dd", "attn"]
+    assert [r[0] for r in quality["rows"]] == ["pcc", "dd", "attn", "fuse"]
     with open(lay.root / "downstream.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0][0] == "training set" and rows[0][-2:] == ["mIoU", "% of upper bound"] and len(rows) == 5
+    assert rows[0][0] == "training set" and rows[0][-2:] == ["mIoU", "% of upper bound"] and len(rows) == 6
     assert (lay.root / "results.md").read_text().count("### ") >= 4
     page = (lay.root / "report" / "index.html").read_text()
     assert "Downstream" in page and (lay.root / "report" / "samples.png").is_file()

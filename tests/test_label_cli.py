@@ -220,7 +220,7 @@ def test_every_labeller_param_is_an_option(capsys):
         assert opt in text
 
 
-@pytest.mark.parametrize("labeller", ["dd", "attn"])
+@pytest.mark.parametrize("labeller", ["dd", "attn", "fuse"])
 def test_relabel_with_another_labeller_then_resume_refused(captures, tmp_path, capsys, labeller):
     import json
 

@@ -172,15 +172,15 @@ def test_token_merge_mean_and_max():
 
 def test_registry_dispatches_on_the_parameter_type(planted):
     cap, _ = planted
-    assert list(LABELLERS) == ["pcc", "dd", "attn"]
-    assert [lab.needs_self_probs for lab in LABELLERS.values()] == [False, True, False]
+    assert list(LABELLERS) == ["pcc", "dd", "attn", "fuse"]
+    assert [lab.needs_self_probs for lab in LABELLERS.values()] == [False, True, False, False]
     assert isinstance(label(cap, LabelParams(ks=(3,), refine=False)), LabelResult)
     assert label(cap, AttnParams(), threshold=0.9).params.threshold == 0.9        # overrides
     assert labeller_of(DDParams()).name == "dd" and get_labeller("attn").params is AttnParams
     assert params_record(DDParams(power=2)) == {"labeller": "dd", "label_params": {
         "power": 2, "class_downsample": 4, "threshold": 0.6, "uncertain_threshold": 0.5, "token_merge": "mean",
         "interpolation": "bicubic"}}
-    with pytest.raises(InputError, match=r"unknown labeller 'sam' \(choose from pcc, dd, attn\)"):
+    with pytest.raises(InputError, match=r"unknown labeller 'sam' \(choose from pcc, dd, attn, fuse\)"):
         get_labeller("sam")
     with pytest.raises(TypeError):
         label(cap, {"threshold": 0.5})

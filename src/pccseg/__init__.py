@@ -23,13 +23,15 @@ _EXPORTS = {
     "Capture": "pccseg.capture.format",
     "load_capture": "pccseg.capture.format",
     "save_capture": "pccseg.capture.format",
-    # -> label (pcc, dd, attn; label() picks by the type of the parameters)
+    # -> label (pcc, dd, attn, fuse; label() picks by the type of the parameters)
     "label": "pccseg.labellers.registry",
     "LabelParams": "pccseg.labellers.pcc",
     "LabelResult": "pccseg.labellers.pcc",
     "DDParams": "pccseg.labellers.dd",
     "AttnParams": "pccseg.labellers.attn",
     "MapsResult": "pccseg.labellers.attn",
+    "FuseParams": "pccseg.labellers.fuse",
+    "FuseResult": "pccseg.labellers.fuse",
     # -> train -> evaluate
     "TrainConfig": "pccseg.train.config",
     # pictures

@@ -14,7 +14,7 @@ _HELP = {
     "model": "'toy' (the shipped toy model) or a diffusers folder of the toy architecture",
     "num": "generated images, and rendered images of the upper bound",
     "val": "held-out rendered images with exact labels that score every segmenter",
-    "labellers": "labellers to compare (pcc dd attn)",
+    "labellers": "labellers to compare (pcc dd attn fuse)",
     "steps": "denoising steps",
     "guidance": "classifier-free guidance scale",
     "seed": "record i of the toy prompts is generated with seed SEED + i",

@@ -1,4 +1,4 @@
-"""``pccseg label CAPTURE_DIR... --out DIR [--labeller pcc|dd|attn] [--dataset]``: masks for saved
+"""``pccseg label CAPTURE_DIR... --out DIR [--labeller pcc|dd|attn|fuse] [--dataset]``: masks for saved
 captures, or (``--dataset``) a whole VOC-layout dataset that ``pccseg train`` and torchvision read, as
 ``generate`` writes it.
 
@@ -8,7 +8,8 @@ Also provides the labeller options for other commands (``generate`` and ``show``
   field of every labeller's parameters. Options left unset take the labeller's (PCC: the preset's) value.
 * :func:`params_from_args` turns the parsed namespace into the chosen labeller's parameters
   (:class:`~pccseg.labellers.pcc.LabelParams`, :class:`~pccseg.labellers.dd.DDParams` or
-  :class:`~pccseg.labellers.attn.AttnParams`); an option of another labeller is refused.
+  :class:`~pccseg.labellers.attn.AttnParams`, :class:`~pccseg.labellers.fuse.FuseParams`); an option of
+  another labeller is refused.
 
 PCC option names are the field names with dashes (``--cluster-connectivity``), except the k-means seed
 ``LabelParams.seed``, which is ``--kmeans-seed`` so that it never clashes with a generation seed; their
@@ -77,10 +78,32 @@ _ATTN_HELP = {
     "interpolation": "resize of the class maps to the image",
 }
 
+_FUSE_HELP = {
+    "n_components": "PCA components per attention head (PCC's clusters)",
+    "ks": "k-means cluster counts (PCC's clusters; one vote set per k)",
+    "thresholds": "class-map thresholds (PCC's votes; one vote set per threshold)",
+    "background_factor": "background (start-of-text) binary map is map > factor * t (PCC's votes)",
+    "seed": "k-means seed (clusters and colour segments)",
+    "map_weight": "score = vote share + this x object class map (0: the votes alone)",
+    "background_weight": "weight of the background (start-of-text) map in the score",
+    "propagate": "spread the scores this many times through the captured self_probs (0: off; needs "
+                 "captures with self_probs)",
+    "sharpen": "power of the self_probs rows before propagation (1: as captured)",
+    "upsample": "scores latent -> image size",
+    "refine": "segments: every colour segment takes its mean score; pamr: colour-affinity propagation; "
+              "both: pamr, then segments; none",
+    "refine_k": "k of the RGB+xy k-means of the colour segments",
+    "pamr_iters": "PAMR iterations",
+    "pamr_dilations": "PAMR neighbourhood dilations in pixels",
+    "margin": "uncertain (255) where the runner-up score is within this share of the best (0: never)",
+    "min_region": "regions under this many pixels take their border's majority label (0: off)",
+}
+
 #: labeller -> (option help per field, option group title)
 _OPTIONS = {"pcc": (_HELP, "labelling (--labeller pcc, the default)"),
             "dd": (_DD_HELP, "labelling (--labeller dd)"),
-            "attn": (_ATTN_HELP, "labelling (--labeller attn)")}
+            "attn": (_ATTN_HELP, "labelling (--labeller attn)"),
+            "fuse": (_FUSE_HELP, "labelling (--labeller fuse)")}
 
 
 def _option(labeller: str, name: str) -> str:

@@ -10,6 +10,7 @@ name      module                        parameters                              
 ``pcc``   :mod:`pccseg.labellers.pcc`   :class:`~pccseg.labellers.pcc.LabelParams`  ``LabelResult``
 ``dd``    :mod:`pccseg.labellers.dd`    :class:`~pccseg.labellers.dd.DDParams`      ``MapsResult``
 ``attn``  :mod:`pccseg.labellers.attn`  :class:`~pccseg.labellers.attn.AttnParams`  ``MapsResult``
+``fuse``  :mod:`pccseg.labellers.fuse`  :class:`~pccseg.labellers.fuse.FuseParams`  ``FuseResult``
 ========  ============================  ==========================================  ===============
 
 :func:`label` picks the labeller from the type of the parameters (None: PCC with the report's values), so
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import attn, dd, pcc
+from . import attn, dd, fuse, pcc
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ LABELLERS: dict[str, Labeller] = {lab.name: lab for lab in (
              "Dataset Diffusion's rule: class maps spread by the self-attention affinity, thresholded"),
     Labeller("attn", attn.AttnParams, attn, False,
              "the class maps alone: min-max normalised, argmax, background below a threshold"),
+    Labeller("fuse", fuse.FuseParams, fuse, False,
+             "PCC's cluster votes fused with the class maps into class scores, decided per colour segment"),
 )}
 DEFAULT_LABELLER = "pcc"
 

@@ -12,8 +12,9 @@
    refinement segments and the final mask over the image;
 
 and a legend of the class colours present (VOC palette; uncertain pixels, 255, are white hatching).
-:func:`maps_figure` draws the dd and attn labellers' results (class maps, affinity, thresholds, mask);
-:func:`save_stage_figure` picks the right one.
+:func:`maps_figure` draws the dd and attn labellers' results (class maps, affinity, thresholds, mask),
+:func:`~pccseg.pictures.fuse_figure.fuse_figure` the fuse labeller's; :func:`save_stage_figure` picks the
+right one.
 
 :func:`overlay` (image + mask -> RGB) and :func:`colorize` (mask -> RGB) are reused by the dataset report.
 Headless: matplotlib runs on the Agg backend.
@@ -472,6 +473,10 @@ def save_stage_figure(capture: Any, result: Any, path: str | Path, **kwargs: Any
     if hasattr(result, "pca"):
         return save_figure(stage_figure(capture, result, **kwargs), path)
     kwargs.pop("n_heads", None)
+    if hasattr(result, "shares"):                          # the fuse labeller
+        from .fuse_figure import fuse_figure
+
+        return save_figure(fuse_figure(capture, result, **kwargs), path)
     return save_figure(maps_figure(capture, result, **kwargs), path)
 
 

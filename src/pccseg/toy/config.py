@@ -94,7 +94,7 @@ class ExperimentConfig:
     model: str = "toy"                   # "toy" (shipped weights) or a diffusers folder of the toy architecture
     num: int = 200                       # generated images = rendered images of the upper bound
     val: int = 200                       # held-out rendered images with exact labels (downstream scores)
-    labellers: tuple[str, ...] = ("pcc", "dd", "attn")
+    labellers: tuple[str, ...] = ("pcc", "dd", "attn", "fuse")
     # generation
     steps: int = TOY_STEPS
     guidance: float = TOY_GUIDANCE

@@ -1,5 +1,5 @@
-"""The report's experiment on the toy world: PCC against Dataset Diffusion's rule (``dd``) and the class
-maps alone (``attn``), scored against ground truth.
+"""The report's experiment on the toy world: PCC against Dataset Diffusion's rule (``dd``), the class
+maps alone (``attn``) and the fuse labeller (``fuse``), scored against ground truth.
 
     pccseg experiment toy --out runs/exp              # run it again to resume
 

@@ -1,0 +1,226 @@
+"""The fuse labeller: PCC's cluster votes and the class maps fused into soft class scores, decided per
+colour segment of the image (docs/labeller.md, "fuse").
+
+1. **Votes** (PCC's sections 2-3, :func:`pccseg.labellers.pcc.label` without its refinement): the
+   self-attention clusters at every k, each classified by the class maps at every threshold; the share of
+   the votes that each class gets at each latent pixel is a soft score (PCC keeps only the mode, and
+   calls a pixel uncertain when the mode has half of the votes or less).
+2. **Fusion**: score = vote share + weight * class map (min-max normalised; the background's map, the
+   start-of-text token's, weighted ``background_weight``, the objects' ``map_weight``). The clusters say
+   where the regions are, the maps which class each pixel leans to; an object needs both.
+3. **Propagation** (optional, off by default): the scores spread ``propagate`` times through the
+   captured self-attention probabilities (``self_probs``), rows raised to ``sharpen`` (iSeg, Dataset
+   Diffusion).
+4. **Upsampling** to the image size, bilinear (PCC: nearest, whence blocky edges).
+5. **Refinement on the image**: every colour-and-position segment (PCC's k-means on RGB + xy,
+   ``refine_k`` clusters split into connected parts) takes the mean score of its pixels (``segments``),
+   and/or PAMR, label propagation weighted by local colour affinity (``pamr``).
+6. **Decision**: argmax; uncertain where the runner-up is within ``margin`` of the best (relative); regions
+   under ``min_region`` pixels take the majority of their border.
+
+No uncertain ring: every pixel gets a class unless the scores are close.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from ..errors import InputError
+from .pcc import _Timer
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
+    import torch
+
+    from ..capture.format import Capture
+
+Upsample = Literal["bilinear", "nearest"]
+Refine = Literal["segments", "pamr", "both", "none"]
+UNCERTAIN = 255
+
+MISSING_SELF_PROBS = ("no self-attention probabilities in this capture, which --fuse-propagate needs: make the "
+                      "captures with `pccseg generate --keep-captures` (or --labeller dd / fuse), or set "
+                      "propagate to 0")
+
+
+def _int(lo: int, hi: int | None = None):
+    def check(name: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
+            raise InputError(f"must be an integer >= {lo}" + ("" if hi is None else f" and <= {hi}") +
+                             f", got {v!r}", field=name)
+        return int(v)
+    return check
+
+
+def _num(lo: float, hi: float | None = None, lo_open: bool = False):
+    def check(name: str, v: Any) -> float:
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and \
+            (v > lo if lo_open else v >= lo) and (hi is None or v < hi)
+        if not ok:
+            raise InputError(f"must be a number {'>' if lo_open else '>='} {lo}" +
+                             ("" if hi is None else f" and < {hi}") + f", got {v!r}", field=name)
+        return float(v)
+    return check
+
+
+def _choice(kind):
+    def check(name: str, v: Any) -> Any:
+        if v not in get_args(kind):
+            raise InputError(f"{v!r} is not one of {', '.join(get_args(kind))}", field=name)
+        return v
+    return check
+
+
+def _several(item):
+    def check(name: str, v: Any) -> tuple:
+        if not isinstance(v, (list, tuple)) or not v:
+            raise InputError(f"must be a non-empty list, got {v!r}", field=name)
+        return tuple(item(name, x) for x in v)
+    return check
+
+
+@dataclass(frozen=True)
+class FuseParams:
+    """Parameters of the fuse labeller (module docstring); each stage can be switched off.
+
+    The cluster and vote fields are PCC's (:class:`~pccseg.labellers.pcc.LabelParams`, the report's
+    values); the rest were chosen on three instruments together (docs/labeller.md, "fuse").
+    """
+
+    # 1. PCC's clusters and votes
+    n_components: int = 3
+    ks: tuple[int, ...] = (4, 7, 10)
+    thresholds: tuple[float, ...] = (0.3, 0.5, 0.8)
+    background_factor: float = 1.2
+    seed: int = 0
+    # 2. fusion: score = vote share + weight * class map
+    map_weight: float = 1.0                     # 0: the votes alone
+    background_weight: float = 2.0              # the start-of-text (background) map's weight
+    # 3. propagation through self_probs (0: off)
+    propagate: int = 0
+    sharpen: float = 1.0
+    # 4-5. upsampling and refinement on the image
+    upsample: Upsample = "bilinear"
+    refine: Refine = "segments"
+    refine_k: int = 20
+    pamr_iters: int = 10
+    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
+    # 6. decision
+    margin: float = 0.0                         # uncertain where runner-up >= (1 - margin) * best
+    min_region: int = 0                         # regions under this many pixels take their border's label
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, CHECKS[f.name](f.name, getattr(self, f.name)))
+
+
+CHECKS = {
+    "n_components": _int(1), "ks": _several(_int(2)), "thresholds": _several(_num(0, 1, lo_open=True)),
+    "background_factor": _num(0, lo_open=True), "seed": _int(0, 2**63 - 1),
+    "map_weight": _num(0), "background_weight": _num(0),
+    "propagate": _int(0, 100), "sharpen": _num(0, lo_open=True),
+    "upsample": _choice(Upsample), "refine": _choice(Refine), "refine_k": _int(2),
+    "pamr_iters": _int(0, 1000), "pamr_dilations": _several(_int(1)),
+    "margin": _num(0, 1), "min_region": _int(0),
+}
+
+
+@dataclass
+class FuseResult:
+    """The fuse labeller's mask and its stages (h, w: latent size; g: the self_probs grid; H, W: image).
+
+    Attributes:
+        mask: (H, W) uint8 final mask, 255 for uncertain.
+        blocky: (h, w) uint8 PCC's voted mask (the mode of the votes, 255 where it has <= half).
+        class_ids: label values of the classes scored, background (0) first.
+        class_maps: (C, h, w) float min-max normalised class maps.
+        shares: (C, h, w) float share of the votes per class.
+        scores: (C, h, w) float fused scores (after propagation, on the latent grid).
+        refine_segments: (H, W) int64 colour segments (None unless refine uses them).
+        refined: (C, H, W) float scores after upsampling and refinement.
+        timings: seconds per stage and ``total``.
+        params: the parameters used.
+    """
+
+    mask: torch.Tensor
+    blocky: torch.Tensor
+    class_ids: list[int]
+    class_maps: torch.Tensor
+    shares: torch.Tensor
+    scores: torch.Tensor
+    refine_segments: torch.Tensor | None
+    refined: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+    params: FuseParams = field(default_factory=FuseParams)
+
+    @property
+    def uncertain_share(self) -> float:
+        """Share of the final mask's pixels that are 255."""
+        return float((self.mask == UNCERTAIN).float().mean())
+
+
+def label(capture: Capture, params: FuseParams | None = None, **overrides) -> FuseResult:
+    """Label one capture with the fuse labeller; runs on the device of the capture's token maps.
+
+    Timings (seconds): ``votes`` (PCC's clusters and votes), ``refine_segments``, ``fuse``, ``propagate``,
+    ``refine``, ``decide``, ``total``. On the CPU with torch threads > 1 the colour segments run beside the
+    votes (as in PCC), each on one thread, so ``votes`` and ``refine_segments`` overlap; the masks are
+    those of one thread either way.
+
+    Raises:
+        InputError: ``propagate`` > 0 and the capture has no ``self_probs``; a layer's head_dim is below
+            ``n_components`` (both name the file and the field).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..capture.format import SELF_PROBS_KEY, TENSOR_FILE
+    from . import fusion as Fu
+    from . import pcc
+    from .refine import image_segments
+
+    p = replace(params or FuseParams(), **overrides)
+    if p.propagate and capture.self_probs is None:
+        raise InputError(MISSING_SELF_PROBS, path=capture.source and f"{capture.source}/{TENSOR_FILE}",
+                         field=SELF_PROBS_KEY)
+    device = capture.token_maps.device
+    timer = _Timer(device)
+    image = capture.image.to(device)
+    # as PCC does: on a CPU with torch threads > 1, the colour segments run beside the votes, each on one
+    # torch thread (two intra-op teams would oversubscribe the cores)
+    with pcc._tasks(torch.get_num_threads() if device.type == "cpu" else 1) as submit:
+        segmenting = submit(lambda: timer.timed("refine_segments", image_segments, image, k=p.refine_k,
+                                                seed=p.seed)) if p.refine in ("segments", "both") else None
+        vote = timer.timed("votes", pcc.label, capture, pcc.LabelParams(
+            n_components=p.n_components, ks=p.ks, thresholds=p.thresholds, background_factor=p.background_factor,
+            seed=p.seed, refine=False, artefact_ring=False))
+        segments = None if segmenting is None else segmenting.result()
+    timer.start = timer._now()
+    ids, maps = vote.class_ids, vote.class_maps
+    shares = Fu.vote_shares(vote.votes, ids)
+    scores = Fu.fuse_scores(shares, maps, ids, p.map_weight, p.background_weight)
+    timer.lap("fuse")
+    if p.propagate:
+        probs = capture.self_probs.to(device)
+        g = tuple(probs.shape[:2])
+        n = g[0] * g[1]
+        small = F.interpolate(scores[None], size=g, mode="area")[0] if g != tuple(scores.shape[1:]) else scores
+        spread = Fu.propagate(small, Fu.sharpen(probs.reshape(n, n).float(), p.sharpen), p.propagate)
+        scores = spread if g == tuple(scores.shape[1:]) else \
+            F.interpolate(spread[None], size=tuple(scores.shape[1:]), mode="bilinear", align_corners=False)[0]
+        timer.lap("propagate")
+    size = capture.image_size
+    kw = {} if p.upsample == "nearest" else {"align_corners": False}
+    up = F.interpolate(scores[None], size=size, mode=p.upsample, **kw)[0] if tuple(scores.shape[1:]) != size \
+        else scores
+    if p.refine in ("pamr", "both") and p.pamr_iters:
+        up = Fu.pamr(image, up, p.pamr_iters, p.pamr_dilations)
+    if segments is not None:
+        up = Fu.pool_segments(up, segments)
+    timer.lap("refine")
+    mask = Fu.absorb_small(Fu.decide(up, ids, p.margin), p.min_region)
+    timer.lap("decide")
+    return FuseResult(mask=mask, blocky=vote.blocky, class_ids=ids, class_maps=maps, shares=shares, scores=scores,
+                      refine_segments=segments, refined=up, timings=timer.total(), params=p)
