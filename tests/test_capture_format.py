@@ -154,3 +154,15 @@ def test_as_saved_labels_like_the_saved_capture(tmp_path):
         assert rounded.self_attn[k].dtype == v.dtype and not torch.equal(rounded.self_attn[k], v)
         assert torch.equal(rounded.self_attn[k], loaded.self_attn[k])   # float16 values, as saved
     assert torch.equal(label(rounded).mask, label(loaded).mask)
+
+
+def test_a_capture_that_cannot_be_read_is_not_reported_as_missing(tmp_path, monkeypatch):
+    """Permissions (EACCES cannot be had as root, so os.access is patched here): 'unreadable', naming the
+    file, not 'missing file'."""
+    import os
+
+    d = save_capture(tmp_path / "c", small_capture())
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p).endswith("capture.json") else real(p, mode))
+    with pytest.raises(InputError, match=r"capture.json: unreadable \(permission denied\)"):
+        load_capture(d)

@@ -258,7 +258,14 @@ def test_training_runs_end_to_end_and_resumes(tmp_path, caplog):
     state = json.loads((tmp_path / "run" / "unet" / "last" / "state.json").read_text())
     assert state["step"] == 3
     before = (final / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    # a kill between the renames of the pipeline's replacement (and a temporary file of another write)
+    import shutil
+
+    final.rename(tmp_path / "run" / ".pipeline.0badf00d.pccseg.tmp")
+    shutil.copytree(tmp_path / "run" / ".pipeline.0badf00d.pccseg.tmp", tmp_path / "run" / ".pipeline.0badf00d.old.pccseg.tmp")
+    (tmp_path / "run" / "vae" / ".final.1234abcd.pccseg.tmp").mkdir()
     assert train(cfg, evaluate=False) == final
+    assert not [p for p in (tmp_path / "run").rglob(".*")]
     assert (final / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
     # stage 1b tuned the decoder alone: the encoder (so the latents) is stage 1's, the pipeline's decoder stage 1b's
     from safetensors.torch import load_file

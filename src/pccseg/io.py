@@ -32,6 +32,24 @@ MAX_STEM_BYTES = 200
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-f]{8})" + re.escape(TEMP_SUFFIX) + "$")
 
 
+#: Tests only (the kill-injection stress test): with ``PCCSEG_TEST_KILL_AT=N`` in its environment a process
+#: ends at once, as a SIGKILL would end it (``os._exit(137)``: no clean-up), at the N-th rename of
+#: :func:`atomic_path`, so that every write point can be hit in turn.
+KILL_AT_ENV = "PCCSEG_TEST_KILL_AT"
+_renames = {"pid": 0, "n": 0}
+
+
+def _rename(src: Path, dst: Path) -> None:
+    at = os.environ.get(KILL_AT_ENV)
+    if at:
+        if _renames["pid"] != os.getpid():
+            _renames.update(pid=os.getpid(), n=0)
+        _renames["n"] += 1
+        if _renames["n"] == int(at):
+            os._exit(137)
+    os.replace(src, dst)
+
+
 def _new_temp(path: Path, directory: bool) -> Path:
     """Create a fresh temporary file (mode 0666) or folder (0777) beside ``path``, less the umask."""
     while True:
@@ -64,11 +82,11 @@ def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
         yield tmp
         if directory and os.path.lexists(path):
             aside = tmp.with_name(tmp.name[:-len(TEMP_SUFFIX)] + ".old" + TEMP_SUFFIX)
-            os.replace(path, aside)
-            os.replace(tmp, path)
+            _rename(path, aside)
+            _rename(tmp, path)
             _remove(aside)
         else:
-            os.replace(tmp, path)
+            _rename(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
             _remove(tmp)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -227,11 +228,16 @@ def load_capture(directory: str | Path, *, device: str | torch.device = "cpu",
     """Read and validate a capture directory; self-attention tensors come back in ``dtype``."""
     directory = Path(directory)
     src = str(directory)
-    if not directory.is_dir():
-        raise InputError("not a capture directory", path=directory)
-    for f in (IMAGE_FILE, TENSOR_FILE, META_FILE):
-        if not (directory / f).is_file():
-            raise _err(src, f, None, "missing file")
+    try:
+        if not directory.is_dir():
+            raise InputError("not a capture directory", path=directory)
+        for f in (IMAGE_FILE, TENSOR_FILE, META_FILE):
+            if not (directory / f).is_file():
+                raise _err(src, f, None, "missing file")
+            if not os.access(directory / f, os.R_OK):      # there but unreadable: not "missing"
+                raise _err(src, f, None, "unreadable (permission denied)")
+    except OSError as e:                                   # a folder that cannot be looked into
+        raise InputError(f"unreadable ({e.strerror or e})", path=e.filename or directory) from None
     meta = read_json(directory / META_FILE)
     for key in ("tokens", "token_classes"):
         if key not in meta:

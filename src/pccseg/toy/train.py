@@ -459,6 +459,8 @@ def train(cfg: ToyTrainConfig, evaluate: bool = True) -> Path:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "vae", out / "latents", out / "unet"):   # what a killed run left
+        remove_temps(folder, complete=lambda p: (p / "state.json").is_file())   # (a checkpoint: whole)
     cfg_path = out / "config.json"
     if cfg_path.is_file():
         old = read_json(cfg_path).get("config", {})

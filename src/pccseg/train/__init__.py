@@ -2,6 +2,8 @@
 
 - :mod:`.config`: :class:`TrainConfig`, every option checked where it is defined;
 - :mod:`.loop`: :func:`train`, read top to bottom (set-up, loop, validation, checkpoints);
+- :mod:`.augment`: the training stream (augmentation, seeded sampling); :mod:`.checkpoint`: the run
+  folder across starts (fresh start or resume, checkpoints, Ctrl-C / SIGTERM, log.jsonl);
 - :mod:`.evaluate`: :func:`evaluate` on VOC val; :mod:`.metrics`: confusion matrix and scores;
 - :mod:`.deeplab`: what both share: the model, its checkpoints, the input normalisation.
 
