@@ -19,7 +19,7 @@ from pccseg.io import save_image, save_mask
 from pccseg.labellers.pcc import LabelParams, LabelResult
 from pccseg.pictures.report import dataset_stats, make_report
 from pccseg.pictures.show import boundaries, colorize, overlay, pick_heads, resize_nearest, stage_figure
-from pccseg.pictures.show import save_stage_figure
+from pccseg.pictures.stages import save_stage_figure
 from pccseg.vocab import VOC_CLASSES, VOC_PALETTE
 
 

@@ -550,6 +550,7 @@ def test_a_kill_between_the_renames_of_last_resumes_from_the_complete_copy(refer
     data, full = reference
     run = tmp_path / "run"
     assert main(_cli_args(data, run, **{"--stop-after": 2})) == 0
+    capsys.readouterr()                   # the run's one-line summary
     shutil.copytree(run / "last", tmp_path / "at2")
     assert main(_cli_args(data, run, **{"--stop-after": 5})) == 0
     (run / "last").rename(run / ".last.0badf00d.pccseg.tmp")             # the new copy, complete
@@ -668,6 +669,7 @@ def test_a_tampered_checkpoint_is_one_line_on_resume(reference, tmp_path, capsys
     data, _ = reference
     run = tmp_path / "run"
     assert main(_cli_args(data, run, **{"--stop-after": 2})) == 0
+    capsys.readouterr()                   # the run's one-line summary
     shutil.copytree(run / "last", tmp_path / "good")
     meta = json.loads((run / "last" / "checkpoint.json").read_text())
     tensors = load_file(str(run / "last" / "training.safetensors"))
@@ -695,6 +697,7 @@ def test_a_nan_loss_is_one_line_and_keeps_the_last_good_checkpoint(reference, tm
     data, _ = reference
     run = tmp_path / "run"
     assert main(_cli_args(data, run, **{"--stop-after": 2})) == 0
+    capsys.readouterr()                   # the run's one-line summary
     rc, err = cli_error(capsys, _cli_args(data, run, **{"--lr": 1e30, "--grad-clip": 0}))
     assert rc == 2 and "lr: the loss is" in err and "RUN/last of iteration 2 kept" in err, err
     assert read_checkpoint_meta(run / "last")["iteration"] == 2

@@ -59,7 +59,8 @@ def run_show(args: argparse.Namespace) -> int:
     from ..io import make_dir, remove_temps
     from ..labellers.registry import label
     from ..capture.pipeline import resolve_device
-    from ..pictures.show import check_figure_options, save_stage_figure
+    from ..pictures.show import check_figure_options
+    from ..pictures.stages import save_stage_figure
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":

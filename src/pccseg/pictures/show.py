@@ -14,7 +14,7 @@
 and a legend of the class colours present (VOC palette; uncertain pixels, 255, are white hatching).
 :func:`maps_figure` draws the dd and attn labellers' results (class maps, affinity, thresholds, mask),
 :func:`~pccseg.pictures.fuse_figure.fuse_figure` the fuse labeller's; :func:`save_stage_figure` picks the
-right one.
+right one (:func:`pccseg.pictures.stages.save_stage_figure`).
 
 :func:`overlay` (image + mask -> RGB) and :func:`colorize` (mask -> RGB) are reused by the dataset report.
 Headless: matplotlib runs on the Agg backend.
@@ -254,7 +254,7 @@ def stage_figure(capture: Any, result: Any, *, n_heads: int = 3, max_cols: int =
         max_cols: panels per row at most (longer stages wrap).
         alpha: opacity of the mask over the image.
     Returns:
-        A matplotlib Figure (Agg); save it with ``fig.savefig`` or use :func:`save_stage_figure`.
+        A matplotlib Figure (Agg); save it with ``fig.savefig`` or use :func:`pccseg.pictures.stages.save_stage_figure`.
     """
     check_figure_options(n_heads=n_heads, dpi=dpi)
     image = to_numpy(capture.image).astype(np.uint8)
@@ -465,19 +465,6 @@ def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
     finally:
         plt.close(fig)
     return path
-
-
-def save_stage_figure(capture: Any, result: Any, path: str | Path, **kwargs: Any) -> Path:
-    """:func:`stage_figure` (PCC's result) or :func:`maps_figure` (dd, attn) saved as a PNG at ``path``
-    (atomically); returns the path. ``n_heads`` is ignored for dd and attn."""
-    if hasattr(result, "pca"):
-        return save_figure(stage_figure(capture, result, **kwargs), path)
-    kwargs.pop("n_heads", None)
-    if hasattr(result, "shares"):                          # the fuse labeller
-        from .fuse_figure import fuse_figure
-
-        return save_figure(fuse_figure(capture, result, **kwargs), path)
-    return save_figure(maps_figure(capture, result, **kwargs), path)
 
 
 def legend_handles(values: Sequence[int], class_names: Sequence[str] = VOC_CLASSES) -> list[Patch]:
