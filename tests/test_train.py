@@ -550,7 +550,6 @@ def test_a_kill_between_the_renames_of_last_resumes_from_the_complete_copy(refer
     data, full = reference
     run = tmp_path / "run"
     assert main(_cli_args(data, run, **{"--stop-after": 2})) == 0
-    capsys.readouterr()                   # the run's one-line summary
     shutil.copytree(run / "last", tmp_path / "at2")
     assert main(_cli_args(data, run, **{"--stop-after": 5})) == 0
     (run / "last").rename(run / ".last.0badf00d.pccseg.tmp")             # the new copy, complete
