@@ -168,7 +168,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "generate", help="generate a labelled segmentation dataset with Stable Diffusion + PCC",
         description="Generate images for prompt records with Stable Diffusion, capture the attention, label "
-                    "every image with Principal Component Clustering (or --labeller dd / attn) and write a "
+                    "every image with Principal Component Clustering (or --labeller fuse / dd / attn) and write a "
                     "Pascal-VOC-layout dataset "
                     "(JPEGImages, SegmentationClass, ImageSets/Segmentation/train.txt, manifest.jsonl, "
                     "settings.json). Running the same command again resumes.")
