@@ -22,6 +22,7 @@ line, so the log of a resumed run equals the uninterrupted run's.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -49,6 +50,8 @@ from .evaluate import evaluate
 from ..io import atomic_path, make_dir, read_jsonl, remove_temps, write_json
 from ..signals import blocked_for_children, dataloader_worker_init, hold_interrupts
 from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
+from .determinism import configure as configure_determinism
+from .ema import EMA_DIR, EMA_FILE, WeightEMA, load_ema
 from ..vocab import IGNORE_INDEX
 from ..dataset.voc import VOCSegmentation, voc_root
 
@@ -58,7 +61,7 @@ LOG, CONFIG, LAST, BEST, TENSORBOARD = "log.jsonl", "config.json", "last", "best
 #: Settings that may differ when a run is resumed: they do not change what the weights learn.
 RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "workers", "device", "amp", "check_data",
                             "val", "val_split", "val_every", "val_limit", "save_every", "log_every",
-                            "keep_best", "tensorboard"})
+                            "keep_best", "tensorboard", "threads", "deterministic"})
 #: Settings a resumed run may change: applied from the resumption on, and recorded in ``changes``.
 SCHEDULE_FIELDS = frozenset({"iters", "lr", "backbone_lr_mult", "weight_decay", "power", "grad_clip"})
 
@@ -219,12 +222,15 @@ class _Progress:
     loss_n: int = 0
     seconds: float = 0.0               # training wall time before this start
     changes: list = field(default_factory=list)   # settings changed on resume: {"iteration", "changed"}
+    ema_miou: float | None = None      # the weight average's at the last validation (with --ema)
 
 
 def _setup(config: TrainConfig) -> _Env:
     """Join the process group that ``torchrun`` / ``accelerate launch`` describe, pick the device and
     the precision."""
     rank, world, local_rank = 0, 1, 0
+    configure_determinism(torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu")),
+                          config.threads, config.deterministic)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -358,6 +364,9 @@ def _start(config: TrainConfig, env: _Env, model, optimizer, scheduler, scaler, 
                          f"(aux {config.aux_loss})", path=out / LAST)
     start = meta["iteration"]
     saved = meta.get("config") or {}
+    defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)
+                                      if f.default is not dataclasses.MISSING}))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}  # settings newer than the run
     new = json.loads(json.dumps(_settings(config, env)))
     changed = {k: [saved.get(k, "<unset>"), v] for k, v in new.items()
                if k not in RUNTIME_FIELDS and saved.get(k, "<unset>") != v}
@@ -454,15 +463,23 @@ def _log_loss(env: _Env, progress: _Progress, loss_sum: torch.Tensor, lr: float,
         bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
 
 
-def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progress: _Progress, log) -> None:
-    """Score the validation split as ``evaluate`` does (images split over the ranks), log the scores, and
-    with ``keep_best`` save ``RUN/best`` when the mIoU is the best so far."""
-    scores = evaluate(unwrap(model), val_set, class_names=class_names, device=env.device, amp=env.amp,
-                      workers=config.workers, rank=env.rank, world=env.world, progress=False,
-                      short_side=config.short_side)
+def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progress: _Progress, log,
+              ema: WeightEMA | None = None) -> None:
+    """Score the validation split as ``evaluate`` does (images split over the ranks), log the scores (with
+    ``ema`` also the average's mIoU, ``ema_miou``), and with ``keep_best`` save ``RUN/best`` when the mIoU
+    is the best so far."""
+    def score(m):
+        return evaluate(m, val_set, class_names=class_names, device=env.device, amp=env.amp,
+                        workers=config.workers, rank=env.rank, world=env.world, progress=False,
+                        short_side=config.short_side)
+
+    scores = score(unwrap(model))
     it, progress.last_miou = progress.iteration, _finite(scores.miou)
-    log.write({"iter": it, "miou": progress.last_miou, "iou": [_finite(x) for x in scores.iou],
-               "acc": [_finite(x) for x in scores.acc]})
+    record = {"iter": it, "miou": progress.last_miou, "iou": [_finite(x) for x in scores.iou],
+              "acc": [_finite(x) for x in scores.acc]}
+    if ema is not None:
+        progress.ema_miou = record["ema_miou"] = _finite(score(ema.copy_to(copy.deepcopy(unwrap(model)))).miou)
+    log.write(record)
     if env.main:
         logger.info("iteration %d: mIoU %.2f", it, 100 * scores.miou)
     if config.keep_best and progress.last_miou is not None \
@@ -473,7 +490,8 @@ def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progr
 
 
 def _save(config: TrainConfig, env: _Env, name: str, model, progress: _Progress, class_names, *,
-          miou: float | None, optimizer=None, scheduler=None, scaler=None) -> None:
+          miou: float | None, optimizer=None, scheduler=None, scaler=None, ema: WeightEMA | None = None) -> None:
+    """Write checkpoint ``RUN/<name>``; with ``ema`` also its state in it and the average as ``RUN/ema``."""
     meta = {"iteration": progress.iteration, "arch": config.arch, "num_classes": len(class_names),
             "class_names": class_names, "aux_loss": config.aux_loss, "miou": miou,
             "last_miou": progress.last_miou, "best_miou": progress.best_miou, "best_iteration": progress.best_iteration,
@@ -484,7 +502,10 @@ def _save(config: TrainConfig, env: _Env, name: str, model, progress: _Progress,
                                "images": config.val_limit}
     with hold_interrupts():  # SIGTERM / Ctrl-C: the checkpoint is finished first
         save_checkpoint(Path(config.out) / name, model, meta, optimizer=optimizer, scheduler=scheduler,
-                        scaler=scaler)
+                        scaler=scaler, extra={EMA_FILE: ema.tensors()} if ema is not None else None)
+        if ema is not None:
+            save_checkpoint(Path(config.out) / EMA_DIR, ema.state_dict(),
+                            {**meta, "miou": progress.ema_miou if miou is not None else None, "ema": {"decay": ema.decay, "updates": ema.updates}})
 
 
 class _Log:
@@ -531,11 +552,17 @@ def train(config: TrainConfig) -> dict:
     "best_iteration", "seconds", "run_dir"}`` (mIoU as fractions, ``None`` without validation;
     ``best_*`` only with ``keep_best``; seconds: training wall time over all starts)."""
     config.validate()
+    if config.self_train is not None:    # two rounds, each a plain run (pccseg.train.selftrain)
+        from .selftrain import self_train
+        return self_train(config)
     env = _setup(config)
     train_set, val_set, class_names = _data(config, env)
     model = _model(config, len(class_names), env)
     optimizer, scheduler, scaler = _optimizer(config, model, env)
     progress = _start(config, env, model, optimizer, scheduler, scaler, class_names)
+    ema = WeightEMA(model, config.ema) if config.ema is not None else None
+    if ema is not None and progress.iteration:
+        load_ema(ema, Path(config.out) / LAST)
     out = Path(config.out)
     if env.main:
         write_json(out / CONFIG, dict(_settings(config, env), changes=progress.changes))
@@ -560,6 +587,8 @@ def train(config: TrainConfig) -> dict:
         except InputError as e:
             raise unwrap_worker_error(e) from None
         loss, lr = _step(config, env, model, images, masks, optimizer, scheduler, scaler)
+        if ema is not None:
+            ema.update(model)
         it = progress.iteration = progress.iteration + 1
         loss_sum += loss
         progress.loss_n += 1
@@ -571,13 +600,13 @@ def train(config: TrainConfig) -> dict:
 
         validated = val_set is not None and (it % config.val_every == 0 or it == config.iters)
         if validated:
-            _validate(config, env, model, val_set, class_names, progress, log)
+            _validate(config, env, model, val_set, class_names, progress, log, ema)
         if validated or it % (config.save_every or config.val_every) == 0 or it == stop:
             progress.loss_sum, progress.seconds = _mean_over_ranks(loss_sum, env).item(), seconds
             if env.main:
                 _save(config, env, LAST, model, progress, class_names,
                       miou=progress.last_miou if validated else None,
-                      optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+                      optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
     if bar is not None:
         bar.close()
     log.close()
