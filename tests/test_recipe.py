@@ -172,3 +172,44 @@ def test_bad_recipe_settings(tmp_path, field, value, words):
 def test_cli_options(tmp_path, capsys):
     rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--ema", "1.5"])
     assert rc == 2 and "ema: must be a decay" in capsys.readouterr().err
+
+
+def test_filter_select_known_answer():
+    from pccseg.dataset.filter import FilterRule, SampleStats, select
+
+    names = ["background", "cat", "dog"]
+    stats = [SampleStats(f"{i:02d}", 0.1, {1: 0.10 * (1 + 0.01 * i)}, ("cat",)) for i in range(6)]
+    stats += [SampleStats("big", 0.1, {1: 0.9}, ("cat",)),               # cat area far off its median
+              SampleStats("vague", 0.7, {1: 0.1}, ("cat",)),              # mostly uncertain
+              SampleStats("nodog", 0.1, {1: 0.1}, ("cat", "dog"))]        # a prompted class not found
+    kept, dropped = select(stats, FilterRule(max_uncertain=0.5, area_mad=3.0, missing=True), names)
+    assert kept == [f"{i:02d}" for i in range(6)]
+    assert dropped["big"][0].startswith("area cat 0.9000") and dropped["vague"] == ["uncertain 0.70"]
+    assert dropped["nodog"] == ["missing dog"]
+    kept, dropped = select(stats, FilterRule(max_uncertain=None, area_mad=None, missing=False), names)
+    assert len(kept) == len(stats) and not dropped
+
+
+def test_filter_writes_a_split_file_and_changes_no_image_or_mask(tmp_path, capsys):
+    data = make_blocks_tree(tmp_path / "data", n=6, size=32)
+    mask = load_mask(data / "SegmentationClass/000002.png")
+    mask[:, :20] = 255                                                    # sample 2: mostly uncertain
+    save_mask(data / "SegmentationClass/000002.png", mask)
+    (data / "manifest.jsonl").write_text("".join(json.dumps({"id": f"{i:06d}", "classes": ["aeroplane", "bicycle"]
+                                                             if i != 4 else ["aeroplane", "cat"]}) + "\n"
+                                                 for i in range(6)))
+    files = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
+    rc = main(["filter", str(data), "--max-uncertain", "0.5", "--area-mad", "0", "--list"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["kept"] == 4 and report["reasons"] == {"uncertain": 1, "missing": 2}  # 2 lost its red block too
+    assert set(report["dropped_stems"]) == {"000002", "000004"}
+    written = data / "ImageSets/Segmentation/filtered.txt"
+    assert written.read_text().split() == ["000000", "000001", "000003", "000005"]
+    after = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file() and p != written}
+    assert after == files                                                 # nothing else written or changed
+    rc = main(["filter", str(data), "--out-split", "train"])
+    assert rc == 2 and "--out-split: the filtered split must get a name of its own" in capsys.readouterr().err
+    rc = main(["filter", str(data), "--max-uncertain", "1.5"])
+    assert rc == 2 and "--max-uncertain: must be a share from 0 to 1" in capsys.readouterr().err
+    rc = main(["filter", str(data), "--out-split", "../x"])
+    assert rc == 2
