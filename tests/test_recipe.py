@@ -17,7 +17,7 @@ from pccseg.io import load_mask, save_mask
 from pccseg.train.config import TrainConfig
 from pccseg.train.ema import WeightEMA, ema_decay
 from pccseg.train.loop import train
-from pccseg.train.selftrain import relabel_dataset, relabel_mask
+from pccseg.train.selftrain import relabel_dataset, relabel_mask, self_train
 from test_train import make_blocks_tree, read_log, small_config
 
 
@@ -149,8 +149,10 @@ def test_relabel_dataset_touches_only_uncertain_pixels_and_not_the_source(tmp_pa
 
 def test_self_train_option_trains_teacher_then_student(tmp_path):
     data = make_blocks_tree(tmp_path / "data", n=2, size=32)
-    result = train(small_config(data, tmp_path / "run", iters=3, val=None, crop_size=32, batch_size=2,
-                                self_train=0.5))
+    config = small_config(data, tmp_path / "run", iters=3, val=None, crop_size=32, batch_size=2, self_train=0.5)
+    with pytest.raises(ValueError, match="self_train"):
+        train(config)                                                     # the plain loop does not ignore it
+    result = self_train(config)
     run = tmp_path / "run"
     assert result["teacher"]["iteration"] == 3 and result["iteration"] == 3
     assert (run / "teacher/last/checkpoint.json").is_file() and (run / "last/checkpoint.json").is_file()

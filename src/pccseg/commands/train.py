@@ -142,7 +142,12 @@ def run_train(args) -> int:
     kw["scale_min"], kw["scale_max"] = args.scale
     kw["grad_clip"] = args.grad_clip or None
     kw["short_side"] = args.short_side or None
-    result = train(TrainConfig(**kw))
+    config = TrainConfig(**kw)
+    if config.self_train is not None:
+        from ..train.selftrain import self_train
+        result = self_train(config)
+    else:
+        result = train(config)
     print(json.dumps(result))
     return 0
 

@@ -17,8 +17,10 @@ file is written atomically, so a killed run resumes where it stopped. Folder ``D
                                    against the judge's ground truth of the generated images
 ``rendered/``                      4. N rendered scenes with exact labels (``train``: the upper bound) and V
                                    held-out ones (``val``), seeds from :data:`~pccseg.toy.config.RENDER_SEED`
-``runs/<set>/``, ``scores/``       5. DeepLabv3-MobileNetV3 (random init, :func:`pccseg.train.loop.train`) per set,
-                                   scored on the rendered val split (:func:`pccseg.train.evaluate.evaluate`)
+``runs/<row>/seed-<s>/``,          5. DeepLabv3-MobileNetV3 (random init, :func:`pccseg.train.loop.train`) per
+``scores/<row>/seed-<s>.json``     row and training seed, scored on the rendered val split
+                                   (:func:`pccseg.train.evaluate.evaluate`); the rows and recipe options:
+                                   :mod:`pccseg.toy.downstream`
 ``results.md``, ``results.json``,  6. the tables; ``samples.png``: images with every labeller's mask beside
 ``*.csv``, ``samples.png``,        the ground truth; ``report/index.html`` (:func:`pccseg.pictures.report.make_report`)
 ``report/``
@@ -49,11 +51,11 @@ from ..errors import InputError
 from ..io import load_image, load_mask, read_json, save_image, write_json
 from ..vocab import VOC_CLASSES
 from .config import EXPERIMENT_RUNTIME_FIELDS, RENDER_SEED, TOY_SIZE, ExperimentConfig
+from .downstream import FILTER, FILTERED_SPLIT, SELF_TRAIN, UPPER, Job, rows, seeds, train_config  # noqa: F401
 from .world import TOY_CLASSES
 
 log = logging.getLogger(__name__)
 
-UPPER = "rendered"          #: the training set with exact labels (the upper bound)
 TABLE_CLASSES = ("background",) + TOY_CLASSES
 
 
@@ -83,11 +85,17 @@ class Layout:
     def training_set(self, name: str) -> Path:
         return self.rendered if name == UPPER else self.labelled(name)
 
-    def run(self, name: str) -> Path:
-        return self.root / "runs" / name
+    def run(self, name: str, seed: int) -> Path:
+        """The training run of row ``name`` with seed ``seed``."""
+        return self.root / "runs" / name / f"seed-{seed}"
 
-    def scores(self, name: str) -> Path:
-        return self.root / "scores" / f"{name}.json"
+    def scores(self, name: str, seed: int) -> Path:
+        return self.root / "scores" / name / f"seed-{seed}.json"
+
+    def self_trained(self, base: str, seed: int) -> Path:
+        """The training set of ``base``'s self-training row at ``seed``: its masks relabelled by the plain
+        row's run of that seed."""
+        return self.root / "sets" / f"{base}+{SELF_TRAIN}" / f"seed-{seed}"
 
 
 def check_config(cfg: ExperimentConfig, lay: Layout) -> None:
@@ -256,48 +264,57 @@ def stage_render(cfg: ExperimentConfig, lay: Layout) -> bool:
 
 
 # ------------------------------------------------------------------------------------ 5. train, score
-def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str, progress: bool = False):
-    """The :class:`~pccseg.train.config.TrainConfig` of one training set: DeepLabv3-MobileNetV3, random init
-    (no ImageNet weights: the toy world is its own domain), no auxiliary head, no validation during
-    training (the final weights are scored). The toy world's class cue is colour at 128 px, so no
-    photometric distortion (it shifts hues) and no resize to a 512 short side."""
-    from ..train.config import TrainConfig
+def stage_filter(cfg: ExperimentConfig, lay: Layout) -> bool:
+    """With ``filter``: each labeller's set filtered by its own evidence (:func:`pccseg.dataset.filter.
+    filter_split`, default rule) into the split file ``filtered``; the reports in ``filter.json``."""
+    from ..dataset.filter import filter_split
 
-    return TrainConfig(data=str(data), out=str(out), arch="mobilenet_v3_large", backbone_weights="none",
-                       aux_loss=False, iters=cfg.iters, batch_size=cfg.train_batch_size, lr=cfg.lr,
-                       backbone_lr_mult=1.0, crop_size=cfg.crop_size, scale_min=0.75, scale_max=1.25,
-                       bn_momentum=0.1, photometric=False, short_side=None, workers=0,
-                       save_every=max(1, min(100, cfg.iters)), log_every=20,
-                       seed=cfg.train_seed, device=device, progress=progress)
+    path = lay.root / "filter.json"
+    if not cfg.filter or path.is_file():
+        return False
+    reports = {name: filter_split(lay.labelled(name), split="train", out_split=FILTERED_SPLIT)
+               for name in cfg.labellers}
+    write_json(path, reports)
+    return True
 
 
-def train_and_score(cfg: ExperimentConfig, name: str, device: str, progress: bool = False) -> dict:
-    """Train on set ``name`` (resuming ``runs/<name>``), score the final weights on the rendered val split
-    and write ``scores/<name>.json``."""
-    from ..train.evaluate import evaluate
-    from ..train.loop import train
-    from ..dataset.voc import VOCSegmentation
-
-    lay = Layout(Path(cfg.out))
-    t0 = time.perf_counter()
-    train(train_config(cfg, lay.training_set(name), lay.run(name), device, progress=progress and cfg.progress))
-    seconds = time.perf_counter() - t0
-    scores = evaluate(lay.run(name) / "last", VOCSegmentation(lay.rendered, "val"), device=device, workers=0,
-                      progress=False, short_side=None)
-    result = {"set": name, **scores.to_dict(), "train_seconds": round(seconds, 1)}
-    write_json(lay.scores(name), result)
-    log.info("%s: mIoU %.2f %% on the rendered val split (trained in %.0f s)", name, 100 * scores.miou, seconds)
-    return result
+def _job(cfg: ExperimentConfig, lay: Layout, key: str, seed: int) -> Job:
+    row = next(r for r in rows(cfg) if r.key == key)
+    data, split = lay.training_set(row.base), "train"
+    if row.recipe == FILTER:
+        split = FILTERED_SPLIT
+    elif row.recipe == SELF_TRAIN:
+        data = lay.self_trained(row.base, seed)
+    return Job(key, seed, data, split, lay.run(key, seed), lay.scores(key, seed), lay.rendered,
+               lay.scores(key + "+ema", seed) if cfg.ema is not None else None)
 
 
 def stage_train(cfg: ExperimentConfig, lay: Layout, device: str, processes: int) -> bool:
-    todo = [name for name in (UPPER, *cfg.labellers) if not lay.scores(name).is_file()]
-    if not todo:
-        return False
-    processes = min(processes, len(todo))
-    log.info("train: DeepLabv3 on %s (%d iterations each) in %d process(es)", ", ".join(todo), cfg.iters, processes)
-    run_jobs(train_and_score, [(cfg, name, device, processes == 1) for name in todo], processes, cfg.threads)
-    return True
+    """Train and score every row at every seed that has no scores yet: the plain and filtered rows first,
+    then the self-training rows, whose teachers are the plain rows' runs."""
+    from .downstream import relabel_for_self_training, train_and_score
+
+    trained = [r for r in rows(cfg) if not r.ema]
+
+    def todo(keys) -> list[Job]:
+        jobs = [_job(cfg, lay, r.key, s) for s in seeds(cfg) for r in trained if r.key in keys]  # seed by seed
+        return [j for j in jobs if not j.scores.is_file() or (j.ema_scores is not None and not j.ema_scores.is_file())]
+
+    did = False
+    for phase in ([r.key for r in trained if r.recipe != SELF_TRAIN], [r.key for r in trained if r.recipe == SELF_TRAIN]):
+        jobs = todo(phase)
+        if not jobs:
+            continue
+        for j in jobs:
+            if j.key.endswith("+" + SELF_TRAIN):               # its teacher: the plain row's run, same seed
+                base = j.key[:-len("+" + SELF_TRAIN)]
+                relabel_for_self_training(cfg, lay.run(base, j.seed), lay.training_set(base), j.data, device)
+        n = min(processes, len(jobs))
+        log.info("train: DeepLabv3 on %s (%d iterations each) in %d process(es)",
+                 ", ".join(f"{j.key} seed {j.seed}" for j in jobs), cfg.iters, n)
+        run_jobs(train_and_score, [(cfg, j, device, n == 1) for j in jobs], n, cfg.threads)
+        did = True
+    return did
 
 
 # ------------------------------------------------------------------------------------------ 6. tables
@@ -334,9 +351,15 @@ def _pct(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else 100.0 * x
 
 
-def make_tables(cfg: ExperimentConfig, judge: dict, quality: dict, scores: dict[str, dict]) -> dict[str, Table]:
+def make_tables(cfg: ExperimentConfig, judge: dict, quality: dict, scores: dict[str, dict[int, dict]],
+                filtered: dict | None = None) -> dict[str, Table]:
     """The experiment's tables, percentages: ``judge``, ``label_quality``, ``downstream`` (report Table 3's
-    layout: rows = training sets, columns = classes, mIoU, share of the upper bound's mIoU)."""
+    layout: rows = training sets, columns = classes, mean mIoU over the training seeds, its sd, share of
+    the upper bound's mean mIoU), ``per_seed`` (each row's mIoU at each seed) and, with a recipe option,
+    ``gains`` (each option's mIoU minus the plain recipe's, seed by seed). ``scores[row][seed]``: an
+    evaluate ``to_dict()``; ``filtered``: ``filter.json``'s reports (with the filter option)."""
+    from .downstream import summary
+
     tables = {"judge": Table(
         "The judge's own error: colour-family ground truth against the exact labels of rendered scenes (JPEG "
         "q95; %)", ["scenes", "pixel accuracy", "unknown pixels", "mIoU", "scenes judged adherent"],
@@ -355,19 +378,25 @@ def make_tables(cfg: ExperimentConfig, judge: dict, quality: dict, scores: dict[
         f"Generated images whose judged classes are exactly the prompted ones: {_pct(quality['adherence']):.1f} %. "
         f"Pixels the judge leaves unknown (not scored): {_pct(quality['gt_unknown']):.1f} %. mIoU counts an "
         "uncertain (255) pixel as wrong; 'certain pixels' leaves them out.")
-    upper = scores[UPPER]["miou"]
-    rows = []
-    for name in (UPPER, *cfg.labellers):
-        s = scores[name]
-        iou = dict(zip(s["class_names"], s["iou"]))
-        rows.append([f"{name} (exact labels, upper bound)" if name == UPPER else name]
-                    + [_pct(iou.get(c)) for c in TABLE_CLASSES]
-                    + [_pct(s["miou"]), _pct(s["miou"] / upper) if upper and s["miou"] is not None else None])
+    down = summary(cfg, scores, TABLE_CLASSES)
+    n = len(down["seeds"])
+    seed_list = ", ".join(map(str, down["seeds"]))
+    kept = "" if not filtered else " The filtered sets keep " + ", ".join(
+        f"{r['kept']} of {r['kept'] + r['dropped']} images ({name})" for name, r in filtered.items()) + "."
     tables["downstream"] = Table(
         f"Downstream: DeepLabv3-MobileNetV3 (random init, {cfg.iters} iterations) trained on each set of "
-        f"{cfg.num} images, scored on {cfg.val} held-out rendered images with exact labels (IoU %)",
-        ["training set", *TABLE_CLASSES, "mIoU", "% of upper bound"], rows,
-        "mIoU is the mean over the classes present in the val labels or predicted.")
+        f"{cfg.num} images, scored on {cfg.val} held-out rendered images with exact labels (IoU %, mean over "
+        f"{n} training seed{'s' if n != 1 else ''})",
+        ["training set", *TABLE_CLASSES, "mIoU", "sd", "% of upper bound"], down["downstream"],
+        f"mIoU is the mean over the classes present in the val labels or predicted; the row's figure is the mean "
+        f"over the training seeds {seed_list} and sd their standard deviation (mIoU points).{kept}")
+    tables["per_seed"] = Table("Downstream mIoU at each training seed (%)",
+                               ["training set", *(f"seed {s}" for s in down["seeds"])], down["per_seed"])
+    if down["gains"]:
+        tables["gains"] = Table(
+            "Recipe options against the plain recipe on the same images (mIoU points, paired by seed)",
+            ["training set", "gain", "sd", "seeds"], down["gains"],
+            "Gain: the row's mIoU minus its training set's plain row's mIoU at the same seed, mean over the seeds.")
     return tables
 
 
@@ -375,9 +404,10 @@ def stage_tables(cfg: ExperimentConfig, lay: Layout, timings: dict, device: str,
     from ..io import atomic_path
 
     judge, quality = read_json(lay.root / "judge.json"), read_json(lay.root / "quality.json")
-    scores = {name: read_json(lay.scores(name)) for name in (UPPER, *cfg.labellers)}
-    tables = make_tables(cfg, judge, quality, scores)
-    for key in ("label_quality", "downstream"):
+    scores = {r.key: {s: read_json(lay.scores(r.key, s)) for s in seeds(cfg)} for r in rows(cfg)}
+    filtered = read_json(lay.root / "filter.json") if cfg.filter else None
+    tables = make_tables(cfg, judge, quality, scores, filtered)
+    for key in ("label_quality", "downstream", "per_seed"):
         with atomic_path(lay.root / f"{key}.csv") as tmp:
             tmp.write_text(tables[key].csv())
     hardware = {"device": device, "processes": processes, "threads": cfg.threads, "cpus": os.cpu_count(),
@@ -449,6 +479,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
               ("relabel", lambda: stage_relabel(cfg, lay, str(device))),
               ("quality", lambda: stage_quality(cfg, lay)),
               ("render", lambda: stage_render(cfg, lay)),
+              ("filter", lambda: stage_filter(cfg, lay)),
               ("train", lambda: stage_train(cfg, lay, str(device), processes))]
     for name, fn in stages:
         t0, c0 = time.perf_counter(), _cpu_seconds()

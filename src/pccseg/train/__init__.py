@@ -2,6 +2,8 @@
 
 - :mod:`.config`: :class:`TrainConfig`, every option checked where it is defined;
 - :mod:`.loop`: :func:`train`, read top to bottom (set-up, loop, validation, checkpoints);
+- :mod:`.ema`: the weight average (``--ema``); :mod:`.selftrain`: :func:`self_train` (``--self-train``);
+  :mod:`.determinism`: thread count and deterministic algorithms;
 - :mod:`.evaluate`: :func:`evaluate` on VOC val; :mod:`.metrics`: confusion matrix and scores;
 - :mod:`.deeplab`: what both share: the model, its checkpoints, the input normalisation.
 
@@ -13,6 +15,7 @@ from .. import lazy_exports
 
 _EXPORTS = {
     "train": "pccseg.train.loop",
+    "self_train": "pccseg.train.selftrain",
     "TrainConfig": "pccseg.train.config",
     "ARCHS": "pccseg.train.config",
     "load_model": "pccseg.train.deeplab",

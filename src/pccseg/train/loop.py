@@ -552,9 +552,8 @@ def train(config: TrainConfig) -> dict:
     "best_iteration", "seconds", "run_dir"}`` (mIoU as fractions, ``None`` without validation;
     ``best_*`` only with ``keep_best``; seconds: training wall time over all starts)."""
     config.validate()
-    if config.self_train is not None:    # two rounds, each a plain run (pccseg.train.selftrain)
-        from .selftrain import self_train
-        return self_train(config)
+    if config.self_train is not None:    # two rounds, each a plain run: pccseg.train.selftrain
+        raise ValueError("config.self_train is set: self-training is pccseg.train.selftrain.self_train(config)")
     env = _setup(config)
     train_set, val_set, class_names = _data(config, env)
     model = _model(config, len(class_names), env)

@@ -27,6 +27,8 @@ from ..io import atomic_path, load_mask, make_dir, read_json, remove_temps, save
 from ..vocab import IGNORE_INDEX
 from .config import SELF_TRAIN_RULES, TrainConfig
 from .deeplab import load_model, normalize
+from .ema import EMA_DIR
+from .loop import LAST, train
 from .evaluate import predict
 
 TEACHER, RELABELLED = "teacher", "relabelled"
@@ -122,9 +124,6 @@ def self_train(config: TrainConfig) -> dict:
     """Train the teacher (``RUN/teacher``), relabel (``RUN/relabelled``), train the student (``RUN``); returns
     the student's :func:`~pccseg.train.loop.train` result with ``teacher`` (the teacher's) and ``relabel``
     (:func:`relabel_dataset`'s report)."""
-    from .ema import EMA_DIR
-    from .loop import LAST, train
-
     if config.self_train is None:
         raise ValueError("config.self_train is None: a plain run, call train()")
     run = Path(config.out)
