@@ -9,7 +9,8 @@ with every seed of :func:`seeds`; a row's figure is the mean over the seeds, wit
 and a recipe's gain is the mean (and sd) of its difference from the plain row *seed by seed* (same
 images, same seed).
 
-This module imports nothing of :mod:`pccseg.toy.experiment`: it gets paths, not the layout.
+This module imports nothing of :mod:`pccseg.toy.experiment`: its stages get the experiment's ``Layout``
+as an argument.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from .config import ExperimentConfig
+from .jobs import run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,59 @@ def relabel_for_self_training(cfg: ExperimentConfig, teacher: Path, data: Path, 
 
     return relabel_dataset(teacher / (EMA_DIR if cfg.ema is not None else LAST), data, out, threshold=cfg.self_train,
                            rule="fill", device=device, short_side=None)
+
+
+# ------------------------------------------------------------------------------------------ stage 5
+def stage_filter(cfg: ExperimentConfig, lay) -> bool:
+    """With ``filter``: each labeller's set filtered by its own evidence (:func:`pccseg.dataset.filter.
+    filter_split`, default rule) into the split file ``filtered``; the reports in ``filter.json``."""
+    from ..dataset.filter import filter_split
+    from ..io import write_json
+
+    path = lay.root / "filter.json"
+    if not cfg.filter or path.is_file():
+        return False
+    reports = {name: filter_split(lay.labelled(name), split="train", out_split=FILTERED_SPLIT)
+               for name in cfg.labellers}
+    write_json(path, reports)
+    return True
+
+
+def _job(cfg: ExperimentConfig, lay, key: str, seed: int) -> Job:
+    row = next(r for r in rows(cfg) if r.key == key)
+    data, split = lay.training_set(row.base), "train"
+    if row.recipe == FILTER:
+        split = FILTERED_SPLIT
+    elif row.recipe == SELF_TRAIN:
+        data = lay.self_trained(row.base, seed)
+    return Job(key, seed, data, split, lay.run(key, seed), lay.scores(key, seed), lay.rendered,
+               lay.scores(key + "+ema", seed) if cfg.ema is not None else None)
+
+
+def stage_train(cfg: ExperimentConfig, lay, device: str, processes: int) -> bool:
+    """Train and score every row at every seed that has no scores yet: the plain and filtered rows first,
+    then the self-training rows, whose teachers are the plain rows' runs."""
+    trained = [r for r in rows(cfg) if not r.ema]
+
+    def todo(keys) -> list[Job]:
+        jobs = [_job(cfg, lay, r.key, s) for s in seeds(cfg) for r in trained if r.key in keys]  # seed by seed
+        return [j for j in jobs if not j.scores.is_file() or (j.ema_scores is not None and not j.ema_scores.is_file())]
+
+    did = False
+    for phase in ([r.key for r in trained if r.recipe != SELF_TRAIN], [r.key for r in trained if r.recipe == SELF_TRAIN]):
+        jobs = todo(phase)
+        if not jobs:
+            continue
+        for j in jobs:
+            if j.key.endswith("+" + SELF_TRAIN):               # its teacher: the plain row's run, same seed
+                base = j.key[:-len("+" + SELF_TRAIN)]
+                relabel_for_self_training(cfg, lay.run(base, j.seed), lay.training_set(base), j.data, device)
+        n = min(processes, len(jobs))
+        log.info("train: DeepLabv3 on %s (%d iterations each) in %d process(es)",
+                 ", ".join(f"{j.key} seed {j.seed}" for j in jobs), cfg.iters, n)
+        run_jobs(train_and_score, [(cfg, j, device, n == 1) for j in jobs], n, cfg.threads)
+        did = True
+    return did
 
 
 # ------------------------------------------------------------------------------------------ summaries

@@ -36,12 +36,9 @@ import dataclasses
 import json
 import logging
 import math
-import multiprocessing
 import os
 import platform
-import signal
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -51,7 +48,8 @@ from ..errors import InputError
 from ..io import load_image, load_mask, read_json, save_image, write_json
 from ..vocab import VOC_CLASSES
 from .config import EXPERIMENT_RUNTIME_FIELDS, RENDER_SEED, TOY_SIZE, ExperimentConfig
-from .downstream import FILTER, FILTERED_SPLIT, SELF_TRAIN, UPPER, Job, rows, seeds, train_config  # noqa: F401
+from .downstream import SELF_TRAIN, UPPER, rows, seeds, stage_filter, stage_train, train_config  # noqa: F401
+from .jobs import run_jobs
 from .world import TOY_CLASSES
 
 log = logging.getLogger(__name__)
@@ -110,39 +108,6 @@ def check_config(cfg: ExperimentConfig, lay: Layout) -> None:
                              + "): use another --out, or the earlier options to resume it", path=lay.config)
         return
     write_json(lay.config, json.loads(json.dumps(new)))
-
-
-# ------------------------------------------------------------------------------------------- processes
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGTERM when its parent dies, so a killed run leaves no worker behind."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _worker_init(threads: int) -> None:
-    _die_with_parent()
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _call(job: tuple[Callable, tuple]):
-    fn, args = job
-    return fn(*args)
-
-
-def run_jobs(fn: Callable, jobs: Sequence[tuple], processes: int, threads: int) -> list:
-    """``[fn(*args) for args in jobs]``: here when ``processes`` is 1, else in that many spawned processes
-    of ``threads`` torch threads each (an exception in one, InputError included, is raised here; an
-    interruption here terminates them)."""
-    if processes <= 1 or len(jobs) <= 1:
-        return [fn(*args) for args in jobs]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(processes, len(jobs)), initializer=_worker_init, initargs=(threads,)) as pool:
-        return pool.map(_call, [(fn, args) for args in jobs], chunksize=1)
 
 
 # -------------------------------------------------------------------------------------- 1. generation
@@ -264,57 +229,7 @@ def stage_render(cfg: ExperimentConfig, lay: Layout) -> bool:
 
 
 # ------------------------------------------------------------------------------------ 5. train, score
-def stage_filter(cfg: ExperimentConfig, lay: Layout) -> bool:
-    """With ``filter``: each labeller's set filtered by its own evidence (:func:`pccseg.dataset.filter.
-    filter_split`, default rule) into the split file ``filtered``; the reports in ``filter.json``."""
-    from ..dataset.filter import filter_split
-
-    path = lay.root / "filter.json"
-    if not cfg.filter or path.is_file():
-        return False
-    reports = {name: filter_split(lay.labelled(name), split="train", out_split=FILTERED_SPLIT)
-               for name in cfg.labellers}
-    write_json(path, reports)
-    return True
-
-
-def _job(cfg: ExperimentConfig, lay: Layout, key: str, seed: int) -> Job:
-    row = next(r for r in rows(cfg) if r.key == key)
-    data, split = lay.training_set(row.base), "train"
-    if row.recipe == FILTER:
-        split = FILTERED_SPLIT
-    elif row.recipe == SELF_TRAIN:
-        data = lay.self_trained(row.base, seed)
-    return Job(key, seed, data, split, lay.run(key, seed), lay.scores(key, seed), lay.rendered,
-               lay.scores(key + "+ema", seed) if cfg.ema is not None else None)
-
-
-def stage_train(cfg: ExperimentConfig, lay: Layout, device: str, processes: int) -> bool:
-    """Train and score every row at every seed that has no scores yet: the plain and filtered rows first,
-    then the self-training rows, whose teachers are the plain rows' runs."""
-    from .downstream import relabel_for_self_training, train_and_score
-
-    trained = [r for r in rows(cfg) if not r.ema]
-
-    def todo(keys) -> list[Job]:
-        jobs = [_job(cfg, lay, r.key, s) for s in seeds(cfg) for r in trained if r.key in keys]  # seed by seed
-        return [j for j in jobs if not j.scores.is_file() or (j.ema_scores is not None and not j.ema_scores.is_file())]
-
-    did = False
-    for phase in ([r.key for r in trained if r.recipe != SELF_TRAIN], [r.key for r in trained if r.recipe == SELF_TRAIN]):
-        jobs = todo(phase)
-        if not jobs:
-            continue
-        for j in jobs:
-            if j.key.endswith("+" + SELF_TRAIN):               # its teacher: the plain row's run, same seed
-                base = j.key[:-len("+" + SELF_TRAIN)]
-                relabel_for_self_training(cfg, lay.run(base, j.seed), lay.training_set(base), j.data, device)
-        n = min(processes, len(jobs))
-        log.info("train: DeepLabv3 on %s (%d iterations each) in %d process(es)",
-                 ", ".join(f"{j.key} seed {j.seed}" for j in jobs), cfg.iters, n)
-        run_jobs(train_and_score, [(cfg, j, device, n == 1) for j in jobs], n, cfg.threads)
-        did = True
-    return did
+# stage_filter and stage_train: pccseg.toy.downstream
 
 
 # ------------------------------------------------------------------------------------------ 6. tables
