@@ -100,6 +100,13 @@ def test_rerun_resumes_and_redoes_only_what_is_missing(done):
     assert again["tables"] == results["tables"]
     with pytest.raises(InputError, match=r"experiment.json: .*iters: 2 -> 3"):
         run_experiment(dataclasses.replace(cfg, iters=3))
+    # a finished run made by other training code (here: another crop) is never taken for this one's
+    path = lay.run("pcc", 0) / "config.json"
+    saved = path.read_text()
+    path.write_text(saved.replace('"crop_size": 32', '"crop_size": 31'))
+    with pytest.raises(InputError, match=r"trained with other settings \(crop_size: 31 -> 32\)"):
+        run_experiment(cfg)
+    path.write_text(saved)
 
 
 def test_tables_known_answer():

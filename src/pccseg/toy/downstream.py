@@ -22,6 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
+from ..errors import InputError
 from .config import ExperimentConfig
 from .jobs import run_jobs
 
@@ -171,6 +172,26 @@ def _job(cfg: ExperimentConfig, lay, key: str, seed: int) -> Job:
                lay.scores(key + "+ema", seed) if cfg.ema is not None else None)
 
 
+def stale(cfg: ExperimentConfig, job: Job, device: str) -> list[str]:
+    """Where the run of ``job`` already in the folder (its ``config.json``) was trained with settings other
+    than this code's :func:`train_config` (``key: old -> new``; settings the run lacks count as equal; the
+    paths and how it ran do not count): a finished run's scores are never reused for other training
+    settings, e.g. after a code change."""
+    import json
+
+    from ..io import read_json
+    from ..train.loop import RUNTIME_FIELDS
+
+    path = job.run / "config.json"
+    if not path.is_file():
+        return []
+    saved = read_json(path)
+    want = json.loads(json.dumps(dataclasses.asdict(train_config(cfg, job.data, job.run, device, seed=job.seed,
+                                                                 split=job.split))))
+    return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in want.items()
+            if k not in RUNTIME_FIELDS and k != "data" and k in saved and saved[k] != v]
+
+
 def stage_train(cfg: ExperimentConfig, lay, device: str, processes: int) -> bool:
     """Train and score every row at every seed that has no scores yet: the plain and filtered rows first,
     then the self-training rows, whose teachers are the plain rows' runs."""
@@ -178,6 +199,11 @@ def stage_train(cfg: ExperimentConfig, lay, device: str, processes: int) -> bool
 
     def todo(keys) -> list[Job]:
         jobs = [_job(cfg, lay, r.key, s) for s in seeds(cfg) for r in trained if r.key in keys]  # seed by seed
+        for j in jobs:
+            diff = stale(cfg, j, device)
+            if diff:
+                raise InputError(f"the run {j.run} was trained with other settings ({'; '.join(diff)}), so its "
+                                 "scores are not this experiment's: use another --out", path=j.run / "config.json")
         return [j for j in jobs if not j.scores.is_file() or (j.ema_scores is not None and not j.ema_scores.is_file())]
 
     did = False
