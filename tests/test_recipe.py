@@ -215,3 +215,25 @@ def test_filter_writes_a_split_file_and_changes_no_image_or_mask(tmp_path, capsy
     assert rc == 2 and "--max-uncertain: must be a share from 0 to 1" in capsys.readouterr().err
     rc = main(["filter", str(data), "--out-split", "../x"])
     assert rc == 2
+
+
+def test_filter_help_imports_no_torch():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """if True:
+        import sys
+        from pccseg.cli import main
+        for cmd in (["filter"], ["train"]):
+            try:
+                main(cmd + ["--help"])
+            except SystemExit as e:
+                assert e.code == 0, cmd
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "safetensors")))
+    """
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"

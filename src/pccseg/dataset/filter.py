@@ -26,7 +26,6 @@ from ..errors import InputError
 from ..io import atomic_path, check_stem, load_mask, read_jsonl
 from ..vocab import IGNORE_INDEX
 from .folder import MANIFEST, SETS
-from .voc import VOCSegmentation
 
 MIN_AREA_SAMPLES = 5
 
@@ -126,6 +125,8 @@ def filter_split(root: str | Path, *, split: str = "train", out_split: str = "fi
     if out_split == split:
         raise InputError(f"the filtered split must get a name of its own, not {split!r} (it would replace the "
                          "split it is read from)", field="--out-split")
+    from .voc import VOCSegmentation     # torch: not for ``pccseg --help``
+
     ds = VOCSegmentation(root, split)
     prompted = prompted_classes(ds.root)
     stats = [mask_stats(stem, load_mask(ds.masks[i]), prompted.get(stem)) for i, stem in enumerate(ds.stems)]
