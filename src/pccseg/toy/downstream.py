@@ -207,7 +207,8 @@ def stage_train(cfg: ExperimentConfig, lay, device: str, processes: int) -> bool
         return [j for j in jobs if not j.scores.is_file() or (j.ema_scores is not None and not j.ema_scores.is_file())]
 
     did = False
-    for phase in ([r.key for r in trained if r.recipe != SELF_TRAIN], [r.key for r in trained if r.recipe == SELF_TRAIN]):
+    first, then = [r.key for r in trained if r.recipe != SELF_TRAIN], [r.key for r in trained if r.recipe == SELF_TRAIN]
+    for phase in (first, then):
         jobs = todo(phase)
         if not jobs:
             continue

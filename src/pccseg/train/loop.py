@@ -505,7 +505,8 @@ def _save(config: TrainConfig, env: _Env, name: str, model, progress: _Progress,
                         scaler=scaler, extra={EMA_FILE: ema.tensors()} if ema is not None else None)
         if ema is not None:
             save_checkpoint(Path(config.out) / EMA_DIR, ema.state_dict(),
-                            {**meta, "miou": progress.ema_miou if miou is not None else None, "ema": {"decay": ema.decay, "updates": ema.updates}})
+                            {**meta, "miou": progress.ema_miou if miou is not None else None,
+                             "ema": {"decay": ema.decay, "updates": ema.updates}})
 
 
 class _Log:
