@@ -33,7 +33,7 @@ def toy_folder(tmp_path_factory):
 
 def tiny_config(out, model, **kw):
     base = dict(out=str(out), model=str(model), num=2, val=2, steps=2, batch_size=2, iters=2, train_batch_size=2,
-                crop_size=32, judge_scenes=2, pictures=2, device="cpu", jobs=1, progress=False)
+                crop_size=32, judge_scenes=2, pictures=2, device="cpu", jobs=1, progress=False, train_seeds=1)
     return ExperimentConfig(**{**base, **kw})
 
 
@@ -52,20 +52,20 @@ def test_end_to_end_files_and_tables(done):
     down = tables["Downstream"]
     assert [r[0] for r in down["rows"]] == ["rendered (exact labels, upper bound)", "pcc", "dd", "attn", "fuse"]
     upper = down["rows"][0]
-    assert upper[-1] == (pytest.approx(100.0) if upper[-2] else None)          # share of its own mIoU
+    assert upper[-1] == (pytest.approx(100.0) if upper[-3] else None)          # share of its own mIoU
     for name in (UPPER, "pcc", "dd", "attn", "fuse"):
-        s = json.loads(lay.scores(name).read_text())
+        s = json.loads(lay.scores(name, 0).read_text())
         assert 0 <= s["miou"] <= 1 and len(s["iou"]) == 21
-        assert (lay.run(name) / "last" / "checkpoint.json").is_file()
+        assert (lay.run(name, 0) / "last" / "checkpoint.json").is_file()
     # the toy world's class cue is colour, at 128 px: the training must keep hues and the native scale
-    run_cfg = json.loads((lay.run("pcc") / "config.json").read_text())
+    run_cfg = json.loads((lay.run("pcc", 0) / "config.json").read_text())
     assert run_cfg["backbone_weights"] == "none" and run_cfg.get("photometric") in (None, False)
     assert run_cfg.get("short_side") in (None, 128) and run_cfg["scale_min"] >= 0.5
     quality = tables["Label quality"]
     assert [r[0] for r in quality["rows"]] == ["pcc", "dd", "attn", "fuse"]
     with open(lay.root / "downstream.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0][0] == "training set" and rows[0][-2:] == ["mIoU", "% of upper bound"] and len(rows) == 6
+    assert rows[0][0] == "training set" and rows[0][-3:] == ["mIoU", "sd", "% of upper bound"] and len(rows) == 6
     assert (lay.root / "results.md").read_text().count("### ") >= 4
     page = (lay.root / "report" / "index.html").read_text()
     assert "Downstream" in page and (lay.root / "report" / "samples.png").is_file()
@@ -88,22 +88,29 @@ def test_relabelled_sets_equal_the_label_api_on_the_kept_captures(done):
 
 def test_rerun_resumes_and_redoes_only_what_is_missing(done):
     cfg, lay, results = done
-    kept = lay.scores("pcc").stat().st_mtime_ns, (lay.generated / "JPEGImages" / "000000.jpg").stat().st_mtime_ns
+    kept = lay.scores("pcc", 0).stat().st_mtime_ns, (lay.generated / "JPEGImages" / "000000.jpg").stat().st_mtime_ns
     (lay.labelled("attn") / "SegmentationClass" / "000001.png").unlink()     # as if killed mid-stage
-    lay.scores("dd").unlink()
-    log_before = (lay.run("dd") / "log.jsonl").read_text()
+    lay.scores("dd", 0).unlink()
+    log_before = (lay.run("dd", 0) / "log.jsonl").read_text()
     again = run_experiment(cfg)
-    assert (lay.labelled("attn") / "SegmentationClass" / "000001.png").is_file() and lay.scores("dd").is_file()
-    assert (lay.scores("pcc").stat().st_mtime_ns, (lay.generated / "JPEGImages" / "000000.jpg").stat().st_mtime_ns) \
+    assert (lay.labelled("attn") / "SegmentationClass" / "000001.png").is_file() and lay.scores("dd", 0).is_file()
+    assert (lay.scores("pcc", 0).stat().st_mtime_ns, (lay.generated / "JPEGImages" / "000000.jpg").stat().st_mtime_ns) \
         == kept
-    assert (lay.run("dd") / "log.jsonl").read_text() == log_before            # finished run: not trained again
+    assert (lay.run("dd", 0) / "log.jsonl").read_text() == log_before            # finished run: not trained again
     assert again["tables"] == results["tables"]
     with pytest.raises(InputError, match=r"experiment.json: .*iters: 2 -> 3"):
         run_experiment(dataclasses.replace(cfg, iters=3))
+    # a finished run made by other training code (here: another crop) is never taken for this one's
+    path = lay.run("pcc", 0) / "config.json"
+    saved = path.read_text()
+    path.write_text(saved.replace('"crop_size": 32', '"crop_size": 31'))
+    with pytest.raises(InputError, match=r"trained with other settings \(crop_size: 31 -> 32\)"):
+        run_experiment(cfg)
+    path.write_text(saved)
 
 
 def test_tables_known_answer():
-    cfg = ExperimentConfig(out="x", labellers=("pcc", "attn"), num=10, val=5, iters=7)
+    cfg = ExperimentConfig(out="x", labellers=("pcc", "attn"), num=10, val=5, iters=7, train_seeds=1)
     judge = {"n": 3, "pixel_acc": 0.99, "unknown": 0.01, "miou": 0.9, "adherence": 1.0}
     quality = {"n": 10, "adherence": 0.5, "gt_unknown": 0.1, "labellers": {
         "pcc": {"miou": 0.5, "miou_certain": 0.6, "uncertain": 0.2, "iou": {"background": 0.8, "dog": 0.2}},
@@ -117,16 +124,18 @@ def test_tables_known_answer():
         iou[0], iou[12] = bg, dog
         return {"miou": miou, "iou": iou, "class_names": names}
 
-    t = make_tables(cfg, judge, quality, {UPPER: scores(0.8, 0.9, 0.7), "pcc": scores(0.6, 0.8, 0.4),
-                                          "attn": scores(0.2, 0.4, None)})
+    t = make_tables(cfg, judge, quality, {UPPER: {0: scores(0.8, 0.9, 0.7)}, "pcc": {0: scores(0.6, 0.8, 0.4)},
+                                          "attn": {0: scores(0.2, 0.4, None)}})
     down = t["downstream"]
     col = down.columns.index
     assert down.columns[0] == "training set" and down.columns[1] == "background"
     assert [r[col("dog")] for r in down.rows][:2] == pytest.approx([70.0, 40.0]) and down.rows[2][col("dog")] is None
     assert [r[col("% of upper bound")] for r in down.rows] == pytest.approx([100.0, 75.0, 25.0])
     assert down.rows[2][col("aeroplane")] is None
+    assert [r[col("sd")] for r in down.rows] == [None] * 3                     # one seed: no spread
     md = down.markdown()
     assert "| pcc | 80.00 | - |" in md and md.splitlines()[3].startswith("|---|---:|")
+    assert "gains" not in t and t["per_seed"].rows[1] == ["pcc", pytest.approx(60.0)]
     lq = t["label_quality"]
     assert lq.rows[0][0] == "pcc" and lq.rows[0][1:4] == pytest.approx([50.0, 60.0, 20.0])
     assert lq.rows[1][lq.columns.index("dog")] is None and "50.0 %" in lq.note
@@ -232,3 +241,69 @@ def test_a_rerun_removes_leftovers_from_every_folder_it_writes(tmp_path):
     (tmp_path / "scores" / "pcc.json").write_text("{}")
     _repair(cfg, lay)
     assert not any(p.exists() for p in planted) and (tmp_path / "scores" / "pcc.json").is_file()
+
+
+def test_tables_mean_sd_over_seeds_and_paired_gains():
+    """Three seeds: a row's figure is the mean, sd the sample standard deviation; an option's gain is the
+    mean of its per-seed differences from the plain row (not the difference of the means' spreads)."""
+    cfg = ExperimentConfig(out="x", labellers=("pcc",), num=10, val=5, iters=7, train_seeds=3, train_seed=5,
+                           ema=0.9, filter=True)
+    names = ["background"] + ["c%d" % i for i in range(20)]
+
+    def sc(miou):
+        return {"miou": miou, "iou": [miou] + [None] * 20, "class_names": names}
+
+    m = {UPPER: [0.6, 0.7, 0.8], "rendered+ema": [0.6, 0.7, 0.8], "pcc": [0.3, 0.5, 0.4], "pcc+ema": [0.35, 0.55, 0.45],
+         "pcc+filter": [0.2, 0.6, 0.4], "pcc+filter+ema": [0.3, 0.5, 0.4]}
+    scores = {k: {5 + i: sc(v[i]) for i in range(3)} for k, v in m.items()}
+    t = make_tables(cfg, {"n": 1, "pixel_acc": 1, "unknown": 0, "miou": 1, "adherence": 1},
+                    {"n": 10, "adherence": 1, "gt_unknown": 0, "labellers": {"pcc": {
+                        "miou": 0.5, "miou_certain": 0.5, "uncertain": 0, "iou": {}}}}, scores,
+                    {"pcc": {"kept": 8, "dropped": 2}})
+    down = t["downstream"]
+    col = down.columns.index
+    assert [r[0] for r in down.rows] == ["rendered (exact labels, upper bound)", "rendered + EMA", "pcc", "pcc + EMA",
+                                         "pcc + filter", "pcc + filter + EMA"]
+    assert down.rows[0][col("mIoU")] == pytest.approx(70.0) and down.rows[0][col("sd")] == pytest.approx(10.0)
+    assert down.rows[2][col("% of upper bound")] == pytest.approx(40 / 70 * 100)
+    assert "seeds 5, 6, 7" in down.note and "8 of 10 images (pcc)" in down.note
+    gains = {r[0]: r[1:] for r in t["gains"].rows}
+    assert gains["pcc + EMA"] == [pytest.approx(5.0), pytest.approx(0.0, abs=1e-9), 3]
+    assert gains["pcc + filter"][:2] == [pytest.approx(0.0, abs=1e-9), pytest.approx(10.0)]
+    assert t["per_seed"].columns == ["training set", "seed 5", "seed 6", "seed 7"]
+
+
+def test_recipe_rows_and_seeds_end_to_end(tmp_path, toy_folder):
+    """Two seeds, every recipe option: each row trained (or, for EMA, scored) at each seed; the
+    self-training row's set is its labeller's masks relabelled by the plain run of the same seed; the
+    filter wrote a split file into the labeller's set; a rerun changes no number."""
+    n = torch.get_num_threads()
+    cfg = tiny_config(tmp_path / "exp", toy_folder, labellers=("pcc",), num=4, train_seeds=2, train_seed=3,
+                      ema=0.5, self_train=0.2, filter=True)
+    results = run_experiment(cfg)
+    torch.set_num_threads(n)
+    lay = Layout(Path(cfg.out))
+    keys = ["rendered", "rendered+ema", "pcc", "pcc+ema", "pcc+filter", "pcc+filter+ema", "pcc+self-train",
+            "pcc+self-train+ema"]
+    for key in keys:
+        for seed in (3, 4):
+            s = json.loads(lay.scores(key, seed).read_text())
+            assert s["seed"] == seed and 0 <= s["miou"] <= 1
+    for seed in (3, 4):
+        relabelled = json.loads((lay.self_trained("pcc", seed) / "settings.json").read_text())
+        assert relabelled["teacher"] == str((lay.run("pcc", seed) / "ema").resolve()) and relabelled["rule"] == "fill"
+        assert json.loads((lay.run("pcc+filter", seed) / "config.json").read_text())["train_split"] == "filtered"
+    assert (lay.generated / "ImageSets/Segmentation/filtered.txt").is_file()
+    tables = {t["title"].split(" (")[0].split(":")[0]: t for t in results["tables"]}
+    assert [r[0] for r in tables["Downstream"]["rows"]][:4] == ["rendered (exact labels, upper bound)",
+                                                               "rendered + EMA", "pcc", "pcc + EMA"]
+    gains = tables["Recipe options against the plain recipe on the same images"]
+    assert [r[0] for r in gains["rows"]] == ["rendered + EMA", "pcc + EMA", "pcc + filter", "pcc + filter + EMA",
+                                             "pcc + self-train", "pcc + self-train + EMA"]
+    assert all(r[-1] == 2 for r in gains["rows"])
+    again = run_experiment(cfg)
+    torch.set_num_threads(n)
+    assert again["tables"] == results["tables"]
+    fresh = run_experiment(dataclasses.replace(cfg, out=str(tmp_path / "fresh")))     # same settings, new folder
+    torch.set_num_threads(n)
+    assert fresh["tables"] == results["tables"]                                      # every number, every digit

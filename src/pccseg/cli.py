@@ -17,7 +17,7 @@ from . import __version__
 from .errors import InputError
 from .signals import Terminated, handle_interrupts
 
-COMMAND_MODULES = ("generate", "label", "train", "pictures", "toy", "export", "experiment")
+COMMAND_MODULES = ("generate", "label", "train", "filter", "pictures", "toy", "export", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:

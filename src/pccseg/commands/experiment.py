@@ -23,7 +23,12 @@ _HELP = {
     "train_batch_size": "DeepLabv3 batch size",
     "crop_size": "DeepLabv3 training crop (px)",
     "lr": "DeepLabv3 AdamW learning rate (backbone and heads)",
-    "train_seed": "DeepLabv3 seed (init, data order, augmentation)",
+    "train_seed": "first DeepLabv3 seed (init, data order, augmentation)",
+    "train_seeds": "DeepLabv3 seeds per row (TRAIN_SEED, TRAIN_SEED + 1, ...): tables give their mean and sd",
+    "ema": "also score each run's exponential moving average of the weights with this decay (rows '+ EMA')",
+    "self_train": "rows '+ self-train': the plain run relabels its set's uncertain pixels where its probability "
+                  ">= this threshold, a second DeepLabv3 trains on the result",
+    "filter": "rows '+ filter': each labeller's set filtered by its own evidence (pccseg filter's defaults)",
     "judge_scenes": "rendered scenes that measure the judge's own error",
     "pictures": "images in samples.png",
     "device": "torch device (default: CUDA when available)",
@@ -61,12 +66,13 @@ def register(sub) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)
                 if f.default is not dataclasses.MISSING}
     t.add_argument("--out", required=True, metavar="DIR", help="experiment folder (created or resumed)")
-    types = {"model": str, "guidance": float, "lr": float, "device": str}
+    types = {"model": str, "guidance": float, "lr": float, "device": str, "ema": float, "self_train": float}
     for name, help_ in _HELP.items():
         opt = "--" + name.replace("_", "-")
         default = defaults[name]
         shown = "" if default is None else f" (default: {' '.join(default) if isinstance(default, tuple) else default})"
-        kwargs = dict(nargs="+") if name == "labellers" else dict(type=types.get(name, int))
+        kwargs = dict(nargs="+") if name == "labellers" else dict(action=argparse.BooleanOptionalAction) \
+            if name == "filter" else dict(type=types.get(name, int))
         t.add_argument(opt, default=default, help=help_ + shown, **kwargs)
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=run)

@@ -95,6 +95,20 @@ def register(sub) -> None:
                         "runs of a few hundred iterations want 0.1, see docs/training.md)")
     p.add_argument("--check-data", action=argparse.BooleanOptionalAction, default=d.check_data,
                    help="check every mask before training (default: on)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); the same count repeats a run to the last digit")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=d.deterministic,
+                   help="torch's deterministic algorithms, no cuDNN benchmark (default: on)")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="also keep an exponential moving average of the weights (RUN/ema, scored at each "
+                        "validation as ema_miou), e.g. 0.99 (default: off)")
+    p.add_argument("--self-train", type=float, default=None, metavar="THRESHOLD",
+                   help="one round of self-training: the first segmenter (RUN/teacher) relabels the training "
+                        "images where its probability >= THRESHOLD (RUN/relabelled), a second one trains on "
+                        "them in RUN (default: off)")
+    p.add_argument("--self-train-rule", choices=("fill", "all"), default=d.self_train_rule,
+                   help="fill: relabel the labeller's uncertain pixels only; all: every confident pixel "
+                        "(default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_with_options(run_train, p))
 
@@ -145,7 +159,11 @@ def run_train(args) -> int:
     kw["short_side"] = args.short_side or None
     config = TrainConfig(**kw)
     logging.getLogger("pccseg.train").debug("config: %s", dataclasses.asdict(config))
-    result = train(config)
+    if config.self_train is not None:
+        from ..train.selftrain import self_train
+        result = self_train(config)
+    else:
+        result = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(train_summary(result), file=sys.stderr)
     return 0

@@ -105,7 +105,12 @@ class ExperimentConfig:
     train_batch_size: int = 8
     crop_size: int = 96
     lr: float = 4e-3
-    train_seed: int = 0
+    train_seed: int = 0                  # the first training seed
+    train_seeds: int = 3                 # every downstream row trains with seeds train_seed .. + train_seeds - 1
+    # recipe options, each an extra downstream row (measured against the plain recipe, seed by seed)
+    ema: float | None = None             # also score an exponential moving average of the weights (decay)
+    self_train: float | None = None      # one round of self-training at this confidence threshold
+    filter: bool = False                 # also train each labeller's set filtered by its own evidence
     # judge error, pictures
     judge_scenes: int = 300
     pictures: int = 8
@@ -120,7 +125,7 @@ class ExperimentConfig:
             raise InputError(message, field="--" + name.replace("_", "-"))
 
         for name in ("num", "val", "steps", "batch_size", "iters", "train_batch_size", "crop_size", "judge_scenes",
-                     "pictures", "jobs", "threads", "seed", "train_seed"):
+                     "pictures", "jobs", "threads", "seed", "train_seed", "train_seeds"):
             v = getattr(self, name)
             low = 0 if name in ("seed", "train_seed", "pictures") else 1
             if v is None and name == "jobs":
@@ -129,6 +134,14 @@ class ExperimentConfig:
                 fail(name, f"must be an integer >= {low}, got {v!r}")
         if self.train_batch_size < 2:
             fail("train_batch_size", f"must be >= 2 (BatchNorm after ASPP's pooling), got {self.train_batch_size}")
+        if self.ema is not None and (isinstance(self.ema, bool) or not isinstance(self.ema, (int, float))
+                                     or not 0 < self.ema < 1):
+            fail("ema", f"must be a decay between 0 and 1 (exclusive), got {self.ema!r}")
+        if self.self_train is not None and (isinstance(self.self_train, bool) or not isinstance(self.self_train, (int, float))
+                                            or not 0 < self.self_train <= 1):
+            fail("self_train", f"must be a confidence threshold in (0, 1], got {self.self_train!r}")
+        if not isinstance(self.filter, bool):
+            fail("filter", f"must be true or false, got {self.filter!r}")
         for name in ("guidance", "lr"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:

@@ -17,8 +17,10 @@ file is written atomically, so a killed run resumes where it stopped. Folder ``D
                                    against the judge's ground truth of the generated images
 ``rendered/``                      4. N rendered scenes with exact labels (``train``: the upper bound) and V
                                    held-out ones (``val``), seeds from :data:`~pccseg.toy.config.RENDER_SEED`
-``runs/<set>/``, ``scores/``       5. DeepLabv3-MobileNetV3 (random init, :func:`pccseg.train.loop.train`) per set,
-                                   scored on the rendered val split (:func:`pccseg.train.evaluate.evaluate`)
+``runs/<row>/seed-<s>/``,          5. DeepLabv3-MobileNetV3 (random init, :func:`pccseg.train.loop.train`) per
+``scores/<row>/seed-<s>.json``     row and training seed, scored on the rendered val split
+                                   (:func:`pccseg.train.evaluate.evaluate`); the rows and recipe options:
+                                   :mod:`pccseg.toy.downstream`
 ``results.md``, ``results.json``,  6. the tables; ``samples.png``: images with every labeller's mask beside
 ``*.csv``, ``samples.png``,        the ground truth; ``report/index.html`` (:func:`pccseg.pictures.report.make_report`)
 ``report/``
@@ -34,11 +36,9 @@ import dataclasses
 import json
 import logging
 import math
-import multiprocessing
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -46,14 +46,14 @@ import torch
 from ..dataset.folder import Dataset, settings_diff
 from ..errors import InputError
 from ..io import load_image, load_mask, read_json, save_image, write_json
-from ..signals import die_with_parent
 from ..vocab import VOC_CLASSES
 from .config import EXPERIMENT_RUNTIME_FIELDS, RENDER_SEED, TOY_SIZE, ExperimentConfig
+from .downstream import SELF_TRAIN, UPPER, rows, seeds, stage_filter, stage_train, train_config  # noqa: F401
+from .jobs import run_jobs
 from .world import TOY_CLASSES
 
 log = logging.getLogger(__name__)
 
-UPPER = "rendered"          #: the training set with exact labels (the upper bound)
 TABLE_CLASSES = ("background",) + TOY_CLASSES
 
 
@@ -83,11 +83,17 @@ class Layout:
     def training_set(self, name: str) -> Path:
         return self.rendered if name == UPPER else self.labelled(name)
 
-    def run(self, name: str) -> Path:
-        return self.root / "runs" / name
+    def run(self, name: str, seed: int) -> Path:
+        """The training run of row ``name`` with seed ``seed``."""
+        return self.root / "runs" / name / f"seed-{seed}"
 
-    def scores(self, name: str) -> Path:
-        return self.root / "scores" / f"{name}.json"
+    def scores(self, name: str, seed: int) -> Path:
+        return self.root / "scores" / name / f"seed-{seed}.json"
+
+    def self_trained(self, base: str, seed: int) -> Path:
+        """The training set of ``base``'s self-training row at ``seed``: its masks relabelled by the plain
+        row's run of that seed."""
+        return self.root / "sets" / f"{base}+{SELF_TRAIN}" / f"seed-{seed}"
 
 
 def check_config(cfg: ExperimentConfig, lay: Layout) -> None:
@@ -102,29 +108,6 @@ def check_config(cfg: ExperimentConfig, lay: Layout) -> None:
                              + "): use another --out, or the earlier options to resume it", path=lay.config)
         return
     write_json(lay.config, json.loads(json.dumps(new)))
-
-
-# ------------------------------------------------------------------------------------------- processes
-def _worker_init(threads: int) -> None:
-    die_with_parent()               # a killed run leaves no worker behind
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _call(job: tuple[Callable, tuple]):
-    fn, args = job
-    return fn(*args)
-
-
-def run_jobs(fn: Callable, jobs: Sequence[tuple], processes: int, threads: int) -> list:
-    """``[fn(*args) for args in jobs]``: here when ``processes`` is 1, else in that many spawned processes
-    of ``threads`` torch threads each (an exception in one, InputError included, is raised here; an
-    interruption here terminates them)."""
-    if processes <= 1 or len(jobs) <= 1:
-        return [fn(*args) for args in jobs]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(processes, len(jobs)), initializer=_worker_init, initargs=(threads,)) as pool:
-        return pool.map(_call, [(fn, args) for args in jobs], chunksize=1)
 
 
 # -------------------------------------------------------------------------------------- 1. generation
@@ -246,48 +229,7 @@ def stage_render(cfg: ExperimentConfig, lay: Layout) -> bool:
 
 
 # ------------------------------------------------------------------------------------ 5. train, score
-def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str, progress: bool = False):
-    """The :class:`~pccseg.train.config.TrainConfig` of one training set: DeepLabv3-MobileNetV3, random init
-    (no ImageNet weights: the toy world is its own domain), no auxiliary head, no validation during
-    training (the final weights are scored). The toy world's class cue is colour at 128 px, so no
-    photometric distortion (it shifts hues) and no resize to a 512 short side."""
-    from ..train.config import TrainConfig
-
-    return TrainConfig(data=str(data), out=str(out), arch="mobilenet_v3_large", backbone_weights="none",
-                       aux_loss=False, iters=cfg.iters, batch_size=cfg.train_batch_size, lr=cfg.lr,
-                       backbone_lr_mult=1.0, crop_size=cfg.crop_size, scale_min=0.75, scale_max=1.25,
-                       bn_momentum=0.1, photometric=False, short_side=None, workers=0,
-                       save_every=max(1, min(100, cfg.iters)), log_every=20,
-                       seed=cfg.train_seed, device=device, progress=progress)
-
-
-def train_and_score(cfg: ExperimentConfig, name: str, device: str, progress: bool = False) -> dict:
-    """Train on set ``name`` (resuming ``runs/<name>``), score the final weights on the rendered val split
-    and write ``scores/<name>.json``."""
-    from ..train.evaluate import evaluate
-    from ..train.loop import train
-    from ..dataset.voc import VOCSegmentation
-
-    lay = Layout(Path(cfg.out))
-    t0 = time.perf_counter()
-    train(train_config(cfg, lay.training_set(name), lay.run(name), device, progress=progress and cfg.progress))
-    seconds = time.perf_counter() - t0
-    scores = evaluate(lay.run(name) / "last", VOCSegmentation(lay.rendered, "val"), device=device, workers=0,
-                      progress=False, short_side=None)
-    result = {"set": name, **scores.to_dict(), "train_seconds": round(seconds, 1)}
-    write_json(lay.scores(name), result)
-    log.info("%s: mIoU %.2f %% on the rendered val split (trained in %.0f s)", name, 100 * scores.miou, seconds)
-    return result
-
-
-def stage_train(cfg: ExperimentConfig, lay: Layout, device: str, processes: int) -> bool:
-    todo = [name for name in (UPPER, *cfg.labellers) if not lay.scores(name).is_file()]
-    if not todo:
-        return False
-    processes = min(processes, len(todo))
-    log.info("train: DeepLabv3 on %s (%d iterations each) in %d process(es)", ", ".join(todo), cfg.iters, processes)
-    run_jobs(train_and_score, [(cfg, name, device, processes == 1) for name in todo], processes, cfg.threads)
-    return True
+# stage_filter and stage_train: pccseg.toy.downstream
 
 
 # ------------------------------------------------------------------------------------------ 6. tables
@@ -324,9 +266,15 @@ def _pct(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else 100.0 * x
 
 
-def make_tables(cfg: ExperimentConfig, judge: dict, quality: dict, scores: dict[str, dict]) -> dict[str, Table]:
+def make_tables(cfg: ExperimentConfig, judge: dict, quality: dict, scores: dict[str, dict[int, dict]],
+                filtered: dict | None = None) -> dict[str, Table]:
     """The experiment's tables, percentages: ``judge``, ``label_quality``, ``downstream`` (report Table 3's
-    layout: rows = training sets, columns = classes, mIoU, share of the upper bound's mIoU)."""
+    layout: rows = training sets, columns = classes, mean mIoU over the training seeds, its sd, share of
+    the upper bound's mean mIoU), ``per_seed`` (each row's mIoU at each seed) and, with a recipe option,
+    ``gains`` (each option's mIoU minus the plain recipe's, seed by seed). ``scores[row][seed]``: an
+    evaluate ``to_dict()``; ``filtered``: ``filter.json``'s reports (with the filter option)."""
+    from .downstream import summary
+
     tables = {"judge": Table(
         "The judge's own error: colour-family ground truth against the exact labels of rendered scenes (JPEG "
         "q95; %)", ["scenes", "pixel accuracy", "unknown pixels", "mIoU", "scenes judged adherent"],
@@ -345,19 +293,25 @@ def make_tables(cfg: ExperimentConfig, judge: dict, quality: dict, scores: dict[
         f"Generated images whose judged classes are exactly the prompted ones: {_pct(quality['adherence']):.1f} %. "
         f"Pixels the judge leaves unknown (not scored): {_pct(quality['gt_unknown']):.1f} %. mIoU counts an "
         "uncertain (255) pixel as wrong; 'certain pixels' leaves them out.")
-    upper = scores[UPPER]["miou"]
-    rows = []
-    for name in (UPPER, *cfg.labellers):
-        s = scores[name]
-        iou = dict(zip(s["class_names"], s["iou"]))
-        rows.append([f"{name} (exact labels, upper bound)" if name == UPPER else name]
-                    + [_pct(iou.get(c)) for c in TABLE_CLASSES]
-                    + [_pct(s["miou"]), _pct(s["miou"] / upper) if upper and s["miou"] is not None else None])
+    down = summary(cfg, scores, TABLE_CLASSES)
+    n = len(down["seeds"])
+    seed_list = ", ".join(map(str, down["seeds"]))
+    kept = "" if not filtered else " The filtered sets keep " + ", ".join(
+        f"{r['kept']} of {r['kept'] + r['dropped']} images ({name})" for name, r in filtered.items()) + "."
     tables["downstream"] = Table(
         f"Downstream: DeepLabv3-MobileNetV3 (random init, {cfg.iters} iterations) trained on each set of "
-        f"{cfg.num} images, scored on {cfg.val} held-out rendered images with exact labels (IoU %)",
-        ["training set", *TABLE_CLASSES, "mIoU", "% of upper bound"], rows,
-        "mIoU is the mean over the classes present in the val labels or predicted.")
+        f"{cfg.num} images, scored on {cfg.val} held-out rendered images with exact labels (IoU %, mean over "
+        f"{n} training seed{'s' if n != 1 else ''})",
+        ["training set", *TABLE_CLASSES, "mIoU", "sd", "% of upper bound"], down["downstream"],
+        f"mIoU is the mean over the classes present in the val labels or predicted; the row's figure is the mean "
+        f"over the training seeds {seed_list} and sd their standard deviation (mIoU points).{kept}")
+    tables["per_seed"] = Table("Downstream mIoU at each training seed (%)",
+                               ["training set", *(f"seed {s}" for s in down["seeds"])], down["per_seed"])
+    if down["gains"]:
+        tables["gains"] = Table(
+            "Recipe options against the plain recipe on the same images (mIoU points, paired by seed)",
+            ["training set", "gain", "sd", "seeds"], down["gains"],
+            "Gain: the row's mIoU minus its training set's plain row's mIoU at the same seed, mean over the seeds.")
     return tables
 
 
@@ -365,9 +319,10 @@ def stage_tables(cfg: ExperimentConfig, lay: Layout, timings: dict, device: str,
     from ..io import atomic_path
 
     judge, quality = read_json(lay.root / "judge.json"), read_json(lay.root / "quality.json")
-    scores = {name: read_json(lay.scores(name)) for name in (UPPER, *cfg.labellers)}
-    tables = make_tables(cfg, judge, quality, scores)
-    for key in ("label_quality", "downstream"):
+    scores = {r.key: {s: read_json(lay.scores(r.key, s)) for s in seeds(cfg)} for r in rows(cfg)}
+    filtered = read_json(lay.root / "filter.json") if cfg.filter else None
+    tables = make_tables(cfg, judge, quality, scores, filtered)
+    for key in ("label_quality", "downstream", "per_seed"):
         with atomic_path(lay.root / f"{key}.csv") as tmp:
             tmp.write_text(tables[key].csv())
     hardware = {"device": device, "processes": processes, "threads": cfg.threads, "cpus": os.cpu_count(),
@@ -453,6 +408,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
               ("relabel", lambda: stage_relabel(cfg, lay, str(device))),
               ("quality", lambda: stage_quality(cfg, lay)),
               ("render", lambda: stage_render(cfg, lay)),
+              ("filter", lambda: stage_filter(cfg, lay)),
               ("train", lambda: stage_train(cfg, lay, str(device), processes))]
     for name, fn in stages:
         t0, c0 = time.perf_counter(), _cpu_seconds()

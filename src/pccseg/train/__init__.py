@@ -4,6 +4,8 @@
 - :mod:`.loop`: :func:`train`, read top to bottom (set-up, loop, validation, checkpoints);
 - :mod:`.augment`: the training stream (augmentation, seeded sampling); :mod:`.checkpoint`: the run
   folder across starts (fresh start or resume, checkpoints, Ctrl-C / SIGTERM, log.jsonl);
+- :mod:`.ema`: the weight average (``--ema``); :mod:`.selftrain`: :func:`self_train` (``--self-train``);
+  :mod:`.determinism`: thread count and deterministic algorithms;
 - :mod:`.evaluate`: :func:`evaluate` on VOC val; :mod:`.metrics`: confusion matrix and scores;
 - :mod:`.deeplab`: what both share: the model, its checkpoints, the input normalisation.
 
@@ -15,6 +17,7 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "train": "pccseg.train.loop",
+    "self_train": "pccseg.train.selftrain",
     "TrainConfig": "pccseg.train.config",
     "ARCHS": "pccseg.train.config",
     "load_model": "pccseg.train.deeplab",

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .deeplab import load_training_state, read_checkpoint_meta, save_checkpoint
+from .ema import EMA_DIR, EMA_FILE
 from ..errors import InputError
 from ..io import atomic_path, make_dir, read_jsonl, remove_temps
 from ..signals import hold_interrupts
@@ -32,7 +33,7 @@ LOG, CONFIG, LAST, BEST, TENSORBOARD = "log.jsonl", "config.json", "last", "best
 #: Settings that may differ when a run is resumed: they do not change what the weights learn.
 RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "workers", "device", "amp", "check_data",
                             "val", "val_split", "val_every", "val_limit", "save_every", "log_every",
-                            "keep_best", "tensorboard"})
+                            "keep_best", "tensorboard", "threads", "deterministic"})
 #: Settings a resumed run may change: applied from the resumption on, and recorded in ``changes``.
 SCHEDULE_FIELDS = frozenset({"iters", "lr", "backbone_lr_mult", "weight_decay", "power", "grad_clip"})
 
@@ -50,6 +51,7 @@ class Progress:
     seconds: float = 0.0               # training wall time before this start
     changes: list = field(default_factory=list)   # settings changed on resume: {"iteration", "changed"}
     pending_validation: bool = False   # saved on a signal during the validation of ``iteration``
+    ema_miou: float | None = None      # the weight average's at the last validation (with --ema)
 
 
 def settings(config, env) -> dict:
@@ -126,6 +128,9 @@ def start(config, env, model, optimizer, scheduler, scaler, class_names) -> Prog
         raise InputError("missing: cannot resume without it; start afresh with --no-resume",
                          path=out / LAST / "checkpoint.json", field="iteration")
     saved = meta.get("config") or {}
+    defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(type(config))
+                                      if f.default is not dataclasses.MISSING}))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}  # settings newer than the run
     new = json.loads(json.dumps(settings(config, env)))
     changed = {k: [saved.get(k, "<unset>"), v] for k, v in new.items()
                if k not in RUNTIME_FIELDS and saved.get(k, "<unset>") != v}
@@ -173,9 +178,10 @@ def _trim_log(path: Path, begin: int, changed: dict, pending_validation: bool) -
 
 
 def save(config, env, name: str, model, progress: Progress, class_names, *, miou: float | None, optimizer=None,
-         scheduler=None, scaler=None, rng: torch.Tensor | None = None) -> None:
+         scheduler=None, scaler=None, rng: torch.Tensor | None = None, ema=None) -> None:
     """Write checkpoint ``RUN/<name>`` (``last`` with the optimiser, schedule and scaler; ``best``);
-    ``rng``: the random state to record instead of the current one (see the module docstring)."""
+    ``rng``: the random state to record instead of the current one (see the module docstring); ``ema``
+    (a :class:`~pccseg.train.ema.WeightEMA`): its state in the checkpoint too, and the average as ``RUN/ema``."""
     meta = {"iteration": progress.iteration, "arch": config.arch, "num_classes": len(class_names),
             "class_names": class_names, "aux_loss": config.aux_loss, "miou": miou,
             "last_miou": progress.last_miou, "best_miou": progress.best_miou, "best_iteration": progress.best_iteration,
@@ -193,7 +199,11 @@ def save(config, env, name: str, model, progress: Progress, class_names, *, miou
             torch.set_rng_state(rng)
         try:
             save_checkpoint(Path(config.out) / name, model, meta, optimizer=optimizer, scheduler=scheduler,
-                            scaler=scaler)
+                            scaler=scaler, extra={EMA_FILE: ema.tensors()} if ema is not None else None)
+            if ema is not None:
+                save_checkpoint(Path(config.out) / EMA_DIR, ema.state_dict(),
+                                {**meta, "miou": progress.ema_miou if miou is not None else None,
+                                 "ema": {"decay": ema.decay, "updates": ema.updates}})
         finally:
             if current is not None:
                 torch.set_rng_state(current)

@@ -10,6 +10,10 @@ from ..errors import InputError
 from ..limits import check_seed
 
 ARCHS = ("resnet50", "resnet101", "mobilenet_v3_large")
+#: How self-training's second round labels a pixel (:func:`pccseg.train.selftrain.relabel_mask`):
+#: ``fill``: the segmenter's confident prediction where the labeller left the pixel uncertain (255) only;
+#: ``all``: the confident prediction everywhere, the labeller's label elsewhere.
+SELF_TRAIN_RULES = ("fill", "all")
 
 
 @dataclass
@@ -57,6 +61,12 @@ class TrainConfig:
     bn_momentum: float | None = None   # BatchNorm momentum override (None: torchvision's)
     check_data: bool = True            # check every mask of both splits before training
     progress: bool = True              # tqdm bar
+    threads: int | None = None         # torch CPU threads (None: torch's default); fixes the float rounding
+    deterministic: bool = True         # torch's deterministic algorithms (warn where an op has none), no
+                                       # cuDNN benchmark: the same settings on one machine give the same run
+    ema: float | None = None           # decay of an exponential moving average of the weights (RUN/ema)
+    self_train: float | None = None    # confidence threshold of one round of self-training (None: off)
+    self_train_rule: str = "fill"      # fill (uncertain pixels only) | all (see SELF_TRAIN_RULES)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -70,6 +80,8 @@ class TrainConfig:
             fail("arch", f"unknown model {self.arch!r} (choose from {', '.join(ARCHS)})")
         if not isinstance(self.backbone_weights, str) or not self.backbone_weights:
             fail("backbone_weights", "must be 'imagenet', 'none' or a weights file")
+        if self.self_train_rule not in SELF_TRAIN_RULES:
+            fail("self_train_rule", f"must be one of {', '.join(SELF_TRAIN_RULES)}, got {self.self_train_rule!r}")
         if self.loss_average not in ("all", "valid"):
             fail("loss_average", f"must be 'all' or 'valid', got {self.loss_average!r}")
         for name in ("train_split", "val_split"):
@@ -79,7 +91,7 @@ class TrainConfig:
         for name, low, optional in (("iters", 1, False), ("batch_size", 1, False), ("crop_size", 1, False),
                                     ("val_every", 1, False), ("log_every", 1, False), ("workers", 0, False),
                                     ("seed", 0, False), ("short_side", 1, True), ("val_limit", 1, True),
-                                    ("save_every", 1, True), ("stop_after", 1, True)):
+                                    ("save_every", 1, True), ("stop_after", 1, True), ("threads", 1, True)):
             v = getattr(self, name)
             if v is None and optional:
                 continue
@@ -90,7 +102,8 @@ class TrainConfig:
                 ("weight_decay", 0, None, False, False), ("power", 0, None, False, False),
                 ("aux_weight", 0, None, False, False), ("grad_clip", 0, None, True, True),
                 ("scale_min", 0, None, True, False), ("scale_max", 0, None, True, False),
-                ("cat_max_ratio", 0, 1, True, False), ("bn_momentum", 0, 1, True, True)):
+                ("cat_max_ratio", 0, 1, True, False), ("bn_momentum", 0, 1, True, True),
+                ("self_train", 0, 1, True, True)):
             v = getattr(self, name)
             if v is None and optional:
                 continue
@@ -100,5 +113,8 @@ class TrainConfig:
                 rng = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
                 fail(name, f"must be a finite number {rng}, got {v!r}")
         check_seed(self.seed)
+        if self.ema is not None and not (isinstance(self.ema, (int, float)) and not isinstance(self.ema, bool)
+                                         and 0 < self.ema < 1):
+            fail("ema", f"must be a decay between 0 and 1 (exclusive), got {self.ema!r}")
         if self.scale_min > self.scale_max:
             fail("scale", f"need scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")

@@ -194,9 +194,10 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, *, optimizer=None, scheduler=None,
-                    scaler=None) -> None:
-    """Write a checkpoint directory atomically (see the module docstring for its files)."""
+def save_checkpoint(path: str | Path, model: nn.Module | dict[str, torch.Tensor], meta: dict, *, optimizer=None,
+                    scheduler=None, scaler=None, extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    """Write a checkpoint directory atomically (see the module docstring for its files). ``model``: a module
+    or its ``state_dict``; ``extra``: more safetensors files, ``{file name: tensors}`` (``ema.safetensors``)."""
     meta = dict(meta, format=CHECKPOINT_FORMAT)
     tensors: dict[str, torch.Tensor] = {}
     if optimizer is not None:
@@ -210,11 +211,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, *, optimizer
         meta["scheduler"] = scheduler.state_dict()
     if scaler is not None and scaler.is_enabled():
         meta["scaler"] = scaler.state_dict()
-    weights = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    state = model if isinstance(model, dict) else unwrap(model).state_dict()
+    weights = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_path(path, directory=True) as tmp:
         save_tensors(tmp / "model.safetensors", weights)
         if tensors:
             save_tensors(tmp / "training.safetensors", tensors)
+        for name, more in (extra or {}).items():
+            save_tensors(tmp / name, more)
         (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

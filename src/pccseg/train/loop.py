@@ -25,6 +25,7 @@ line, so the log of a resumed run equals the uninterrupted run's.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -50,6 +51,8 @@ from ..io import write_json
 from ..limits import check_fits
 from ..signals import blocked_for_children, dataloader_worker_init, hold_interrupts, save_on_interrupt
 from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
+from .determinism import configure as configure_determinism
+from .ema import WeightEMA, load_ema
 from ..vocab import IGNORE_INDEX
 from ..dataset.voc import VOCSegmentation
 
@@ -91,6 +94,8 @@ def _setup(config: TrainConfig) -> _Env:
     """Join the process group that ``torchrun`` / ``accelerate launch`` describe, pick the device and
     the precision."""
     rank, world, local_rank = 0, 1, 0
+    configure_determinism(torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu")),
+                          config.threads, config.deterministic)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -275,15 +280,23 @@ def _log_loss(env: _Env, progress: Progress, loss_sum: torch.Tensor, lr: float, 
         bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
 
 
-def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progress: Progress, log) -> None:
-    """Score the validation split as ``evaluate`` does (images split over the ranks), log the scores, and
-    with ``keep_best`` save ``RUN/best`` when the mIoU is the best so far."""
-    scores = evaluate(unwrap(model), val_set, class_names=class_names, device=env.device, amp=env.amp,
-                      workers=config.workers, rank=env.rank, world=env.world, progress=False,
-                      short_side=config.short_side)
+def _validate(config: TrainConfig, env: _Env, model, val_set, class_names, progress: Progress, log,
+              ema: WeightEMA | None = None) -> None:
+    """Score the validation split as ``evaluate`` does (images split over the ranks), log the scores (with
+    ``ema`` also the average's mIoU, ``ema_miou``), and with ``keep_best`` save ``RUN/best`` when the mIoU
+    is the best so far."""
+    def score(m):
+        return evaluate(m, val_set, class_names=class_names, device=env.device, amp=env.amp,
+                        workers=config.workers, rank=env.rank, world=env.world, progress=False,
+                        short_side=config.short_side)
+
+    scores = score(unwrap(model))
     it, progress.last_miou = progress.iteration, _finite(scores.miou)
-    log.write({"iter": it, "miou": progress.last_miou, "iou": [_finite(x) for x in scores.iou],
-               "acc": [_finite(x) for x in scores.acc]})
+    record = {"iter": it, "miou": progress.last_miou, "iou": [_finite(x) for x in scores.iou],
+              "acc": [_finite(x) for x in scores.acc]}
+    if ema is not None:
+        progress.ema_miou = record["ema_miou"] = _finite(score(ema.copy_to(copy.deepcopy(unwrap(model)))).miou)
+    log.write(record)
     if env.main:
         logger.info("iteration %d: validation mIoU %s", it, percent(scores.miou))
     if config.keep_best and progress.last_miou is not None \
@@ -299,11 +312,16 @@ def train(config: TrainConfig) -> dict:
     "best_iteration", "seconds", "run_dir"}`` (mIoU as fractions, ``None`` without validation;
     ``best_*`` only with ``keep_best``; seconds: training wall time over all starts)."""
     config.validate()
+    if config.self_train is not None:    # two rounds, each a plain run: pccseg.train.selftrain
+        raise ValueError("config.self_train is set: self-training is pccseg.train.selftrain.self_train(config)")
     env = _setup(config)
     train_set, val_set, class_names = _data(config, env)
     model = _model(config, len(class_names), env)
     optimizer, scheduler, scaler = _optimizer(config, model, env)
     progress = start(config, env, model, optimizer, scheduler, scaler, class_names)
+    ema = WeightEMA(model, config.ema) if config.ema is not None else None
+    if ema is not None and progress.iteration:
+        load_ema(ema, Path(config.out) / LAST)
     out = Path(config.out)
     if env.main:
         write_json(out / CONFIG, dict(settings(config, env), changes=progress.changes))
@@ -333,12 +351,12 @@ def train(config: TrainConfig) -> dict:
         progress.seconds = run.seconds
         if env.main:
             save(config, env, LAST, model, progress, class_names, miou=progress.last_miou if validated else None,
-                 optimizer=optimizer, scheduler=scheduler, scaler=scaler, rng=rng)
+                 optimizer=optimizer, scheduler=scheduler, scaler=scaler, rng=rng, ema=ema)
         run.saved = progress.iteration
 
     def validate() -> None:
         progress.pending_validation, run.rng = True, torch.get_rng_state()
-        _validate(config, env, model, val_set, class_names, progress, log)
+        _validate(config, env, model, val_set, class_names, progress, log, ema)
         progress.pending_validation = False
 
     def on_interrupt() -> None:
@@ -362,6 +380,8 @@ def train(config: TrainConfig) -> dict:
             with hold_interrupts():         # a signal waits for the step and its bookkeeping
                 run.mid_step = True
                 loss, lr = _step(config, env, model, images, masks, optimizer, scheduler, scaler)
+                if ema is not None:
+                    ema.update(model)
                 it = progress.iteration = progress.iteration + 1
                 loss_sum += loss
                 progress.loss_n += 1

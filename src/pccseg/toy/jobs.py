@@ -1,0 +1,34 @@
+"""Worker processes of ``pccseg experiment toy`` (:func:`run_jobs`): spawned, ``threads`` torch threads
+each, gone when their parent dies."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..signals import die_with_parent
+
+
+def _worker_init(threads: int) -> None:
+    die_with_parent()               # a killed run leaves no worker behind
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _call(job: tuple[Callable, tuple]):
+    fn, args = job
+    return fn(*args)
+
+
+def run_jobs(fn: Callable, jobs: Sequence[tuple], processes: int, threads: int) -> list:
+    """``[fn(*args) for args in jobs]``: here when ``processes`` is 1, else in that many spawned processes
+    of ``threads`` torch threads each (an exception in one, InputError included, is raised here; an
+    interruption here terminates them)."""
+    if processes <= 1 or len(jobs) <= 1:
+        return [fn(*args) for args in jobs]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(processes, len(jobs)), initializer=_worker_init, initargs=(threads,)) as pool:
+        return pool.map(_call, [(fn, args) for args in jobs], chunksize=1)
