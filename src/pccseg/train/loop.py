@@ -94,8 +94,6 @@ def _setup(config: TrainConfig) -> _Env:
     """Join the process group that ``torchrun`` / ``accelerate launch`` describe, pick the device and
     the precision."""
     rank, world, local_rank = 0, 1, 0
-    configure_determinism(torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu")),
-                          config.threads, config.deterministic)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -110,6 +108,7 @@ def _setup(config: TrainConfig) -> _Env:
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
+    configure_determinism(device, config.threads, config.deterministic)   # before the first cuBLAS call
     amp = device.type == "cuda" if config.amp is None else bool(config.amp)
     amp_dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
     env = _Env(rank, world, device, amp, amp_dtype, sync_bn=config.sync_bn and world > 1 and device.type == "cuda")
