@@ -12,9 +12,10 @@ colour segment of the image (docs/labeller.md, "fuse").
    captured self-attention probabilities (``self_probs``), rows raised to ``sharpen`` (iSeg, Dataset
    Diffusion).
 4. **Upsampling** to the image size, bilinear (PCC: nearest, whence blocky edges).
-5. **Refinement on the image**: every colour-and-position segment (PCC's k-means on RGB + xy,
-   ``refine_k`` clusters split into connected parts) takes the mean score of its pixels (``segments``),
-   and/or PAMR, label propagation weighted by local colour affinity (``pamr``).
+5. **Refinement on the image** (``both`` by default): PAMR, label propagation weighted by local colour
+   affinity (``pamr``), on a grid of at most ``pamr_scale`` image pixels per latent pixel (then bilinear
+   to the image size); then every colour-and-position segment (PCC's k-means on RGB + xy, ``refine_k``
+   clusters split into connected parts) takes the mean score of its pixels (``segments``).
 6. **Decision**: argmax; uncertain where the runner-up is within ``margin`` of the best (relative); regions
    under ``min_region`` pixels take the majority of their border.
 
@@ -103,7 +104,7 @@ class FuseParams:
     sharpen: float = 1.0
     # 4-5. upsampling and refinement on the image
     upsample: Upsample = "bilinear"
-    refine: Refine = "segments"
+    refine: Refine = "both"
     refine_k: int = 20
     pamr_iters: int = 10
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
