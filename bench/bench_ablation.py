@@ -11,6 +11,7 @@ and attn, on three instruments:
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_ablation.py --toy runs/gen1 --toy runs/gen2
     PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_ablation.py --planted 12 [--sd21 3]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python bench/bench_ablation.py --toy runs/gen1 --rows 0,7 --per-class
 
 Prints one line per row: mIoU, mIoU on certain pixels, uncertain share, median seconds per image.
 """
@@ -41,12 +42,14 @@ ROWS = [
     ("fuse 0: PCC's votes as shares, argmax, nearest", F0),
     ("  + class maps fused", replace(F0, map_weight=1.0, background_weight=2.0)),
     ("  + bilinear upsampling", replace(F0, map_weight=1.0, background_weight=2.0, upsample="bilinear")),
-    ("  + colour segments (default)", FuseParams()),
-    ("  + PAMR before the segments", FuseParams(refine="both")),
+    ("  + colour segments", FuseParams(refine="segments")),
+    ("  + PAMR before the segments (default)", FuseParams()),
     ("  + propagation (4x self_probs)", FuseParams(propagate=4)),
     ("  + margin 0.1 (uncertain band)", FuseParams(margin=0.1)),
     ("  + small regions (< 0.2 % of the image)", lambda h, w: FuseParams(min_region=max(1, round(0.002 * h * w)))),
     ("alt: PAMR instead of segments", FuseParams(refine="pamr")),
+    ("alt: PAMR at the image size (pamr_scale 0)", FuseParams(pamr_scale=0)),
+    ("alt: PAMR at 2 pixels per latent pixel", FuseParams(pamr_scale=2)),
     ("alt: background weight 1", FuseParams(background_weight=1.0)),
     ("alt: background weight 1.5", FuseParams(background_weight=1.5)),
     ("alt: background weight 2.5", FuseParams(background_weight=2.5)),
@@ -97,7 +100,7 @@ def planted_set(n: int, sd21: bool):
     return out
 
 
-def run(data, rows) -> None:
+def run(data, rows, per_class: bool = False) -> None:
     from pccseg.toy.quality import MaskScore
 
     for name, params in rows:
@@ -112,6 +115,8 @@ def run(data, rows) -> None:
         s = score.summary()
         print(f"| {name} | {s['miou']:.4f} | {s['miou_certain']:.4f} | {s['uncertain']:.4f} | "
               f"{statistics.median(secs):.4f} |", flush=True)
+        if per_class:
+            print("    IoU per class: " + ", ".join(f"{k} {v:.3f}" for k, v in s["iou"].items()), flush=True)
 
 
 def main() -> None:
@@ -121,13 +126,14 @@ def main() -> None:
     ap.add_argument("--planted", type=int, default=0, help="planted seeds at toy shapes")
     ap.add_argument("--sd21", type=int, default=0, help="planted seeds at SD 2.1 shapes")
     ap.add_argument("--rows", default="", help="comma-separated row numbers (default: all)")
+    ap.add_argument("--per-class", action="store_true", help="also print each row's IoU per class")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = ROWS if not args.rows else [ROWS[int(i)] for i in args.rows.split(",")]
     header = "| row | mIoU | mIoU (certain) | uncertain | s / image |\n|---|---:|---:|---:|---:|"
     for folder in args.toy:
         print(f"\n{folder}: {args.num} toy images\n{header}")
-        run(toy_set(folder, args.num), rows)
+        run(toy_set(folder, args.num), rows, args.per_class)
     if args.planted:
         print(f"\nplanted, toy shapes, seeds 0..{args.planted - 1}\n{header}")
         run(planted_set(args.planted, False), rows)

@@ -73,6 +73,52 @@ def test_pamr_moves_a_blurred_step_edge_to_the_colour_edge():
     torch.testing.assert_close(aff.sum(0), torch.ones(24, 48))
 
 
+def _pamr_reference(image, scores, iters, dilations):
+    """PAMR as written in its definition: a (1, 3, K, H, W) stack of neighbours, torch's std over K."""
+    import torch.nn.functional as F
+
+    offsets = Fu._offsets(dilations)
+    pad = max(dilations)
+
+    def stack(x):                                                    # (N, c, H, W) -> (N, c, K, H, W)
+        xp = F.pad(x, (pad,) * 4, mode="replicate")
+        h, w = x.shape[-2:]
+        return torch.stack([xp[..., pad + oy:pad + oy + h, pad + ox:pad + ox + w] for oy, ox in offsets], 2)
+
+    x = image.permute(2, 0, 1).float()[None]
+    nb = stack(x)
+    aff = torch.softmax((-(nb - x[:, :, None]).abs() / (1e-8 + 0.1 * nb.std(2, keepdim=True))).mean(1)[0], 0)
+    p = scores.float()
+    for _ in range(iters):
+        p = (aff[None] * stack(p[None])[0]).sum(1)
+    return aff, p
+
+
+def test_pamr_matches_its_definition_on_random_inputs():
+    g = torch.Generator().manual_seed(3)
+    for size, dil in (((40, 33), (1, 2, 4, 8)), ((6, 5), (1, 3, 8))):    # also dilations past the image
+        img = torch.randint(0, 256, (*size, 3), generator=g, dtype=torch.uint8)
+        img[: size[0] // 2] = 90                                        # flat colour: std 0 in places
+        scores = torch.rand(3, *size, generator=g)
+        aff, ref = _pamr_reference(img, scores, 4, dil)
+        torch.testing.assert_close(Fu.pamr_affinity(img, dil), aff, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(Fu.pamr(img, scores, 4, dil), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_pamr_scale_sets_the_grid_pamr_runs_on():
+    # image 8x the latent: pamr_scale 4 runs PAMR at half the image size, 8 and 0 at the image size
+    cap = planted_capture(image_size=(128, 128), latent=(16, 16), layers=SD21[::3], heads_per_layer=2,
+                          head_dim=16, seed=2)
+    layout = planted_layout(image_size=(128, 128))
+    full, at8, half = (label(cap, FuseParams(refine="pamr", pamr_scale=s)) for s in (0, 8, 4))
+    assert torch.equal(full.refined, at8.refined) and not torch.allclose(full.refined, half.refined)
+    assert half.refined.shape == (4, 128, 128) and miou(half.mask.long(), layout) > 0.9
+    # at 4 image pixels per latent pixel (the toy model's shapes) the default scale is the image size
+    cap4 = planted_capture(image_size=(64, 64), latent=(16, 16), layers=SD21[::3], heads_per_layer=2, head_dim=16)
+    a, b = (label(cap4, FuseParams(refine="both", pamr_scale=s)) for s in (4, 0))
+    assert torch.equal(a.refined, b.refined)
+
+
 def test_pool_segments_decide_and_margin():
     seg = torch.tensor([[0, 0, 1, 1]])
     scores = torch.tensor([[[0.9, 0.1, 0.2, 0.45]], [[0.2, 0.6, 0.5, 0.45]]])
@@ -197,7 +243,7 @@ def test_registry_and_record():
     (dict(map_weight=-1.0), "map_weight"), (dict(background_weight=float("nan")), "background_weight"),
     (dict(propagate=-1), "propagate"), (dict(propagate=1.5), "propagate"), (dict(sharpen=0.0), "sharpen"),
     (dict(upsample="bicubic"), "upsample"), (dict(refine="crf"), "refine"), (dict(refine_k=1), "refine_k"),
-    (dict(pamr_dilations=(0,)), "pamr_dilations"), (dict(margin=1.0), "margin"), (dict(min_region=True), "min_region"),
+    (dict(pamr_dilations=(0,)), "pamr_dilations"), (dict(pamr_scale=-1), "pamr_scale"), (dict(margin=1.0), "margin"), (dict(min_region=True), "min_region"),
 ])
 def test_parameters_are_checked_in_the_dataclass(kw, field):
     with pytest.raises(InputError) as e:

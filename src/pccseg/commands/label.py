@@ -95,6 +95,8 @@ _FUSE_HELP = {
     "refine_k": "k of the RGB+xy k-means of the colour segments",
     "pamr_iters": "PAMR iterations",
     "pamr_dilations": "PAMR neighbourhood dilations in pixels",
+    "pamr_scale": "PAMR runs at most this many pixels per latent pixel (then bilinear to the image; 0: "
+                  "at the image size)",
     "margin": "uncertain (255) where the runner-up score is within this share of the best (0: never)",
     "min_region": "regions under this many pixels take their border's majority label (0: off)",
 }

@@ -12,9 +12,10 @@ colour segment of the image (docs/labeller.md, "fuse").
    captured self-attention probabilities (``self_probs``), rows raised to ``sharpen`` (iSeg, Dataset
    Diffusion).
 4. **Upsampling** to the image size, bilinear (PCC: nearest, whence blocky edges).
-5. **Refinement on the image**: every colour-and-position segment (PCC's k-means on RGB + xy,
-   ``refine_k`` clusters split into connected parts) takes the mean score of its pixels (``segments``),
-   and/or PAMR, label propagation weighted by local colour affinity (``pamr``).
+5. **Refinement on the image** (``both`` by default): PAMR, label propagation weighted by local colour
+   affinity (``pamr``), on a grid of at most ``pamr_scale`` image pixels per latent pixel (then bilinear
+   to the image size); then every colour-and-position segment (PCC's k-means on RGB + xy, ``refine_k``
+   clusters split into connected parts) takes the mean score of its pixels (``segments``).
 6. **Decision**: argmax; uncertain where the runner-up is within ``margin`` of the best (relative); regions
    under ``min_region`` pixels take the majority of their border.
 
@@ -103,10 +104,11 @@ class FuseParams:
     sharpen: float = 1.0
     # 4-5. upsampling and refinement on the image
     upsample: Upsample = "bilinear"
-    refine: Refine = "segments"
+    refine: Refine = "both"
     refine_k: int = 20
     pamr_iters: int = 10
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
+    pamr_scale: int = 4                         # PAMR's grid: at most this x the latent size (0: the image's)
     # 6. decision
     margin: float = 0.0                         # uncertain where runner-up >= (1 - margin) * best
     min_region: int = 0                         # regions under this many pixels take their border's label
@@ -123,6 +125,7 @@ CHECKS = {
     "propagate": _int(0, 100), "sharpen": _num(0, lo_open=True),
     "upsample": _choice(Upsample), "refine": _choice(Refine), "refine_k": _int(2),
     "pamr_iters": _int(0, 1000), "pamr_dilations": _several(_int(1)),
+    "pamr_scale": _int(0),
     "margin": _num(0, 1), "min_region": _int(0),
 }
 
@@ -159,6 +162,16 @@ class FuseResult:
     def uncertain_share(self) -> float:
         """Share of the final mask's pixels that are 255."""
         return float((self.mask == UNCERTAIN).float().mean())
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(C, h, w) -> (C, *size) float, ``mode`` bilinear (align_corners False) or nearest."""
+    import torch.nn.functional as F
+
+    if tuple(x.shape[1:]) == tuple(size):
+        return x
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(x[None], size=tuple(size), mode=mode, **kw)[0]
 
 
 def label(capture: Capture, params: FuseParams | None = None, **overrides) -> FuseResult:
@@ -212,11 +225,16 @@ def label(capture: Capture, params: FuseParams | None = None, **overrides) -> Fu
             F.interpolate(spread[None], size=tuple(scores.shape[1:]), mode="bilinear", align_corners=False)[0]
         timer.lap("propagate")
     size = capture.image_size
-    kw = {} if p.upsample == "nearest" else {"align_corners": False}
-    up = F.interpolate(scores[None], size=size, mode=p.upsample, **kw)[0] if tuple(scores.shape[1:]) != size \
-        else scores
-    if p.refine in ("pamr", "both") and p.pamr_iters:
-        up = Fu.pamr(image, up, p.pamr_iters, p.pamr_dilations)
+    use_pamr = p.refine in ("pamr", "both") and p.pamr_iters > 0
+    # PAMR runs on a grid of at most pamr_scale image pixels per latent pixel (the scores have no detail
+    # finer than a latent pixel; the colour segments give the edges at the image size)
+    grid = tuple(min(n, m * p.pamr_scale) for n, m in zip(size, scores.shape[1:])) \
+        if use_pamr and p.pamr_scale else size
+    up = _resize(scores, grid, p.upsample)
+    if use_pamr:
+        small = image if grid == size else \
+            F.interpolate(image.permute(2, 0, 1)[None].float(), size=grid, mode="area")[0].permute(1, 2, 0)
+        up = _resize(Fu.pamr(small, up, p.pamr_iters, p.pamr_dilations), size, p.upsample)
     if segments is not None:
         up = Fu.pool_segments(up, segments)
     timer.lap("refine")
