@@ -161,6 +161,28 @@ def test_jobs_run_in_other_processes_and_errors_come_back(tmp_path):
     assert len(pids) >= 1 and os.getpid() not in pids
 
 
+def _levels():
+    import logging
+
+    return logging.getLogger().getEffectiveLevel(), logging.getLogger("pccseg").getEffectiveLevel()
+
+
+def test_job_processes_log_at_their_parents_levels():
+    """Spawned workers start with no logging set: they take this process's levels, so that a quiet run
+    (pccseg's INFO off) is quiet in its workers too (they logged INFO whatever the command said)."""
+    import logging
+
+    log = logging.getLogger("pccseg")
+    before = log.level
+    try:
+        for level in (logging.WARNING, logging.INFO):
+            log.setLevel(level)
+            assert _levels()[1] == level
+            assert run_jobs(_levels, [(), ()], processes=2, threads=1) == [_levels()] * 2
+    finally:
+        log.setLevel(before)
+
+
 @pytest.mark.parametrize("bad, field", [(dict(num=0), "--num"), (dict(num=2.5), "--num"), (dict(val=-1), "--val"),
                                         (dict(labellers=("pcc", "nope")), "--labellers"),
                                         (dict(labellers=("pcc", "pcc")), "--labellers"), (dict(labellers=()), "--labellers"),
