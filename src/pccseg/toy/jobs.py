@@ -39,4 +39,10 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], processes: int, threads: int) 
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(processes, len(jobs)), initializer=_worker_init,
                   initargs=(threads, _log_levels())) as pool:
-        return pool.map(_call, [(fn, args) for args in jobs], chunksize=1)
+        results = pool.map(_call, [(fn, args) for args in jobs], chunksize=1)
+        # done: the workers end normally, their finalizers run (leaving the block terminates them, a SIGTERM:
+        # a lock a job kept, tqdm's for one, was never released and the run ended with "resource_tracker:
+        # There appear to be N leaked semaphore objects")
+        pool.close()
+        pool.join()
+    return results
