@@ -161,6 +161,53 @@ def test_jobs_run_in_other_processes_and_errors_come_back(tmp_path):
     assert len(pids) >= 1 and os.getpid() not in pids
 
 
+def _levels():
+    import logging
+
+    return logging.getLogger().getEffectiveLevel(), logging.getLogger("pccseg").getEffectiveLevel()
+
+
+def test_job_processes_log_at_their_parents_levels():
+    """Spawned workers start with no logging set: they take this process's levels, so that a quiet run
+    (pccseg's INFO off) is quiet in its workers too (they logged INFO whatever the command said)."""
+    import logging
+
+    log = logging.getLogger("pccseg")
+    before = log.level
+    try:
+        for level in (logging.WARNING, logging.INFO):
+            log.setLevel(level)
+            assert _levels()[1] == level
+            assert run_jobs(_levels, [(), ()], processes=2, threads=1) == [_levels()] * 2
+    finally:
+        log.setLevel(before)
+
+
+_held = []
+
+
+def _hold_a_lock(folder):
+    """Keeps a multiprocessing lock until the process ends, as tqdm's class-wide lock does (made by any tqdm,
+    a disabled one too), and marks a normal end of the process: the lock's finalizer runs then."""
+    import multiprocessing
+    from multiprocessing.util import Finalize
+
+    _held.append(multiprocessing.RLock())
+    Finalize(_held[-1], (folder / f"{os.getpid()}.ended").write_text, args=("x",), exitpriority=0)
+    return os.getpid()
+
+
+def test_job_processes_end_normally_and_release_their_locks(tmp_path):
+    """The pool's workers were terminated (SIGTERM) when the jobs were done: a semaphore a job kept (tqdm's
+    lock) was never released, and every experiment ended with 'resource_tracker: There appear to be N
+    leaked semaphore objects'. They now end normally: each worker's finalizers run."""
+    for i in range(3):                  # a terminated worker sometimes had ended before its SIGTERM
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        pids = set(run_jobs(_hold_a_lock, [(folder,), (folder,)], processes=2, threads=1))
+        assert {int(p.stem) for p in folder.glob("*.ended")} == pids and os.getpid() not in pids
+
+
 @pytest.mark.parametrize("bad, field", [(dict(num=0), "--num"), (dict(num=2.5), "--num"), (dict(val=-1), "--val"),
                                         (dict(labellers=("pcc", "nope")), "--labellers"),
                                         (dict(labellers=("pcc", "pcc")), "--labellers"), (dict(labellers=()), "--labellers"),

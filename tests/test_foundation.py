@@ -77,10 +77,16 @@ def test_cli_logs_pccseg_at_info_and_other_libraries_from_warning(tmp_path):
             "[logging.getLogger(n).log(level, n + ' ' + logging.getLevelName(level)) "
             " for n in ('pccseg.x', 'somelib.x') for level in (logging.DEBUG, logging.INFO, logging.WARNING)]")
     args = ["label", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
-    for verbose, shown in (([], {"pccseg.x INFO", "pccseg.x WARNING", "somelib.x WARNING"}),
-                           (["-v"], {"pccseg.x DEBUG", "pccseg.x INFO", "pccseg.x WARNING", "somelib.x INFO",
-                                     "somelib.x WARNING"})):
-        err = subprocess.run([sys.executable, "-c", code, *verbose, *args], capture_output=True, text=True,
+    train = ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")]
+    for verbose, shown, cmd in (
+            ([], {"pccseg.x INFO", "pccseg.x WARNING", "somelib.x WARNING"}, args),
+            (["-v"], {"pccseg.x DEBUG", "pccseg.x INFO", "pccseg.x WARNING", "somelib.x INFO", "somelib.x WARNING"},
+             args),
+            # quiet, by the command's flag (-q or --no-progress): no progress lines, warnings stay
+            ([], {"pccseg.x WARNING", "somelib.x WARNING"}, [*args, "-q"]),
+            ([], {"pccseg.x WARNING", "somelib.x WARNING"}, [*train, "--no-progress"]),
+            ([], {"pccseg.x INFO", "pccseg.x WARNING", "somelib.x WARNING"}, train)):
+        err = subprocess.run([sys.executable, "-c", code, *verbose, *cmd], capture_output=True, text=True,
                              timeout=120).stderr
         lines = {line.split(": ", 1)[1] for line in err.splitlines() if line.startswith(("DEBUG", "INFO", "WARN"))}
         assert {x for x in lines if x.startswith(("pccseg.x", "somelib.x"))} == shown, err

@@ -555,7 +555,7 @@ def test_a_kill_between_the_renames_of_last_resumes_from_the_complete_copy(refer
     (run / "last").rename(run / ".last.0badf00d.pccseg.tmp")             # the new copy, complete
     (tmp_path / "at2").rename(run / ".last.0badf00d.old.pccseg.tmp")     # the old one, renamed aside
     caplog.clear()
-    assert main(_cli_args(data, run, **{"--stop-after": 6})) == 0
+    assert main(_cli_args(data, run, **{"--stop-after": 6}) + ["-v"]) == 0   # -v: INFO under --no-progress
     assert f"resuming {run} from iteration 5" in caplog.text
     assert read_checkpoint_meta(run / "last")["iteration"] == 6
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]

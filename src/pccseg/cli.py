@@ -49,15 +49,22 @@ def _finish_commands(parser: argparse.ArgumentParser) -> None:
                 _finish_commands(child)
 
 
+def is_quiet(args: argparse.Namespace) -> bool:
+    """Whether the command was asked for no progress: ``-q`` / ``--quiet`` or ``--no-progress``, whichever
+    it has. The one rule for every command: no progress bar (each command's own flag) and no progress lines
+    (pccseg's INFO, here and in every worker process); warnings, errors and the final summary stay."""
+    return bool(getattr(args, "quiet", False)) or getattr(args, "progress", True) is False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # pccseg's own progress at INFO (DEBUG with -v); other libraries' INFO (torch prints cache statistics at
-    # exit, for one) only with -v
+    # pccseg's own progress at INFO (DEBUG with -v, none when quiet); other libraries' INFO (torch prints cache
+    # statistics at exit, for one) only with -v
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pccseg").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     log = logging.getLogger("pccseg")
+    log.setLevel(logging.DEBUG if args.verbose else logging.WARNING if is_quiet(args) else logging.INFO)
     log.debug("pccseg %s: %s", __version__, " ".join(argv if argv is not None else sys.argv[1:]))
     name = getattr(args, "prog_name", f"pccseg {args.command}")
     try:

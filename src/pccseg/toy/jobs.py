@@ -12,10 +12,17 @@ import torch
 from ..signals import die_with_parent
 
 
-def _worker_init(threads: int) -> None:
+def _log_levels() -> tuple[int, int]:
+    """This process's levels of the root logger and of pccseg's (what ``pccseg.cli`` set: -v, -q)."""
+    return logging.getLogger().getEffectiveLevel(), logging.getLogger("pccseg").getEffectiveLevel()
+
+
+def _worker_init(threads: int, levels: tuple[int, int]) -> None:
     die_with_parent()               # a killed run leaves no worker behind
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    root, own = levels              # a spawned process starts with no logging set: as its parent's
+    logging.basicConfig(level=root, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pccseg").setLevel(own)
 
 
 def _call(job: tuple[Callable, tuple]):
@@ -30,5 +37,12 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], processes: int, threads: int) 
     if processes <= 1 or len(jobs) <= 1:
         return [fn(*args) for args in jobs]
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(processes, len(jobs)), initializer=_worker_init, initargs=(threads,)) as pool:
-        return pool.map(_call, [(fn, args) for args in jobs], chunksize=1)
+    with ctx.Pool(min(processes, len(jobs)), initializer=_worker_init,
+                  initargs=(threads, _log_levels())) as pool:
+        results = pool.map(_call, [(fn, args) for args in jobs], chunksize=1)
+        # done: the workers end normally, their finalizers run (leaving the block terminates them, a SIGTERM:
+        # a lock a job kept, tqdm's for one, was never released and the run ended with "resource_tracker:
+        # There appear to be N leaked semaphore objects")
+        pool.close()
+        pool.join()
+    return results
