@@ -5,7 +5,7 @@ import pytest
 
 from pccseg.capture.format import save_capture
 from pccseg.cli import build_parser, main
-from pccseg.commands.label import params_from_args
+from pccseg.commands.label_options import params_from_args
 from pccseg.io import load_mask
 from pccseg.labellers.pcc import LabelParams
 

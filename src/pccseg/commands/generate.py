@@ -61,7 +61,7 @@ def sampling_settings(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .label import params_from_args
+    from .label_options import params_from_args
     from ..dataset.folder import Dataset
     from ..dataset.generate import check_options, check_size_fits, distributed_state, generate
     from ..io import make_dir
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from .label import add_label_arguments
+    from .label_options import add_label_arguments
     from ..dataset.generate import DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_STEPS
     from ..capture.models import SCHEDULERS
 

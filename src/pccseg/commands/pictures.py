@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from .label import add_label_arguments, params_from_args
+from .label_options import add_label_arguments, params_from_args
 
 
 def resolve_capture(target: str, data: str | None) -> Path:
