@@ -14,6 +14,7 @@ from pccseg.labellers.pcc import LabelParams
 from pccseg.labellers.registry import LABELLERS, get_labeller, label, labeller_of, params_record
 
 from test_labeller import miou
+from test_labellers import planted  # noqa: F401 (the fixture: a small planted capture and its layout)
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -145,14 +146,6 @@ def test_absorb_small_relabels_specks_by_their_border():
 
 
 # ------------------------------------------------------------------------------------------ labeller
-
-@pytest.fixture(scope="module")
-def planted():
-    size = (128, 192)
-    cap = planted_capture(image_size=size, latent=(32, 48), layers=SD21[::3], heads_per_layer=2, head_dim=16,
-                          seed=1)
-    return cap, planted_layout(image_size=size)
-
 
 def test_fuse_recovers_the_planted_layout_and_keeps_its_stages(planted):
     cap, layout = planted

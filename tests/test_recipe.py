@@ -18,15 +18,7 @@ from pccseg.train.config import TrainConfig
 from pccseg.train.ema import WeightEMA, ema_decay
 from pccseg.train.loop import train
 from pccseg.train.selftrain import relabel_dataset, relabel_mask, self_train
-from test_train import make_blocks_tree, read_log, small_config
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_train import make_blocks_tree, one_thread, read_log, small_config  # noqa: F401 (one_thread: autouse)
 
 
 def weights(run, name="last"):
