@@ -39,7 +39,8 @@ def main() -> None:
 
     from pccseg.capture.tokenizer import clip_tokenizer
     from pccseg.toy.model import noise_scheduler, toy_pipeline
-    from pccseg.toy.train import _snr_weights, _tokenize
+    from pccseg.toy.train import _tokenize
+    from pccseg.toy.unet_step import denoising_loss, descend
     from pccseg.toy.world import render_scene
 
     out = Path(args.out)
@@ -63,18 +64,10 @@ def main() -> None:
             x0 = vae.encode(x).latent_dist.mean * sf
         tokens = _tokenize(tok, [s.caption for s in scenes])
         tokens[torch.from_numpy(rng.random(args.batch) < 0.1)] = empty
-        noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32))
-        t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, args.batch)).long()
-        pred = unet(sched.add_noise(x0, noise, t), t, text(tokens)[0]).sample
-        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(_snr_weights(sched, t, 5.0)).mean()
+        loss = denoising_loss(unet, text, sched, x0, tokens, rng, 5.0)
         half = args.steps // 2
         lr = args.lr * min(1.0, (step + 1) / 50) * (1.0 if step < half else (args.steps - step) / (args.steps - half))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        descend(opt, params, loss, lr)
         with torch.no_grad():
             d = min(args.ema, (1 + step) / (10 + step))
             for n, p in [*(("u." + k, v) for k, v in unet.named_parameters()),

@@ -43,6 +43,7 @@ from ..io import atomic_path, read_json, remove_temps, respect_umask, save_tenso
 from ..signals import hold_interrupts, save_on_interrupt
 from .config import ToyTrainConfig
 from . import board
+from .unet_step import denoising_loss, descend
 
 log = logging.getLogger(__name__)
 
@@ -325,12 +326,6 @@ def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def _snr_weights(sched, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    ac = sched.alphas_cumprod.to(t.device)[t]
-    snr = ac / (1 - ac)
-    return torch.clamp(snr, max=gamma) / snr
-
-
 def learning_rate(cfg: ToyTrainConfig, step: int) -> float:
     """The UNet stage's learning rate at ``step`` (0-based): a linear warm-up over ``warmup`` steps, then
     ``lr``, annealed linearly to 0 over the last ``decay_steps`` steps of ``low_steps + high_steps``."""
@@ -393,18 +388,9 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
             x0 = lat[idx].float().to(device)
             tokens = ids[idx].clone()
             tokens[torch.from_numpy(rng.random(bs) < cfg.uncond_prob)] = empty
-            noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32)).to(device)
-            t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, bs)).long().to(device)
-            pred = unet(sched.add_noise(x0, noise, t), t, text(tokens.to(device))[0]).sample
-            w = _snr_weights(sched, t, cfg.snr_gamma) if cfg.snr_gamma > 0 else torch.ones_like(t, dtype=torch.float32)
-            loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(w).mean()
+            loss = denoising_loss(unet, text, sched, x0, tokens, rng, cfg.snr_gamma)
             lr = learning_rate(cfg, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            descend(opt, params, loss, lr)
             ema.update(named, step)
             step += 1
             losses.append(loss.item())
