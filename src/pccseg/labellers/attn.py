@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ..errors import InputError
+from ..params import Choice, OrNone, Real, check, param, parameters
 from .pcc import _Timer
 from ..vocab import IGNORE_INDEX
 
@@ -29,28 +30,19 @@ Interpolation = Literal["bicubic", "bilinear", "nearest"]
 TokenMerge = Literal["max", "mean"]
 
 
-def check_choice(value: Any, name: str, choices: Sequence[Any]) -> None:
-    """InputError (field ``name``) unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise InputError(f"{value!r} is not one of {', '.join(map(str, choices))}", field=name)
+#: A threshold on min-max normalised maps.
+FRACTION = Real(0, 1, why="the maps are min-max normalised")
 
 
-def _check_fraction(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise InputError(f"must be a number in [0, 1] (the maps are min-max normalised), got {value!r}",
-                         field=name)
+def check_band(params: Any) -> None:
+    """The uncertain threshold (None: no band) at most the threshold: the ``_validate`` of the attn and dd
+    parameters."""
+    if params.uncertain_threshold is not None and params.uncertain_threshold > params.threshold:
+        raise InputError(f"{params.uncertain_threshold} is above threshold {params.threshold}: the uncertain "
+                         "band is [uncertain_threshold, threshold)", field="uncertain_threshold")
 
 
-def check_thresholds(threshold: float, uncertain_threshold: float | None) -> None:
-    """Both in [0, 1] (the scale of normalised maps), the uncertain one (None: no band) at most the other."""
-    _check_fraction(threshold, "threshold")
-    if uncertain_threshold is not None:
-        _check_fraction(uncertain_threshold, "uncertain_threshold")
-        if uncertain_threshold > threshold:
-            raise InputError(f"{uncertain_threshold} is above threshold {threshold}: the uncertain band is "
-                             "[uncertain_threshold, threshold)", field="uncertain_threshold")
-
-
+@parameters
 @dataclass(frozen=True)
 class AttnParams:
     """Parameters of the attn labeller (see the module docstring).
@@ -60,15 +52,17 @@ class AttnParams:
     max, as the PCC labeller's class maps (method §1b).
     """
 
-    threshold: float = 0.4                     # background where every map is below it
-    uncertain_threshold: float | None = None   # None: no uncertain band
-    interpolation: Interpolation = "bicubic"   # latent -> image size
-    token_merge: TokenMerge = "max"            # several tokens of one class
+    threshold: float = param(0.4, "background where every normalised class map is below this", FRACTION)
+    uncertain_threshold: float | None = param(None, "uncertain (255) where the largest map is in [this, "
+                                                    "threshold); None: no band", OrNone(FRACTION, "no band"))
+    interpolation: Interpolation = param("bicubic", "resize of the class maps to the image",
+                                         Choice(*get_args(Interpolation)))
+    token_merge: TokenMerge = param("max", "how the tokens of one class name merge", Choice(*get_args(TokenMerge)))
 
     def __post_init__(self) -> None:
-        check_thresholds(self.threshold, self.uncertain_threshold)
-        check_choice(self.interpolation, "interpolation", get_args(Interpolation))
-        check_choice(self.token_merge, "token_merge", get_args(TokenMerge))
+        check(self)
+
+    _validate = check_band
 
 
 @dataclass

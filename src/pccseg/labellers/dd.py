@@ -19,12 +19,13 @@ numbers, no n x n matrix power); a constant map normalises to 0 instead of NaN.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, get_args
 
 from ..errors import InputError
+from ..params import Choice, Int, OrNone, check, param, parameters
 from .pcc import _Timer
-from .attn import (Interpolation, MapsResult, TokenMerge, check_choice, check_thresholds, object_maps,
-                            resize, threshold_argmax)
+from .attn import (FRACTION, Interpolation, MapsResult, TokenMerge, check_band, object_maps, resize,
+                   threshold_argmax)
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
     import torch
@@ -35,30 +36,28 @@ MISSING_SELF_PROBS = ("no self-attention probabilities in this capture, which th
                       "captures with `pccseg generate --labeller dd` or `pccseg generate --keep-captures`")
 
 
-def _check_int(value: Any, name: str, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
-            or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise InputError(f"must be an integer {bound}, got {value!r}", field=name)
-
-
+@parameters
 @dataclass(frozen=True)
 class DDParams:
     """Parameters of the dd labeller; the defaults are the values of Dataset Diffusion's script."""
 
-    power: int = 4                              # affinity matrix power
-    class_downsample: int = 4                   # class maps at latent / this (16x16 for a 64x64 latent)
-    threshold: float = 0.6                      # class where the largest map >= it
-    uncertain_threshold: float | None = 0.5     # 255 in [this, threshold); None (or = threshold): no band
-    token_merge: TokenMerge = "mean"            # several tokens of one class ("pot plant"): their mean
-    interpolation: Interpolation = "bicubic"    # class level -> self level, and self level -> image
+    power: int = param(4, "power of the self-attention affinity matrix (0: no affinity, the class maps alone)",
+                       Int(0, 64, why="each is a matrix product"))
+    class_downsample: int = param(4, "class maps at the latent size divided by this (4: 16x16 for SD at 512)",
+                                  Int(1))
+    threshold: float = param(0.6, "a pixel takes the class of the largest map where it is >= this", FRACTION)
+    uncertain_threshold: float | None = param(
+        0.5, "uncertain (255) where the largest map is in [this, threshold); set it to the threshold (or None) "
+             "for no uncertain band", OrNone(FRACTION, "no band"))
+    token_merge: TokenMerge = param("mean", "how the tokens of one class name merge (\"pot plant\": their mean)",
+                                    Choice(*get_args(TokenMerge)))
+    interpolation: Interpolation = param("bicubic", "resize of the class maps to the self-attention grid and "
+                                                    "of the result to the image", Choice(*get_args(Interpolation)))
 
     def __post_init__(self) -> None:
-        _check_int(self.power, "power", 0, 64)         # 0: no affinity (the class maps alone); each is a matmul
-        _check_int(self.class_downsample, "class_downsample", 1)
-        check_thresholds(self.threshold, self.uncertain_threshold)
-        check_choice(self.interpolation, "interpolation", get_args(Interpolation))
-        check_choice(self.token_merge, "token_merge", get_args(TokenMerge))
+        check(self)
+
+    _validate = check_band
 
 
 def spread(self_probs: torch.Tensor, maps: torch.Tensor, power: int) -> torch.Tensor:

@@ -24,12 +24,11 @@ No uncertain ring: every pixel gets a class unless the scores are close.
 
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal, get_args
 
 from ..errors import InputError
+from ..params import SEED, Choice, Int, Real, Seq, check, param, parameters
 from .pcc import _Timer
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
@@ -46,42 +45,7 @@ MISSING_SELF_PROBS = ("no self-attention probabilities in this capture, which --
                       "propagate to 0")
 
 
-def _int(lo: int, hi: int | None = None):
-    def check(name: str, v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
-            raise InputError(f"must be an integer >= {lo}" + ("" if hi is None else f" and <= {hi}") +
-                             f", got {v!r}", field=name)
-        return int(v)
-    return check
-
-
-def _num(lo: float, hi: float | None = None, lo_open: bool = False):
-    def check(name: str, v: Any) -> float:
-        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and \
-            (v > lo if lo_open else v >= lo) and (hi is None or v < hi)
-        if not ok:
-            raise InputError(f"must be a number {'>' if lo_open else '>='} {lo}" +
-                             ("" if hi is None else f" and < {hi}") + f", got {v!r}", field=name)
-        return float(v)
-    return check
-
-
-def _choice(kind):
-    def check(name: str, v: Any) -> Any:
-        if v not in get_args(kind):
-            raise InputError(f"{v!r} is not one of {', '.join(get_args(kind))}", field=name)
-        return v
-    return check
-
-
-def _several(item):
-    def check(name: str, v: Any) -> tuple:
-        if not isinstance(v, (list, tuple)) or not v:
-            raise InputError(f"must be a non-empty list, got {v!r}", field=name)
-        return tuple(item(name, x) for x in v)
-    return check
-
-
+@parameters
 @dataclass(frozen=True)
 class FuseParams:
     """Parameters of the fuse labeller (module docstring); each stage can be switched off.
@@ -91,43 +55,39 @@ class FuseParams:
     """
 
     # 1. PCC's clusters and votes
-    n_components: int = 3
-    ks: tuple[int, ...] = (4, 7, 10)
-    thresholds: tuple[float, ...] = (0.3, 0.5, 0.8)
-    background_factor: float = 1.2
-    seed: int = 0
+    n_components: int = param(3, "PCA components per attention head (PCC's clusters)", Int(1))
+    ks: tuple[int, ...] = param((4, 7, 10), "k-means cluster counts (PCC's clusters; one vote set per k)",
+                                Seq(Int(2)))
+    thresholds: tuple[float, ...] = param((0.3, 0.5, 0.8), "class-map thresholds (PCC's votes; one vote set per "
+                                                           "threshold)", Seq(Real(0, 1, "neither")))
+    background_factor: float = param(1.2, "background (start-of-text) binary map is map > factor * t (PCC's votes)",
+                                     Real(0, closed="neither"))
+    seed: int = param(0, "k-means seed (clusters and colour segments)", SEED)
     # 2. fusion: score = vote share + weight * class map
-    map_weight: float = 1.0                     # 0: the votes alone
-    background_weight: float = 2.0              # the start-of-text (background) map's weight
+    map_weight: float = param(1.0, "score = vote share + this x object class map (0: the votes alone)", Real(0))
+    background_weight: float = param(2.0, "weight of the background (start-of-text) map in the score", Real(0))
     # 3. propagation through self_probs (0: off)
-    propagate: int = 0
-    sharpen: float = 1.0
+    propagate: int = param(0, "spread the scores this many times through the captured self_probs (0: off; needs "
+                              "captures with self_probs)", Int(0, 100))
+    sharpen: float = param(1.0, "power of the self_probs rows before propagation (1: as captured)",
+                           Real(0, closed="neither"))
     # 4-5. upsampling and refinement on the image
-    upsample: Upsample = "bilinear"
-    refine: Refine = "both"
-    refine_k: int = 20
-    pamr_iters: int = 10
-    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
-    pamr_scale: int = 4                         # PAMR's grid: at most this x the latent size (0: the image's)
+    upsample: Upsample = param("bilinear", "scores latent -> image size", Choice(*get_args(Upsample)))
+    refine: Refine = param("both", "segments: every colour segment takes its mean score; pamr: colour-affinity "
+                                   "propagation; both: pamr, then segments; none", Choice(*get_args(Refine)))
+    refine_k: int = param(20, "k of the RGB+xy k-means of the colour segments", Int(2))
+    pamr_iters: int = param(10, "PAMR iterations", Int(0, 1000))
+    pamr_dilations: tuple[int, ...] = param((1, 2, 4, 8), "PAMR neighbourhood dilations in pixels", Seq(Int(1)))
+    pamr_scale: int = param(4, "PAMR runs at most this many pixels per latent pixel (then bilinear to the image; "
+                               "0: at the image size)", Int(0))
     # 6. decision
-    margin: float = 0.0                         # uncertain where runner-up >= (1 - margin) * best
-    min_region: int = 0                         # regions under this many pixels take their border's label
+    margin: float = param(0.0, "uncertain (255) where the runner-up score is within this share of the best "
+                               "(0: never)", Real(0, 1, "left"))
+    min_region: int = param(0, "regions under this many pixels take their border's majority label (0: off)",
+                            Int(0))
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            object.__setattr__(self, f.name, CHECKS[f.name](f.name, getattr(self, f.name)))
-
-
-CHECKS = {
-    "n_components": _int(1), "ks": _several(_int(2)), "thresholds": _several(_num(0, 1, lo_open=True)),
-    "background_factor": _num(0, lo_open=True), "seed": _int(0, 2**63 - 1),
-    "map_weight": _num(0), "background_weight": _num(0),
-    "propagate": _int(0, 100), "sharpen": _num(0, lo_open=True),
-    "upsample": _choice(Upsample), "refine": _choice(Refine), "refine_k": _int(2),
-    "pamr_iters": _int(0, 1000), "pamr_dilations": _several(_int(1)),
-    "pamr_scale": _int(0),
-    "margin": _num(0, 1), "min_region": _int(0),
-}
+        check(self)
 
 
 @dataclass

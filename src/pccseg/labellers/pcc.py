@@ -7,16 +7,15 @@ their parameters, runs them in order and keeps every intermediate for pictures.
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import InputError
+from ..params import SEED, Bool, Choice, Int, Real, Seq, check, param, parameters
 from ..signals import hold_interrupts
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --help stays light
@@ -27,6 +26,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI's --hel
 Preset = Literal["report", "authors"]
 
 
+@parameters
 @dataclass(frozen=True)
 class LabelParams:
     """Every labeller parameter, with the report's values as defaults.
@@ -38,38 +38,47 @@ class LabelParams:
     """
 
     # section 2: class-agnostic clusters
-    n_components: int = 3                      # PCA components per head
-    ks: tuple[int, ...] = (4, 7, 10)           # k-means cluster counts
-    seed: int = 0                              # k-means seed (k-means++ init)
-    kmeans_iters: int = 300                    # Lloyd iterations at most
-    kmeans_restarts: int = 1                   # k-means++ starts per k-means, least inertia wins (n_init)
-    seed_votes: int = 1                        # k-means seeds seed..seed+n-1, their labels voted per pixel
-    cluster_connectivity: Literal[4, 8] = 4    # report 4; authors' code 8
+    n_components: int = param(3, "PCA components per attention head", Int(1))
+    ks: tuple[int, ...] = param((4, 7, 10), "k-means cluster counts (one vote set per k)", Seq(Int(2)))
+    seed: int = param(0, "k-means seed (k-means++ init, both k-means steps)", SEED)
+    kmeans_iters: int = param(300, "Lloyd iterations at most", Int(1))
+    kmeans_restarts: int = param(1, "k-means++ starts of every k-means; the one of least inertia wins "
+                                    "(scikit-learn's n_init)", Int(1, 1000))
+    seed_votes: int = param(1, "label with the k-means seeds seed .. seed + n - 1 and vote: the cluster votes of "
+                               "all seeds make one blocky mask, each seed refines it and every pixel takes the "
+                               "value most of them give", Int(1, 1000))
+    cluster_connectivity: Literal[4, 8] = param(4, "connectivity of cluster segments (report 4, authors 8)",
+                                                Choice(4, 8))
     # section 3: classify the segments
-    class_blur: bool = False                   # authors' route: [1/8, 3/4, 1/8] blur of the token maps
-    thresholds: tuple[float, ...] = (0.3, 0.5, 0.8)
-    background_factor: float = 1.2             # background (SoT) binary map: map > factor * t
-    vote_rule: Preset = "report"               # report: uncertain if mode share <= 0.5; authors: < 0.56
+    class_blur: bool = param(False, "blur the class-text token maps by [1/8, 3/4, 1/8], as the authors' bilinear "
+                                    "resize to the image size and 8x8 block sums do", Bool())
+    thresholds: tuple[float, ...] = param((0.3, 0.5, 0.8), "class-map thresholds (one vote set per threshold)",
+                                          Seq(Real(0, 1, "neither")))
+    background_factor: float = param(1.2, "background (start-of-text) binary map is map > factor * t",
+                                     Real(0, closed="neither"))
+    vote_rule: Preset = param("report", "report: uncertain if the mode's share <= 0.5; authors: < 0.56",
+                              Choice("report", "authors"))
     # section 4: refinement on the RGB image
-    refine: bool = True
-    refine_k: int = 20
-    refine_connectivity: Literal[4, 8] = 8     # authors' code
-    refine_min_segment: int = 10               # smaller fragments pool into one leftover segment
-    refine_subsample: int = 16384              # fit the refine k-means on <= this many pixels (0: all)
-    dominance_rule: Preset = "report"          # report: > dominance_share; authors: > 2x runner-up
-    dominance_share: float = 0.66
-    artefact_ring: bool = True                 # authors' code: morphology + 2-px uncertain ring
-    ring_width: int = 2
+    refine: bool = param(True, "refine the blocky mask on the RGB image", Bool())
+    refine_k: int = param(20, "k of the RGB+xy k-means", Int(2))
+    refine_connectivity: Literal[4, 8] = param(8, "connectivity of refine segments", Choice(4, 8))
+    refine_min_segment: int = param(10, "refine fragments under this many pixels pool into one leftover segment",
+                                    Int(0))
+    refine_subsample: int = param(16384, "refine k-means: fit centroids on at most this many pixels (strided), "
+                                         "then assign every pixel; 0 = fit on all pixels", Int(0))
+    dominance_rule: Preset = param("report", "report: dominant value if its share > dominance share; authors: "
+                                             "> 2x runner-up", Choice("report", "authors"))
+    dominance_share: float = param(0.66, "share for the report's dominance rule", Real(0, 1, "neither"))
+    artefact_ring: bool = param(True, "authors' morphology + uncertain ring around each class region", Bool())
+    ring_width: int = param(2, "width in pixels of the uncertain ring",
+                            Int(0, 1024, why="wider than any image's side is meaningless"))
 
     def __post_init__(self) -> None:
-        """Check every field against :data:`CHECKS` (lists become tuples); :class:`InputError` names the
-        field. So the API refuses what the command line refuses."""
-        for f in fields(self):
-            try:
-                value = CHECKS[f.name](getattr(self, f.name))
-            except ValueError as e:
-                raise InputError(str(e), field=f.name) from None
-            object.__setattr__(self, f.name, value)
+        """Check every field (:func:`pccseg.params.check`; lists become tuples): the API refuses what the
+        command line refuses."""
+        check(self)
+
+    def _validate(self) -> None:
         if 0 < self.refine_subsample < self.refine_k:
             raise InputError(f"must be 0 (all pixels) or at least refine_k ({self.refine_k}), got "
                              f"{self.refine_subsample}", field="refine_subsample")
@@ -85,73 +94,6 @@ class LabelParams:
         else:
             raise ValueError(f"unknown preset {name!r} (report, authors)")
         return replace(base, **overrides)
-
-
-def _bounds(lo: float, hi: float | None, op: str) -> str:
-    return f"{op[0]} {lo}" + ("" if hi is None else f" and {op[1]} {hi}")
-
-
-def _integer(lo: int, hi: int | None = None) -> Callable[[Any], int]:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
-            raise ValueError(f"must be an integer {_bounds(lo, hi, ('>=', '<='))}, got {v!r}")
-        return int(v)
-    return check
-
-
-def _number(lo: float, hi: float | None = None) -> Callable[[Any], float]:
-    """A finite number in the open interval (lo, hi)."""
-    def check(v: Any) -> float:
-        inside = isinstance(v, numbers.Real) and math.isfinite(v) and v > lo and (hi is None or v < hi)
-        if isinstance(v, bool) or not inside:
-            raise ValueError(f"must be a number {_bounds(lo, hi, ('>', '<'))}, got {v!r}")
-        return float(v)
-    return check
-
-
-def _one_of(*choices: Any) -> Callable[[Any], Any]:
-    def check(v: Any) -> Any:
-        if not any(v == c and type(v) is type(c) for c in choices):
-            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {v!r}")
-        return v
-    return check
-
-
-def _several(item: Callable[[Any], Any]) -> Callable[[Any], tuple]:
-    """A non-empty list or tuple, every item checked by ``item``."""
-    def check(v: Any) -> tuple:
-        if not isinstance(v, (list, tuple)) or not v:
-            raise ValueError(f"must be a non-empty list, got {v!r}")
-        try:
-            return tuple(item(x) for x in v)
-        except ValueError as e:
-            raise ValueError(f"each value {e}") from None
-    return check
-
-
-#: LabelParams field -> its check (raises ValueError, returns the value to keep). Every field has one.
-CHECKS: dict[str, Callable[[Any], Any]] = {
-    "n_components": _integer(1),
-    "ks": _several(_integer(2)),
-    "seed": _integer(0, 2**63 - 1),
-    "kmeans_iters": _integer(1),
-    "kmeans_restarts": _integer(1, 1000),
-    "seed_votes": _integer(1, 1000),
-    "cluster_connectivity": _one_of(4, 8),
-    "class_blur": _one_of(True, False),
-    "thresholds": _several(_number(0, 1)),
-    "background_factor": _number(0),
-    "vote_rule": _one_of("report", "authors"),
-    "refine": _one_of(True, False),
-    "refine_k": _integer(2),
-    "refine_connectivity": _one_of(4, 8),
-    "refine_min_segment": _integer(0),
-    "refine_subsample": _integer(0),
-    "dominance_rule": _one_of("report", "authors"),
-    "dominance_share": _number(0, 1),
-    "artefact_ring": _one_of(True, False),
-    "ring_width": _integer(0, 1024),             # pixels: wider than any image's side is meaningless
-}
 
 
 @dataclass
