@@ -153,7 +153,7 @@ def test_self_train_option_trains_teacher_then_student(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("ema", 1.0, "ema: must be a decay between 0 and 1"), ("ema", 0, "ema: must be a decay"),
+    ("ema", 1.0, "ema: must be a finite number > 0 and < 1, got 1.0"), ("ema", 0, "ema: must be a finite number > 0"),
     ("self_train", 0.0, "self_train: must be a finite number > 0 and <= 1"),
     ("self_train_rule", "some", "self_train_rule: must be one of fill, all"),
     ("threads", 0, "threads: must be an integer >= 1")])
@@ -165,7 +165,7 @@ def test_bad_recipe_settings(tmp_path, field, value, words):
 
 def test_cli_options(tmp_path, capsys):
     rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--ema", "1.5"])
-    assert rc == 2 and "ema: must be a decay" in capsys.readouterr().err
+    assert rc == 2 and "--ema: must be a finite number > 0 and < 1, got 1.5" in capsys.readouterr().err
 
 
 def test_filter_select_known_answer():
