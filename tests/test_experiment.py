@@ -208,11 +208,11 @@ def test_job_processes_end_normally_and_release_their_locks(tmp_path):
         assert {int(p.stem) for p in folder.glob("*.ended")} == pids and os.getpid() not in pids
 
 
-@pytest.mark.parametrize("bad, field", [(dict(num=0), "--num"), (dict(num=2.5), "--num"), (dict(val=-1), "--val"),
-                                        (dict(labellers=("pcc", "nope")), "--labellers"),
-                                        (dict(labellers=("pcc", "pcc")), "--labellers"), (dict(labellers=()), "--labellers"),
-                                        (dict(train_batch_size=1), "--train-batch-size"),
-                                        (dict(lr=float("nan")), "--lr"), (dict(jobs=0), "--jobs")])
+@pytest.mark.parametrize("bad, field", [(dict(num=0), "num"), (dict(num=2.5), "num"), (dict(val=-1), "val"),
+                                        (dict(labellers=("pcc", "nope")), "labellers"),
+                                        (dict(labellers=("pcc", "pcc")), "labellers"), (dict(labellers=()), "labellers"),
+                                        (dict(train_batch_size=1), "train_batch_size"),
+                                        (dict(lr=float("nan")), "lr"), (dict(jobs=0), "jobs")])
 def test_config_refuses_bad_values(bad, field):
     with pytest.raises(InputError) as e:
         ExperimentConfig(out="x", **bad)

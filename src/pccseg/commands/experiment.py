@@ -10,33 +10,6 @@ import argparse
 import dataclasses
 import sys
 
-_HELP = {
-    "model": "'toy' (the shipped toy model) or a diffusers folder of the toy architecture",
-    "num": "generated images, and rendered images of the upper bound",
-    "val": "held-out rendered images with exact labels that score every segmenter",
-    "labellers": "labellers to compare (pcc dd attn fuse)",
-    "steps": "denoising steps",
-    "guidance": "classifier-free guidance scale",
-    "seed": "record i of the toy prompts is generated with seed SEED + i",
-    "batch_size": "images per pipeline call",
-    "iters": "DeepLabv3 training iterations per set",
-    "train_batch_size": "DeepLabv3 batch size",
-    "crop_size": "DeepLabv3 training crop (px)",
-    "lr": "DeepLabv3 AdamW learning rate (backbone and heads)",
-    "train_seed": "first DeepLabv3 seed (init, data order, augmentation)",
-    "train_seeds": "DeepLabv3 seeds per row (TRAIN_SEED, TRAIN_SEED + 1, ...): tables give their mean and sd",
-    "ema": "also score each run's exponential moving average of the weights with this decay (rows '+ EMA')",
-    "self_train": "rows '+ self-train': the plain run relabels its set's uncertain pixels where its probability "
-                  ">= this threshold, a second DeepLabv3 trains on the result",
-    "filter": "rows '+ filter': each labeller's set filtered by its own evidence (pccseg filter's defaults)",
-    "judge_scenes": "rendered scenes that measure the judge's own error",
-    "pictures": "images in samples.png",
-    "device": "torch device (default: CUDA when available)",
-    "jobs": "processes for generation and training (default: 2 on CPU, 1 on CUDA)",
-    "threads": "torch threads per process on CPU",
-}
-
-
 def run(args: argparse.Namespace) -> int:
     from ..toy.config import ExperimentConfig
     from ..toy.experiment import Table, run_experiment
@@ -51,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from ..params import add_options, with_options
     from ..toy.config import ExperimentConfig
 
     p = sub.add_parser("experiment", help="the report's comparison of labellers, end to end (toy world)",
@@ -63,16 +37,6 @@ def register(sub) -> None:
                     "set and on rendered images with exact labels (the upper bound), score each on held-out "
                     "rendered images, and write the tables (results.md, CSV, JSON), samples.png and "
                     "report/index.html into --out. Running it again resumes.")
-    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)
-                if f.default is not dataclasses.MISSING}
-    t.add_argument("--out", required=True, metavar="DIR", help="experiment folder (created or resumed)")
-    types = {"model": str, "guidance": float, "lr": float, "device": str, "ema": float, "self_train": float}
-    for name, help_ in _HELP.items():
-        opt = "--" + name.replace("_", "-")
-        default = defaults[name]
-        shown = "" if default is None else f" (default: {' '.join(default) if isinstance(default, tuple) else default})"
-        kwargs = dict(nargs="+") if name == "labellers" else dict(action=argparse.BooleanOptionalAction) \
-            if name == "filter" else dict(type=types.get(name, int))
-        t.add_argument(opt, default=default, help=help_ + shown, **kwargs)
+    add_options(t, ExperimentConfig, skip=("progress",), extra={"out": dict(metavar="DIR")})
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    t.set_defaults(func=run)
+    t.set_defaults(func=with_options(run, t))

@@ -31,6 +31,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from ..params import add_options, with_options
     from ..toy.config import RENDER_SEED, ToyTrainConfig
 
     p = sub.add_parser("toy", help="the toy world: render a dataset with exact ground truth, train the toy model",
@@ -58,14 +59,6 @@ def register(sub) -> None:
                                     "with an evaluation of prompt adherence and mask quality every --eval-every "
                                     "steps. Checkpoints are safetensors + JSON; the same command resumes. One "
                                     "torch thread per process on CPU by default; CUDA when available.")
-    t.add_argument("--out", required=True, metavar="DIR", help="run directory (created or resumed)")
+    add_options(t, ToyTrainConfig, extra={"out": dict(metavar="DIR")})
     t.add_argument("--no-eval", action="store_true", help="skip the evaluations during training")
-    for f in fields(ToyTrainConfig):
-        if f.name == "out":
-            continue
-        typ = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-        if f.name == "device":
-            t.add_argument("--device", default=None, help="torch device (default: CUDA when available)")
-            continue
-        t.add_argument("--" + f.name.replace("_", "-"), type=typ, default=f.default, help=f"(default {f.default})")
-    t.set_defaults(func=run_train)
+    t.set_defaults(func=with_options(run_train, t))
