@@ -205,7 +205,7 @@ def test_filter_writes_a_split_file_and_changes_no_image_or_mask(tmp_path, capsy
     rc = main(["filter", str(data), "--out-split", "train"])
     assert rc == 2 and "--out-split: the filtered split must get a name of its own" in capsys.readouterr().err
     rc = main(["filter", str(data), "--max-uncertain", "1.5"])
-    assert rc == 2 and "--max-uncertain: must be a share from 0 to 1" in capsys.readouterr().err
+    assert rc == 2 and "--max-uncertain: must be a finite number from 0 to 1" in capsys.readouterr().err
     rc = main(["filter", str(data), "--out-split", "../x"])
     assert rc == 2
 

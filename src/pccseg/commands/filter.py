@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     from ..dataset.filter import FilterRule, filter_split
 
     rule = FilterRule(max_uncertain=None if args.max_uncertain < 0 else args.max_uncertain,
-                      area_mad=None if args.area_mad <= 0 else args.area_mad, missing=args.drop_missing)
+                      area_mad=None if args.area_mad <= 0 else args.area_mad, missing=args.missing)
     report = filter_split(args.directory, split=args.split, out_split=args.out_split, rule=rule)
     if not args.list:
         report.pop("dropped_stems")
@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from ..dataset.filter import FilterRule
+    from ..params import add_options, with_options
 
-    d = FilterRule()
     p = sub.add_parser(
         "filter", help="a split file of the samples the labeller's own evidence trusts",
         description="Drop samples whose mask is mostly uncertain, lacks a prompted class, or has a class far "
@@ -39,12 +39,7 @@ def register(sub) -> None:
     p.add_argument("directory", metavar="DATASET_DIR", help="VOC-layout dataset (pccseg generate, label --dataset)")
     p.add_argument("--split", default="train", help="split to filter (default: %(default)s)")
     p.add_argument("--out-split", default="filtered", help="name of the split file written (default: %(default)s)")
-    p.add_argument("--max-uncertain", type=float, default=d.max_uncertain, metavar="SHARE",
-                   help="drop a sample with more uncertain pixels than this share; -1 = off (default: %(default)s)")
-    p.add_argument("--area-mad", type=float, default=d.area_mad, metavar="K",
-                   help="drop a sample where a class's log-area is more than K robust sds from the class's "
-                        "median; 0 = off (default: %(default)s)")
-    p.add_argument("--drop-missing", action=argparse.BooleanOptionalAction, default=d.missing,
-                   help="drop a sample where a prompted class (manifest.jsonl) has no pixel (default: on)")
+    add_options(p, FilterRule, names={"missing": "drop-missing"},
+                extra={"max_uncertain": dict(metavar="SHARE"), "area_mad": dict(metavar="K")})
     p.add_argument("--list", action="store_true", help="also list every dropped sample with its reasons")
-    p.set_defaults(func=run)
+    p.set_defaults(func=with_options(run, p))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..params import Bool, OrNone, Real, check, param, parameters
 from ..io import atomic_path, check_stem, load_mask, read_jsonl
 from ..vocab import IGNORE_INDEX
 from .folder import MANIFEST, SETS
@@ -30,23 +31,21 @@ from .folder import MANIFEST, SETS
 MIN_AREA_SAMPLES = 5
 
 
+@parameters
 @dataclass(frozen=True)
 class FilterRule:
     """Which samples to drop (``None`` / ``False``: that test is off)."""
 
-    max_uncertain: float | None = 0.5   # drop where the share of uncertain (255) pixels is above this
-    area_mad: float | None = 3.0        # drop where a class's log-area is this many robust sds off its median
-    missing: bool = True                # drop where a prompted class (manifest "classes") has no pixel
+    max_uncertain: float | None = param(0.5, "drop a sample with more uncertain (255) pixels than this share; None "
+                                              "(-1 on the command line): off", OrNone(Real(0, 1), "off"))
+    area_mad: float | None = param(3.0, "drop a sample where a class's log-area is more than this many robust sds "
+                                        "from the class's median; None (0 on the command line): off",
+                                   OrNone(Real(0, closed="neither"), "off"))
+    missing: bool = param(True, "drop a sample where a prompted class (manifest.jsonl's classes) has no pixel",
+                          Bool())
 
     def __post_init__(self):
-        v = self.max_uncertain
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
-            raise InputError(f"must be a share from 0 to 1, got {v!r}", field="--max-uncertain")
-        v = self.area_mad
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
-            raise InputError(f"must be a finite number > 0, got {v!r}", field="--area-mad")
-        if not isinstance(self.missing, bool):
-            raise InputError(f"must be true or false, got {self.missing!r}", field="--drop-missing")
+        check(self)
 
 
 @dataclass(frozen=True)
