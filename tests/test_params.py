@@ -169,7 +169,8 @@ def test_options_from_a_dataclass(capsys):
         parser.parse_args([])                                                    # --p-name has no default
     parser.print_help()
     text = " ".join(capsys.readouterr().out.split())
-    assert "--p-k N a count (default: 2; two is plenty)" in text and "--weights X [X ...] weights (default: 0.5)" in text
+    assert "--p-k N a count (default: 2; two is plenty)" in text
+    assert "--weights X [X ...] weights (default: 0.5)" in text
 
 
 # --------------------------------------------------------------------------- every parameter dataclass
@@ -234,3 +235,76 @@ def test_help_shows_every_field_with_its_help_and_constraint(cls):
     text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
     for f in dataclasses.fields(cls):
         assert f"{f.name} (" in text and f.metadata["help"] in text and constraint(f).text in text
+
+
+# --------------------------------------------------------------------------- --config FILE and --print-config
+
+
+def _printed(capsys, argv) -> dict:
+    import json
+
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_train_print_config_is_the_dataclass_defaults_and_the_options_given(tmp_path, capsys):
+    base = ["train", "--data", "d", "--out", str(tmp_path / "run"), "--print-config"]
+    assert _printed(capsys, base) == dataclasses.asdict(TrainConfig(data="d", out=str(tmp_path / "run")))
+    got = _printed(capsys, base + ["--model", "mobilenet_v3_large", "--scale", "0.6", "1.5", "--grad-clip", "0",
+                                   "--short-side", "0", "--keep-best", "--no-progress", "--no-aux-loss"])
+    assert got == dataclasses.asdict(TrainConfig(data="d", out=str(tmp_path / "run"), arch="mobilenet_v3_large",
+                                                 scale_min=0.6, scale_max=1.5, grad_clip=None, short_side=None,
+                                                 keep_best=True, progress=False, aux_loss=False))
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_config_file_then_options_and_bad_files_name_the_file_and_field(tmp_path, capsys):
+    import json
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"lr": 0.5, "iters": 7, "val": None, "data": "ignored", "scale_max": 1.5}))
+    got = _printed(capsys, ["train", "--data", "d", "--out", "o", "--config", str(cfg), "--iters", "9",
+                            "--print-config"])
+    assert (got["lr"], got["iters"], got["data"], got["scale_max"]) == (0.5, 9, "d", 1.5)   # the options win
+    for text, words in [('{"lr": -1}', "lr: must be a finite number > 0, got -1"),
+                        ('{"learning_rate": 1}', "learning_rate: unknown setting (one of data, out, "),
+                        ('[1, 2]', "expected a JSON object"), ("{", "not valid JSON")]:
+        cfg.write_text(text)
+        rc = main(["train", "--data", "d", "--out", str(tmp_path / "run"), "--config", str(cfg)])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and f"error: {cfg}: " in err and words in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_label_config_round_trip_and_override(tmp_path, capsys):
+    import json
+
+    from pccseg.labellers.registry import params_record
+
+    base = ["label", "caps", "--out", str(tmp_path / "out"), "--print-label-config"]
+    assert _printed(capsys, base) == json.loads(json.dumps(params_record(LabelParams())))
+    dd = _printed(capsys, base + ["--labeller", "dd", "--dd-power", "2"])
+    assert dd == json.loads(json.dumps(params_record(DDParams(power=2))))
+    (tmp_path / "dd.json").write_text(json.dumps(dict(dd, pccseg_version="x", model="tiny")))  # as settings.json
+    again = _printed(capsys, base + ["--label-config", str(tmp_path / "dd.json"), "--dd-threshold", "0.7"])
+    assert again == json.loads(json.dumps(params_record(DDParams(power=2, threshold=0.7))))
+    authors = _printed(capsys, base + ["--preset", "authors", "--ks", "3"])
+    (tmp_path / "pcc.json").write_text(json.dumps(authors))
+    assert _printed(capsys, base + ["--label-config", str(tmp_path / "pcc.json")])["label_params"] == \
+        json.loads(json.dumps(dataclasses.asdict(LabelParams.preset("authors", ks=(3,)))))
+    for obj, argv, words in [({"labeller": "dd", "label_params": {"power": -1}}, [],
+                              "label_params.power: must be an integer from 0 to 64 (each is a matrix product), got -1"),
+                             ({"labeller": "dd", "label_params": {"margin": 0.1}}, [], "label_params.margin: unknown"),
+                             ({"labeller": "sam", "label_params": {}}, [], "labeller: unknown labeller 'sam'"),
+                             ({"labeller": "dd"}, [], "label_params: missing"),
+                             ({"labeller": "dd", "label_params": {}}, ["--labeller", "pcc"],
+                              "labeller: holds the parameters of --labeller dd, not of --labeller pcc")]:
+        (tmp_path / "bad.json").write_text(json.dumps(obj))
+        rc = main(["label", "caps", "--out", str(tmp_path / "out"), "--label-config", str(tmp_path / "bad.json"),
+                   *argv])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and f"{tmp_path / 'bad.json'}: {words}" in err, err
+    rc = main(["generate", "--model", "tiny", "--num", "1", "--out", str(tmp_path / "out"), "--label-config",
+               str(tmp_path / "bad.json"), "--labeller", "pcc"])                  # generate and show share them
+    assert rc == 2 and "not of --labeller pcc" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

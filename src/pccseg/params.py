@@ -328,6 +328,37 @@ def with_options(func: Callable, parser, aliases: dict[str, str] | None = None) 
     return run
 
 
+def config_values(obj: Any, cls: type, path: Any, *, skip: Iterable[str] = (), within: str = "") -> dict:
+    """The fields of ``cls`` that the JSON object ``obj`` (read from ``path``) gives, each checked by its
+    constraint (rules across fields are checked when the instance is made).
+
+    Raises:
+        InputError: naming ``path`` and the key (``within.key``): not an object, a key that is not a field of
+            ``cls`` (or one in ``skip``), a refused value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object of settings, got {type(obj).__name__}", path=path,
+                         field=within or None)
+    out = {}
+    for key, value in obj.items():
+        name = f"{within}.{key}" if within else key
+        if key not in fields:
+            raise InputError(f"unknown setting (one of {', '.join(fields)})", path=path, field=name)
+        try:
+            out[key] = constraint(fields[key])(value)
+        except ValueError as e:
+            raise InputError(str(e), path=path, field=name) from None
+    return out
+
+
+def read_config(path: Any, cls: type, *, skip: Iterable[str] = ()) -> dict:
+    """:func:`config_values` of the JSON object in the file ``path``."""
+    from .io import read_json
+
+    return config_values(read_json(path), cls, path, skip=skip)
+
+
 def values(args: argparse.Namespace, cls: type, dest_prefix: str = "") -> dict:
     """The fields of ``cls`` found in ``args`` (destinations ``dest_prefix + field``), lists as tuples."""
     out = {}

@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from .label_options import add_label_arguments
+    from .label_options import add_label_arguments, print_label_config_or
     from ..dataset.generate import DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_STEPS
     from ..capture.models import SCHEDULERS
 
@@ -224,4 +224,4 @@ def register(sub) -> None:
     g.add_argument("--tiny-seed", type=int, default=0, help="weights seed of --model tiny (default 0)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_label_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=print_label_config_or(run))

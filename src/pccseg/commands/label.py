@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .label_options import add_label_arguments, params_from_args
+from .label_options import add_label_arguments, params_from_args, print_label_config_or
 
 log = logging.getLogger("pccseg.label")
 
@@ -262,4 +262,4 @@ def register(sub) -> None:
                         "use; 1 with CUDA); the masks do not depend on N")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_label_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=print_label_config_or(run))

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from .label_options import add_label_arguments, params_from_args
+from .label_options import add_label_arguments, params_from_args, print_label_config_or
 
 
 def resolve_capture(target: str, data: str | None) -> Path:
@@ -104,7 +104,7 @@ def register(sub) -> None:
     p.add_argument("--dpi", type=int, default=100, help="resolution of the PNG (default 100)")
     p.add_argument("--device", default="cpu", help="torch device for labelling (default: cpu)")
     add_label_arguments(p)
-    p.set_defaults(func=run_show)
+    p.set_defaults(func=print_label_config_or(run_show))
 
     r = sub.add_parser(
         "report", help="HTML page of a dataset (or a training run)",

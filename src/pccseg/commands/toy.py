@@ -22,9 +22,9 @@ def run_render(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..toy.config import ToyTrainConfig
-    from ..toy.train import train
 
     cfg = ToyTrainConfig(**{f.name: getattr(args, f.name) for f in fields(ToyTrainConfig)})
+    from ..toy.train import train      # torch: after the settings are checked
     final = train(cfg, evaluate=not args.no_eval)   # Ctrl-C / SIGTERM: checkpointed, then the CLI's one line
     print(f"pccseg toy train: done; the pipeline is in {final} (load it with --model {final})", file=sys.stderr)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -33,13 +34,18 @@ def register(sub) -> None:
                                    "output) with Dataset Diffusion's mmsegmentation recipe as the defaults; "
                                    "validate on a VOC root every --val-every iterations; keep RUN/last (the "
                                    "final model at the end); log to RUN/log.jsonl and RUN/tensorboard.")
-    add_options(p, TrainConfig, names={"arch": "model"}, skip=("scale_min", "scale_max", "progress"),
-                extra={"keep_best": dict(action="store_true"), "grad_clip": dict(metavar="MAX_NORM"),
-                       "short_side": dict(metavar="PX"), "ema": dict(metavar="DECAY"),
-                       "self_train": dict(metavar="THRESHOLD")})
-    p.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=(d.scale_min, d.scale_max),
-                   help="random scale range (default: 0.5 2.0)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_options(p, TrainConfig, names={"arch": "model"}, skip=("scale_min", "scale_max", "progress"), shown=d,
+                unset=True, extra={"keep_best": dict(action="store_true"), "grad_clip": dict(metavar="MAX_NORM"),
+                                   "short_side": dict(metavar="PX"), "ema": dict(metavar="DECAY"),
+                                   "self_train": dict(metavar="THRESHOLD")})
+    p.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                   help=f"random scale range (default: {d.scale_min} {d.scale_max})")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="settings from this JSON file ({setting: value}, as --print-config writes them); the "
+                        "options given override them; --data and --out are always the command line's")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the settings this command resolves to as JSON and exit without training")
     p.set_defaults(func=with_options(run_train, p, SCALE))
 
     e = sub.add_parser("evaluate", help="mIoU, per-class IoU and accuracy of a checkpoint on a VOC split",
@@ -65,21 +71,33 @@ def register(sub) -> None:
     e.set_defaults(func=with_options(run_evaluate, e))
 
 
-def run_train(args) -> int:
-    from ..train.loop import train
+def train_config(args):
+    """The :class:`~pccseg.train.config.TrainConfig` of ``pccseg train``'s options: the defaults, then the
+    settings of ``--config FILE``, then the options given (``--grad-clip 0`` and ``--short-side 0``: None)."""
+    from ..params import read_config, values
     from ..train.config import TrainConfig
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    kw = {k: v for k, v in vars(args).items() if k in names}
-    kw["scale_min"], kw["scale_max"] = args.scale
-    kw["grad_clip"] = args.grad_clip or None
-    kw["short_side"] = args.short_side or None
-    config = TrainConfig(**kw)
+    kw = read_config(args.config, TrainConfig) if args.config else {}
+    given = {k: v for k, v in values(args, TrainConfig).items() if v is not None}
+    if args.scale is not None:
+        given["scale_min"], given["scale_max"] = args.scale
+    for name in ("grad_clip", "short_side"):
+        if name in given:
+            given[name] = given[name] or None
+    return TrainConfig(**{**kw, **given})
+
+
+def run_train(args) -> int:
+    config = train_config(args)
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(config), indent=2))
+        return 0
     logging.getLogger("pccseg.train").debug("config: %s", dataclasses.asdict(config))
     if config.self_train is not None:
         from ..train.selftrain import self_train
         result = self_train(config)
     else:
+        from ..train.loop import train
         result = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(train_summary(result), file=sys.stderr)

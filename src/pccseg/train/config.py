@@ -75,7 +75,8 @@ class TrainConfig:
     device: str | None = param(None, "cuda, cuda:1, cpu; None: cuda if available, else cpu",
                                OrNone(TEXT, "cuda if available"))
     resume: bool | None = param(None, "continue from RUN/last; None: when it exists; False starts afresh, "
-                                      "removing RUN/last, RUN/best and RUN/tensorboard", OrNone(Bool(), "when it exists"))
+                                      "removing RUN/last, RUN/best and RUN/tensorboard",
+                                OrNone(Bool(), "when it exists"))
     stop_after: int | None = param(None, "stop after this iteration, saving RUN/last (for time-sliced jobs)",
                                    OrNone(Int(1), "no stop"))
     sync_bn: bool = param(True, "SyncBatchNorm when distributed on CUDA (mmseg's SyncBN)", Bool())
