@@ -233,8 +233,11 @@ def test_the_api_refuses_what_the_command_line_refuses(tmp_path, capsys, cls, ar
 @pytest.mark.parametrize("cls", [c[0] for c in COMMANDS])
 def test_help_shows_every_field_with_its_help_and_constraint(cls):
     text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    doc = " ".join(cls.__doc__.split())
+    assert "Fields:" in text
     for f in dataclasses.fields(cls):
-        assert f"{f.name} (" in text and f.metadata["help"] in text and constraint(f).text in text
+        assert f"|  {f.name} (" in text
+        assert " ".join(f.metadata["help"].split()) in doc and f"Accepts {constraint(f).text}." in doc
 
 
 # --------------------------------------------------------------------------- --config FILE and --print-config

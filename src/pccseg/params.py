@@ -30,6 +30,7 @@ import dataclasses
 import math
 import numbers
 import os
+import textwrap
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -264,7 +265,8 @@ def parameters(cls: type) -> type:
         c = constraint(f)
         default = "required" if f.default is _NO_DEFAULT and f.default_factory is _NO_DEFAULT else \
             f"default {f.default!r}" if f.default is not _NO_DEFAULT else "default: computed"
-        lines.append(f"    {f.name} ({default}): {f.metadata['help']}. Accepts {c.text}.")
+        lines.append(textwrap.fill(f"{f.name} ({default}): {f.metadata['help']}. Accepts {c.text}.", 108,
+                                   initial_indent="    ", subsequent_indent="        ", break_on_hyphens=False))
     doc = (cls.__doc__ or cls.__name__).rstrip()
     cls.__doc__ = doc + "\n\n    Fields:\n\n" + "\n".join(lines) + "\n"
     return cls

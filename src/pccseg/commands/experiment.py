@@ -7,16 +7,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 def run(args: argparse.Namespace) -> int:
+    from ..params import values
     from ..toy.config import ExperimentConfig
     from ..toy.experiment import Table, run_experiment
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig) if f.name != "progress"}
-    values["labellers"] = tuple(values["labellers"])
-    cfg = ExperimentConfig(**values, progress=not args.quiet)
+    cfg = ExperimentConfig(**values(args, ExperimentConfig), progress=not args.quiet)
     results = run_experiment(cfg)
     print("\n".join(Table(**t).markdown() for t in results["tables"]))
     print(f"pccseg experiment: tables in {cfg.out}/results.md, page {cfg.out}/report/index.html", file=sys.stderr)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 
 
 def run_render(args: argparse.Namespace) -> int:
@@ -21,9 +20,10 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..params import values
     from ..toy.config import ToyTrainConfig
 
-    cfg = ToyTrainConfig(**{f.name: getattr(args, f.name) for f in fields(ToyTrainConfig)})
+    cfg = ToyTrainConfig(**values(args, ToyTrainConfig))
     from ..toy.train import train      # torch: after the settings are checked
     final = train(cfg, evaluate=not args.no_eval)   # Ctrl-C / SIGTERM: checkpointed, then the CLI's one line
     print(f"pccseg toy train: done; the pipeline is in {final} (load it with --model {final})", file=sys.stderr)
