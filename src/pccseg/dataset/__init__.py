@@ -14,8 +14,8 @@ _EXPORTS = {
     "DatasetFolder": "pccseg.dataset.folder",
     "read_manifest": "pccseg.dataset.folder",
     "load_prompts": "pccseg.dataset.prompts",
-    "generate": "pccseg.dataset.generate",
-    "GenerateConfig": "pccseg.dataset.generate",
+    "GenerateConfig": "pccseg.dataset.generate",   # generate() itself: pccseg.dataset.generate.generate (the
+    #                                                 module's name shadows a lazy "generate" here)
     "VOCSplit": "pccseg.dataset.voc",
     "export_hf": "pccseg.dataset.export",
 }
