@@ -126,3 +126,23 @@ def test_open_checks_the_settings_once_a_sample_binds_them(tmp_path):
     (root / "manifest.d" / "rank-0000.jsonl").write_text('{"id": "000000", "split": "../x"}\n')
     with pytest.raises(InputError, match="split: must be 'train' or 'val'"):
         DatasetFolder(root).rebuild()
+
+
+def test_generate_config_is_checked_when_made_and_filled_from_the_pipeline(pipe, tmp_path):  # noqa: F811
+    from pccseg.dataset.generate import GenerateConfig, generate
+
+    for bad, needle in ((dict(steps=0), "steps: must be an integer >= 1"), (dict(height=65), "height: must be a multiple"),
+                        (dict(query_half="both"), "query_half: must be 'uncond' or 'cond'"),
+                        (dict(label_workers=-1), "label_workers: must be an integer >= 0"),
+                        (dict(val_share=1.0), "val_share: must be a number in [0, 1)")):
+        with pytest.raises(InputError, match=needle.replace("[", r"\[").replace(")", r"\)")):
+            GenerateConfig(**bad)
+    cfg = GenerateConfig(steps=2).for_pipeline(pipe)
+    assert (cfg.steps, cfg.guidance, cfg.height, cfg.width, cfg.prompts) == (2, 7.5, 128, 128, "voc_prompts.json")
+    assert cfg.for_pipeline(pipe) == cfg and cfg.label_params is not None        # nothing left to fill
+    record = cfg.record(dtype="float32")
+    assert (record["steps"], record["labeller"], record["batch_size"]) == (2, "pcc", 1) and "val_share" not in record
+    # a folder opened (checked) by the caller is not checked again, but must have been opened for this config
+    folder = DatasetFolder.open(tmp_path / "ds", GenerateConfig(steps=3).for_pipeline(pipe).record(dtype="float32"))
+    with pytest.raises(ValueError, match="opened with other settings"):
+        generate(pipe, [], folder, GenerateConfig(steps=2, progress=False), rank=0, world_size=1)

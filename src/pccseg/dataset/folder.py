@@ -1,10 +1,11 @@
-"""The dataset directory that ``pccseg generate`` writes (VOC layout, readable by torchvision's
-``VOCSegmentation``)::
+"""The dataset directory that every pccseg writer makes: ``generate``, ``label --dataset``, ``toy render``
+and the experiment's sets (VOC layout, read unchanged by torchvision's ``VOCSegmentation``)::
 
     DIR/JPEGImages/<stem>.jpg
     DIR/SegmentationClass/<stem>.png        VOC palette PNG, values 0..20, 255 = uncertain
     DIR/ImageSets/Segmentation/train.txt    one stem per line, sorted
-    DIR/ImageSets/Segmentation/val.txt      with a ``val_share`` in settings.json: the held-out stems
+    DIR/ImageSets/Segmentation/val.txt      the held-out stems: a ``val_share`` in settings.json, or the
+                                            manifest lines' ``split`` (toy render)
     DIR/manifest.jsonl                      one JSON object per sample (:func:`manifest_entry`)
     DIR/manifest.d/rank-<r>.jsonl           the per-process shards manifest.jsonl is rebuilt from
     DIR/settings.json                       the run's settings

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .folder import DatasetFolder, check_val_share, manifest_entry, rounding_changes
+from .folder import DatasetFolder, check_val_share, manifest_entry, rounding_changes, settings_diff
 from ..errors import InputError
 from ..io import make_dir
 from ..limits import check_fits, check_seed
@@ -275,8 +275,6 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path | Datase
                           **({"threads": torch.get_num_threads()} if pipe.device.type == "cpu" else {}))
     if isinstance(out_dir, DatasetFolder) and out_dir.settings is not None:
         ds = out_dir                # opened (and checked) by the caller with these settings
-        from .folder import settings_diff
-
         if settings_diff(ds.settings, settings):
             raise ValueError(f"{ds.root} was opened with other settings than the config's: "
                              + "; ".join(settings_diff(ds.settings, settings)))
