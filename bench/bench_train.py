@@ -29,7 +29,7 @@ from test_train import make_blocks_tree  # noqa: E402
 
 from pccseg.train.deeplab import load_model, normalize  # noqa: E402
 from pccseg.train.loop import TrainConfig, train  # noqa: E402
-from pccseg.dataset.voc import VOCSegmentation  # noqa: E402
+from pccseg.dataset.voc import VOCSplit  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data) if args.data else make_blocks_tree(Path(tmp) / "data", n=args.images)
-        ds = VOCSegmentation(data, "train")
+        ds = VOCSplit(data, "train")
         x = torch.stack([normalize(ds[i][0]) for i in range(len(ds))])
         y = torch.stack([ds[i][1] for i in range(len(ds))])
         h, w = ds[0][1].shape

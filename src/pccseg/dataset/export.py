@@ -28,7 +28,7 @@ from pathlib import Path
 from .folder import MANIFEST, read_manifest
 from ..errors import InputError
 from ..io import TEMP_SUFFIX, atomic_path, make_dir, read_bytes, read_json, remove_temps
-from .voc import SPLIT_DIR, VOCSegmentation, voc_root
+from .voc import SPLIT_DIR, VOCSplit, voc_root
 
 #: pccseg split name -> Hugging Face split name, where they differ.
 HF_SPLIT_NAMES = {"val": "validation"}
@@ -145,7 +145,7 @@ def _export_rows(datasets, source: str | Path, root: Path, out: Path, splits: Se
         _BARS[key] = bar
         try:
             for split in splits:
-                ds = VOCSegmentation(root, split)
+                ds = VOCSplit(root, split)
                 class_names = ds.class_names
                 samples = [(stem, str(image), str(mask), manifest.get(stem, {}).get("prompt") or "",
                             list(manifest.get(stem, {}).get("classes") or []))
