@@ -39,7 +39,7 @@ def test_curves_labels_stay_inside_the_axes(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pccseg.pictures.report import miou_panel
+    from pccseg.pictures.training_report import miou_panel
 
     checks = [{"iter": i, "miou": m} for i, m in ((10, 0.0030), (20, 0.0060), (30, 0.0084))]   # best = last
     fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
