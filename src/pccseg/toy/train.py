@@ -48,7 +48,6 @@ from .unet_step import denoising_loss, descend
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
-EVAL_PROMPTS_SEED = 777
 
 
 # ----------------------------------------------------------------------------------------------------------
