@@ -59,7 +59,8 @@ def test_stage_figure_legend_shows_the_background_as_the_blocky_panel(tmp_path):
 
     from pccseg.capture.synthetic import planted_capture
     from pccseg.labellers.pcc import label
-    from pccseg.pictures.show import MASK_GROUND, stage_figure
+    from pccseg.pictures.rgb import MASK_GROUND
+    from pccseg.pictures.show import stage_figure
 
     cap = planted_capture(image_size=(128, 128), latent=(16, 16), heads_per_layer=1, head_dim=8)
     fig = stage_figure(cap, label(cap))

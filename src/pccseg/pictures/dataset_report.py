@@ -34,7 +34,8 @@ from ..errors import InputError  # noqa: E402
 from ..io import check_stem, load_image, load_mask, read_json, read_jsonl  # noqa: E402
 from .page import (count, escape, html_page, image_tag, prepare_out, settings_table, swatch,  # noqa: E402
                    write_text)
-from .show import legend_handles, overlay, save_figure  # noqa: E402
+from .rgb import overlay  # noqa: E402
+from .show import legend_handles, save_figure  # noqa: E402
 from .training_report import LOG  # noqa: E402
 from ..vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE, check_class_names  # noqa: E402
 
