@@ -38,9 +38,9 @@ def test_library_bars_off_inside_the_block(capfd):
 
 def test_toy_train_saves_without_writing_shards_bars(tmp_path, capfd):
     from pccseg.toy.model import build_vae
-    from pccseg.toy.train import _save_pipeline
+    from pccseg.toy.checkpoint import save_pipeline
 
-    _save_pipeline(tmp_path / "vae", build_vae())
+    save_pipeline(tmp_path / "vae", build_vae())
     assert (tmp_path / "vae" / "config.json").is_file()
     err = capfd.readouterr().err
     assert "Writing" not in err and "%|" not in err
