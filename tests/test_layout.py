@@ -148,3 +148,13 @@ def test_imports_follow_the_flow():
             if folder in rank and rank[folder] > rank[parts[1]]:
                 backwards.append(f"{module} -> {imported}")
     assert not backwards
+
+
+#: the most lines a module of src/ may have: a longer one usually holds two jobs
+MAX_LINES = 450
+
+
+def test_no_module_over_the_line_limit():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split them by role): {long}"
