@@ -15,7 +15,7 @@ everything runs again. The table gives the median images per second, the ratio t
 condition, and loaded / no added load. The load average before and after each condition is printed, so
 that the conditions are stated (on a shared machine "no added load" is not quiet).
 
-**generate** — ``pccseg.generate.generate`` on the CPU with the tiny model at ``--gen-size`` (random weights,
+**generate** — ``pccseg.dataset.generate.generate`` on the CPU with the tiny model at ``--gen-size`` (random weights,
 SD's architecture; its sampling is cheap, so labelling is a large share of the time: the case where a
 labelling worker matters most), labelling in this process (``label_workers=0``) and in one worker process
 (``label_workers=1``, the CPU default), ``--gen-images`` images, ``--reps`` runs each, alternating; the

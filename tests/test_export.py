@@ -10,7 +10,7 @@ from pccseg.cli import main
 from pccseg.errors import InputError
 from pccseg.io import load_image, load_mask
 
-from test_train import make_blocks_tree
+from pccseg.dataset.synthetic import make_blocks_tree
 
 datasets = pytest.importorskip("datasets")
 

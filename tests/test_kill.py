@@ -155,7 +155,8 @@ def _every_write_point(tmp_path: Path, argv_for, outputs, *, prepare=None) -> in
 
 
 def test_kills_at_every_write_point_of_train_resume_to_the_uninterrupted_run(tmp_path):
-    from test_train import _cli_args, make_blocks_tree
+    from pccseg.dataset.synthetic import make_blocks_tree
+    from test_train import _cli_args
 
     data = make_blocks_tree(tmp_path / "data", n=2, size=32)
 
@@ -179,7 +180,7 @@ def test_kills_at_every_write_point_of_export_leave_a_complete_copy(tmp_path):
     import shutil
 
     datasets = pytest.importorskip("datasets")
-    from test_train import make_blocks_tree
+    from pccseg.dataset.synthetic import make_blocks_tree
 
     root = make_blocks_tree(tmp_path / "ds", n=2, size=32)
 

@@ -17,37 +17,13 @@ from pccseg.cli import main
 from pccseg.train.deeplab import (backbone_state, build_model, find_checkpoint, normalize, read_checkpoint_meta)
 from pccseg.errors import InputError
 from pccseg.train.evaluate import evaluate, predict
-from pccseg.io import load_mask, save_image, save_mask
-from pccseg.train.loop import (StreamSampler, TrainConfig, TrainStream, augment, segmentation_loss, train)
+from pccseg.io import load_mask
+from pccseg.train.augment import StreamSampler, TrainStream, augment
+from pccseg.train.config import TrainConfig
+from pccseg.train.loop import segmentation_loss, train
+from pccseg.dataset.synthetic import make_blocks_tree
 from pccseg.dataset.voc import VOCSplit
 from safetensors.torch import load_file, save_file
-
-COLORS = {1: (220, 30, 30), 2: (30, 200, 40)}
-
-
-def make_blocks_tree(root, n=4, size=64, classes=(1, 2), seed=0, class_names=None):
-    """``n`` noisy grey images with a red block (class 1) on the left and a green one (class 2) on the
-    right; a 255 band on the left edge. Split file ``train.txt``."""
-    rng = np.random.default_rng(seed)
-    stems = []
-    for i in range(n):
-        img = rng.integers(90, 140, (size, size, 3)).astype(np.uint8)
-        mask = np.zeros((size, size), np.uint8)
-        for c, x0 in zip(classes, (rng.integers(0, size // 8), size // 2 + rng.integers(0, size // 8))):
-            y0 = rng.integers(0, size // 4)
-            y1, x1 = y0 + size // 2 + rng.integers(0, size // 4), x0 + 3 * size // 8
-            img[y0:y1, x0:x1] = COLORS[c]
-            mask[y0:y1, x0:x1] = c
-        mask[:, :2] = 255
-        stems.append(f"{i:06d}")
-        save_image(root / "JPEGImages" / f"{stems[-1]}.jpg", img, quality=95)
-        save_mask(root / "SegmentationClass" / f"{stems[-1]}.png", mask)
-    (root / "ImageSets/Segmentation").mkdir(parents=True, exist_ok=True)
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(stems) + "\n")
-    if class_names:
-        (root / "settings.json").write_text(json.dumps({"class_names": class_names}))
-    return root
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -414,7 +390,7 @@ def test_augment_short_side_and_cat_max_ratio():
 
 
 def test_photometric_distortion_changes_colour_only():
-    from pccseg.train.loop import photometric_distortion
+    from pccseg.train.augment import photometric_distortion
 
     rng = np.random.default_rng(0)
     image = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 16, 16), dtype=np.uint8))

@@ -174,7 +174,7 @@ def test_a_folder_that_cannot_be_looked_at_is_one_line(tmp_path, monkeypatch):
     import errno
     import pathlib
 
-    from test_train import make_blocks_tree
+    from pccseg.dataset.synthetic import make_blocks_tree
 
     root = make_blocks_tree(tmp_path / "ds", n=1, size=32)
     real = pathlib.Path.is_dir

@@ -38,11 +38,10 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import (StreamSampler, TrainStream, augment, photometric_distortion)  # noqa: F401 (re-exported)
-from .checkpoint import (BEST, CONFIG, LAST, LOG, RUNTIME_FIELDS, SCHEDULE_FIELDS, TENSORBOARD,  # noqa: F401
+from .augment import StreamSampler, TrainStream
+from .checkpoint import (BEST, CONFIG, LAST, RUNTIME_FIELDS,  # noqa: F401 (RUNTIME_FIELDS: toy/downstream.py imports it)
                          Progress, RunLog, save, settings, start)
-from .deeplab import (CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, backbone_state,  # noqa: F401
-                      build_model, load_model, unwrap)
+from .deeplab import backbone_state, build_model, unwrap
 from ..errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
 from .metrics import percent
@@ -50,7 +49,7 @@ from ..capture.pipeline import resolve_device
 from ..io import write_json
 from ..limits import check_fits
 from ..signals import blocked_for_children, dataloader_worker_init, hold_interrupts, save_on_interrupt
-from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
+from .config import TrainConfig
 from .determinism import configure as configure_determinism
 from .ema import WeightEMA, load_ema
 from ..vocab import IGNORE_INDEX
