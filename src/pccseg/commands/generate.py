@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         ds = DatasetFolder.open(args.out, config.record(dtype=dtype))
     make_dir(args.out)
 
-    if ds is not None and world == 1 and not ds.todo([r.stem for r in records], capture=args.keep_captures):
+    if ds is not None and world == 1 and not ds.todo([r.stem for r in records], with_capture=args.keep_captures):
         ds.repair()
         n = ds.rebuild()[0]
         print(f"pccseg generate: all {len(records)} sample(s) already done; {n} sample(s) in {args.out}",

@@ -123,7 +123,7 @@ def open_dataset(out: Path, first_capture: Path, params, *, val_share: float, ov
     return DatasetFolder.open(out, settings, overwrite=overwrite), tuple(class_names)
 
 
-def check_class_names(cap, class_names) -> None:
+def check_same_vocabulary(cap, class_names) -> None:
     """:class:`InputError` unless the capture ``cap`` has the dataset's ``class_names``."""
     if tuple(cap.class_names) != tuple(class_names):
         raise InputError(f"class names differ from the dataset's ({len(cap.class_names)} against "
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
                 cap = None
                 if ds is not None:              # the sample's image and record (a worker labelled it)
                     cap = load_capture(d)
-                    check_class_names(cap, class_names)
+                    check_same_vocabulary(cap, class_names)
             except InputError as e:
                 failed += 1
                 bar.clear()

@@ -230,18 +230,18 @@ class DatasetFolder:
     def shard_path(self, rank: int) -> Path:
         return self.root / SHARDS / f"rank-{rank:04d}.jsonl"
 
-    def is_done(self, stem: str, *, capture: bool = False) -> bool:
-        """The files of a sample are there: its image and its mask (written last), and with ``capture``
+    def is_done(self, stem: str, *, with_capture: bool = False) -> bool:
+        """The files of a sample are there: its image and its mask (written last), and with ``with_capture``
         also its capture directory (a rerun with ``--keep-captures`` redoes samples made without).
         :meth:`todo` also asks for the manifest line."""
         done = self.mask_path(stem).is_file() and self.image_path(stem).is_file()
-        return done and (not capture or (self.capture_dir(stem) / "capture.json").is_file())
+        return done and (not with_capture or (self.capture_dir(stem) / "capture.json").is_file())
 
-    def todo(self, stems: list[str], *, capture: bool = False) -> list[str]:
+    def todo(self, stems: list[str], *, with_capture: bool = False) -> list[str]:
         """The ``stems`` (in order) whose sample is not done: files missing (:meth:`is_done`), or no
         whole manifest line (a torn line from a kill): such a sample is made again."""
         entries = self.read_shards()
-        return [s for s in stems if s not in entries or not self.is_done(s, capture=capture)]
+        return [s for s in stems if s not in entries or not self.is_done(s, with_capture=with_capture)]
 
     # settings
     def holds_samples(self) -> bool:

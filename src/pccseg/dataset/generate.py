@@ -301,7 +301,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path | Datase
         st.wait_for_everyone()
 
     mine = split_records(records, rank, world_size)
-    open_stems = set(ds.todo([r.stem for r in mine], capture=keep_captures))
+    open_stems = set(ds.todo([r.stem for r in mine], with_capture=keep_captures))
     todo = [r for r in mine if r.stem in open_stems]
     report = GenerateReport(skipped=len(mine) - len(todo), rank=rank, world_size=world_size)
     redo = set(ds.todo([r.stem for r in todo])) if keep_captures else None   # None: all of them are new

@@ -13,12 +13,11 @@ the manifest are rebuilt at the end (atomically) and list every sample in the fo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..dataset.folder import DatasetFolder, manifest_entry, sample_stem
 from ..errors import InputError
-from ..io import atomic_path, make_dir
+from ..io import make_dir
 from ..limits import check_seed
 from ..vocab import VOC_CLASSES
 from .config import RENDER_SEED
@@ -59,12 +58,3 @@ def write_toy_dataset(out: str | Path, num: int, val: int = 0, *, seed: int = RE
             ds.append_manifest(0, dict(entries[stem], split=name))
     ds.rebuild()
     return {"train": num, "val": val, "rendered": rendered}
-
-
-def write_prompt_file(path: str | Path, num: int, seed: int = 0) -> None:
-    """A toy prompt file (JSON list of ``{"id", "prompt_sd", "classes"}``, a record per line) of ``num``
-    records."""
-    from .world import toy_prompt_records
-
-    with atomic_path(path) as tmp:
-        tmp.write_text("[\n" + ",\n".join(json.dumps(r) for r in toy_prompt_records(num, seed=seed)) + "\n]\n")

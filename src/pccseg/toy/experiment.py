@@ -140,7 +140,7 @@ def generate_part(cfg: ExperimentConfig, device: str, rank: int, world: int) -> 
 
 def stage_generate(cfg: ExperimentConfig, lay: Layout, device: str, processes: int) -> bool:
     ds = DatasetFolder(lay.generated)
-    todo = ds.todo([r.stem for r in toy_records(cfg.num)], capture=True)
+    todo = ds.todo([r.stem for r in toy_records(cfg.num)], with_capture=True)
     if not todo:
         return False
     world = processes if device.startswith("cpu") else 1
