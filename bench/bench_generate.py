@@ -193,7 +193,7 @@ def main() -> None:
     import diffusers
     import numpy as np
 
-    from pccseg.capture.attention import capture, capture_nbytes
+    from pccseg.capture import capture, capture_nbytes
     from pccseg.errors import InputError
     from pccseg.dataset.generate import default_size
     from pccseg.labellers.pcc import label

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from pccseg.dataset.voc import VOCSegmentation
+from pccseg.dataset.voc import VOCSplit
 from pccseg.toy.config import ExperimentConfig
 from pccseg.toy.downstream import train_config
 from pccseg.train.evaluate import evaluate
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_repeat."))
-    val = VOCSegmentation(args.data, "val")
+    val = VOCSplit(args.data, "val")
     ref = None
     print("| run | threads | seed | losses (every 20 iterations) | weights equal the first run's | max abs weight diff | mIoU on val | s |")
     print("|---|---:|---:|---|---|---:|---:|---:|")

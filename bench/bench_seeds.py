@@ -5,7 +5,7 @@ Every parameter set labels the same captures once per trial, trial i with k-mean
 gives the mIoU's mean, sample standard deviation and range over the trials, and the median seconds per
 label.
 
-* planted captures (``pccseg.synthetic``) at SD 2.1 shapes, with more attention noise and image noise than
+* planted captures (``pccseg.capture.synthetic``) at SD 2.1 shapes, with more attention noise and image noise than
   the default so that the k-means have real choices to make; the truth is the planted layout, scored per
   capture over the layout's classes and averaged over the captures;
 * the toy world (``--toy toy`` for the shipped model, or a diffusers folder such as a training checkpoint):

@@ -5,7 +5,7 @@ running statistics) is from the train-mode one for a few BatchNorm momenta.
     python bench/bench_train.py --momenta 0.5 0.1 --iters 40 --batch-size 2
     python bench/bench_train.py --data runs/demo          # any dataset, e.g. pccseg generate --model tiny
 
-The data are the test suite's synthetic blocks (a red and a green block on grey noise), or --data. Prints one table
+The data are pccseg.dataset.synthetic's blocks (a red and a green block on grey noise), or --data. Prints one table
 row per momentum: seconds per iteration (median of the logged intervals), first and last logged loss,
 mIoU at the end, and the cross-entropy on the training images with the model in eval mode and in train
 mode (the gap is what running statistics cost).
@@ -16,20 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from test_train import make_blocks_tree  # noqa: E402
-
-from pccseg.train.deeplab import load_model, normalize  # noqa: E402
-from pccseg.train.loop import TrainConfig, train  # noqa: E402
-from pccseg.dataset.voc import VOCSegmentation  # noqa: E402
+from pccseg.dataset.synthetic import make_blocks_tree
+from pccseg.dataset.voc import VOCSplit
+from pccseg.train.config import TrainConfig
+from pccseg.train.deeplab import load_model, normalize
+from pccseg.train.loop import train
 
 
 def main() -> None:
@@ -47,7 +44,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data) if args.data else make_blocks_tree(Path(tmp) / "data", n=args.images)
-        ds = VOCSegmentation(data, "train")
+        ds = VOCSplit(data, "train")
         x = torch.stack([normalize(ds[i][0]) for i in range(len(ds))])
         y = torch.stack([ds[i][1] for i in range(len(ds))])
         h, w = ds[0][1].shape

@@ -15,7 +15,7 @@ everything runs again. The table gives the median images per second, the ratio t
 condition, and loaded / no added load. The load average before and after each condition is printed, so
 that the conditions are stated (on a shared machine "no added load" is not quiet).
 
-**generate** — ``pccseg.generate.generate`` on the CPU with the tiny model at ``--gen-size`` (random weights,
+**generate** — ``pccseg.dataset.generate.generate`` on the CPU with the tiny model at ``--gen-size`` (random weights,
 SD's architecture; its sampling is cheap, so labelling is a large share of the time: the case where a
 labelling worker matters most), labelling in this process (``label_workers=0``) and in one worker process
 (``label_workers=1``, the CPU default), ``--gen-images`` images, ``--reps`` runs each, alternating; the
@@ -103,7 +103,7 @@ def label_table(dirs: list[Path], modes: list[str], reps: int, load: int) -> Non
 def generate_table(size: int, n: int, reps: int) -> None:
     import numpy as np
 
-    from pccseg.dataset.generate import generate
+    from pccseg.dataset.generate import GenerateConfig, generate
     from pccseg.io import load_mask
     from pccseg.dataset.prompts import load_prompts, select
     from pccseg.capture.tiny import tiny_pipeline
@@ -115,8 +115,8 @@ def generate_table(size: int, n: int, reps: int) -> None:
             for workers in ((0, 1) if r % 2 == 0 else (1, 0)):
                 out = Path(tmp) / f"w{workers}-{r}"
                 t0 = time.perf_counter()
-                generate(pipe, records, out, steps=4, height=size, width=size, progress=False, rank=0,
-                         world_size=1, label_workers=workers)
+                generate(pipe, records, out, GenerateConfig(steps=4, height=size, width=size, progress=False,
+                                                            label_workers=workers), rank=0, world_size=1)
                 times[workers].append(time.perf_counter() - t0)
         same = all(np.array_equal(load_mask(Path(tmp) / "w0-0" / "SegmentationClass" / f"{rec.stem}.png"),
                                   load_mask(Path(tmp) / "w1-0" / "SegmentationClass" / f"{rec.stem}.png"))

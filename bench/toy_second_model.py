@@ -39,7 +39,7 @@ def main() -> None:
 
     from pccseg.capture.tokenizer import clip_tokenizer
     from pccseg.toy.model import noise_scheduler, toy_pipeline
-    from pccseg.toy.train import _tokenize
+    from pccseg.toy.unet_step import tokenize
     from pccseg.toy.unet_step import denoising_loss, descend
     from pccseg.toy.world import render_scene
 
@@ -52,7 +52,7 @@ def main() -> None:
     ema = {n: p.detach().clone() for n, p in [*(("u." + k, v) for k, v in unet.named_parameters()),
                                                *(("t." + k, v) for k, v in text.named_parameters())]}
     sched, tok = noise_scheduler(), clip_tokenizer()
-    empty = _tokenize(tok, [""])[0]
+    empty = tokenize(tok, [""])[0]
     rng = np.random.default_rng([args.seed, 21])
     base = 3_000_000 + 10_000 * args.seed
     sf = vae.config.scaling_factor
@@ -62,7 +62,7 @@ def main() -> None:
         x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         with torch.no_grad():
             x0 = vae.encode(x).latent_dist.mean * sf
-        tokens = _tokenize(tok, [s.caption for s in scenes])
+        tokens = tokenize(tok, [s.caption for s in scenes])
         tokens[torch.from_numpy(rng.random(args.batch) < 0.1)] = empty
         loss = denoising_loss(unet, text, sched, x0, tokens, rng, 5.0)
         half = args.steps // 2

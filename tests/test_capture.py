@@ -6,7 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pccseg.capture.attention import CaptureAttnProcessor, capture, class_text, is_cross_layer, is_self_layer, layer_grid
+from pccseg.capture.attention import capture
+from pccseg.capture.hook import CaptureAttnProcessor
+from pccseg.capture.layers import is_cross_layer, is_self_layer, layer_grid
+from pccseg.capture.text import class_text
 from pccseg.capture.tiny import tiny_pipeline
 from pccseg.vocab import VOC_CLASSES, prompt_word
 
@@ -219,7 +222,7 @@ def test_layer_grid_and_image_inputs(pipe):
 
 
 def test_capture_nbytes_matches_a_real_capture(pipe):
-    from pccseg.capture.attention import capture_nbytes
+    from pccseg.capture.layers import capture_nbytes
 
     with capture(pipe, CLASSES[:1], self_probs=True) as cap:
         out = _call(pipe, 1, prompts=PROMPTS[:1], seeds=(1,))

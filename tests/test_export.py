@@ -10,7 +10,7 @@ from pccseg.cli import main
 from pccseg.errors import InputError
 from pccseg.io import load_image, load_mask
 
-from test_train import make_blocks_tree
+from pccseg.dataset.synthetic import make_blocks_tree
 
 datasets = pytest.importorskip("datasets")
 
@@ -89,12 +89,12 @@ def test_export_refuses_a_split_that_cannot_be_a_hugging_face_split(tmp_path, ca
 def test_export_never_follows_a_link_out_of_the_dataset(tmp_path, capsys):
     """A dataset image that links to a file outside the dataset is refused, not embedded; the dataset's
     own VOCdevkit/VOC2012 links (to its JPEGImages, ...) are read."""
-    from pccseg.dataset.folder import Dataset
-    from pccseg.dataset.voc import VOCSegmentation
+    from pccseg.dataset.folder import DatasetFolder
+    from pccseg.dataset.voc import VOCSplit
 
     root = make_blocks_tree(tmp_path / "ds", n=2, size=32)
-    Dataset(root).link_voc_layout()
-    assert len(VOCSegmentation(root / "VOCdevkit" / "VOC2012", "train")) == 2
+    DatasetFolder(root).link_voc_layout()
+    assert len(VOCSplit(root / "VOCdevkit" / "VOC2012", "train")) == 2
     (tmp_path / "secret.jpg").write_bytes((root / "JPEGImages" / "000001.jpg").read_bytes())
     (root / "JPEGImages" / "000001.jpg").unlink()
     (root / "JPEGImages" / "000001.jpg").symlink_to(tmp_path / "secret.jpg")

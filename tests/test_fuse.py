@@ -195,7 +195,7 @@ def test_pcc_report_masks_are_unchanged_by_the_new_labeller(planted):
 
 def test_fuse_on_toy_model_captures():
     from pccseg.capture.attention import capture
-    from pccseg.pipeline import load_pipeline
+    from pccseg.capture.pipeline import load_pipeline
 
     pipe = load_pipeline("toy", progress=False)
     with capture(pipe, [["dog", "car"]], self_probs=True) as cap:

@@ -8,9 +8,9 @@ import torch
 
 from pccseg import cli
 from pccseg.capture.format import load_capture
-from pccseg.dataset.folder import Dataset, read_manifest, settings_diff
+from pccseg.dataset.folder import DatasetFolder, read_manifest, settings_diff
 from pccseg.errors import InputError
-from pccseg.dataset.generate import generate, split_records
+from pccseg.dataset.generate import GenerateConfig, generate, split_records
 from pccseg.io import load_image, load_mask
 from pccseg.dataset.prompts import PromptRecord, load_prompts, select
 from pccseg.capture.tiny import tiny_pipeline
@@ -27,6 +27,12 @@ def pipe():
 @pytest.fixture(scope="module")
 def records():
     return select(load_prompts(), start=0, num=3)
+
+
+def gen(pipe, records, out, *, rank=0, world_size=1, **options):
+    """generate() with the tests' small settings (KW, no progress bar) and ``options``."""
+    config = GenerateConfig(**{**KW, "progress": False, **options})
+    return generate(pipe, records, out, config, rank=rank, world_size=world_size)
 
 
 def _files(root):
@@ -46,7 +52,7 @@ def test_split_records_by_index():
 
 def test_generate_writes_a_voc_dataset(pipe, records, tmp_path):
     out = tmp_path / "ds"
-    rep = generate(pipe, records, out, batch_size=2, keep_captures=True, progress=False, rank=0, world_size=1, **KW)
+    rep = gen(pipe, records, out, batch_size=2, keep_captures=True)
     assert rep.generated == 3 and rep.skipped == 0 and rep.dataset_size == 3
     stems = ["000000", "000001", "000002"]
     assert (out / "ImageSets/Segmentation/train.txt").read_text().split() == stems
@@ -82,7 +88,7 @@ def test_generate_writes_a_voc_dataset(pipe, records, tmp_path):
 
     # batch independence: record 1 alone gives the same image as in its batch of 2
     out1 = tmp_path / "ds1"
-    generate(pipe, records[1:2], out1, batch_size=1, keep_captures=True, progress=False, rank=0, world_size=1, **KW)
+    gen(pipe, records[1:2], out1, batch_size=1, keep_captures=True)
     a = load_capture(out / "captures" / "000001").image.int()
     b = load_capture(out1 / "captures" / "000001").image.int()
     assert (a - b).abs().max() <= 1
@@ -90,15 +96,15 @@ def test_generate_writes_a_voc_dataset(pipe, records, tmp_path):
 
 def test_resume_skips_done_and_repairs(pipe, records, tmp_path):
     out = tmp_path / "ds"
-    generate(pipe, records, out, progress=False, rank=0, world_size=1, **KW)
+    gen(pipe, records, out)
     before = {f: (out / f).read_bytes() for f in _files(out) if f.startswith("SegmentationClass")}
-    rep = generate(pipe, records, out, progress=False, rank=0, world_size=1, **KW)
+    rep = gen(pipe, records, out)
     assert rep.generated == 0 and rep.skipped == 3
     # lose one sample's mask (a kill before the mask) and tear the shard's last line
     (out / "SegmentationClass" / "000001.png").unlink()
     with open(out / "manifest.d" / "rank-0000.jsonl", "a") as f:
         f.write('{"id": "000009", "reco')
-    rep = generate(pipe, records, out, progress=False, rank=0, world_size=1, **KW)
+    rep = gen(pipe, records, out)
     assert rep.generated == 1 and rep.stems == ["000001"]
     assert [e["id"] for e in read_manifest(out)] == ["000000", "000001", "000002"]
     after = {f: (out / f).read_bytes() for f in _files(out) if f.startswith("SegmentationClass")}
@@ -113,7 +119,7 @@ def test_resuming_with_another_thread_count_warns_that_images_may_differ(pipe, r
 
     out = tmp_path / "ds"
     with torch_threads(1):
-        generate(pipe, records[:1], out, progress=False, rank=0, world_size=1, **KW)
+        gen(pipe, records[:1], out)
     s = json.loads((out / "settings.json").read_text())
     assert s["device"] == "cpu" and s["threads"] == 1
     def warnings() -> list[str]:
@@ -121,10 +127,10 @@ def test_resuming_with_another_thread_count_warns_that_images_may_differ(pipe, r
 
     with caplog.at_level(logging.WARNING, logger="pccseg.dataset.generate"):
         with torch_threads(1):
-            assert generate(pipe, records[:2], out, progress=False, rank=0, world_size=1, **KW).generated == 1
+            assert gen(pipe, records[:2], out).generated == 1
         assert warnings() == []
         with torch_threads(2):
-            assert generate(pipe, records, out, progress=False, rank=0, world_size=1, **KW).generated == 1
+            assert gen(pipe, records, out).generated == 1
     [warning] = warnings()
     assert warning.startswith(f"{out / 'settings.json'}: resuming with threads 1 -> 2: the images still to make")
     assert json.loads((out / "settings.json").read_text())["threads"] == 1          # the run's first start
@@ -132,18 +138,19 @@ def test_resuming_with_another_thread_count_warns_that_images_may_differ(pipe, r
 
 def test_rerun_with_keep_captures_adds_the_captures(pipe, records, tmp_path):
     out = tmp_path / "ds"
-    generate(pipe, records[:2], out, progress=False, rank=0, world_size=1, **KW)
+    gen(pipe, records[:2], out)
     masks = {f: (out / f).read_bytes() for f in _files(out) if f.startswith("SegmentationClass")}
     assert not (out / "captures").exists()
-    rep = generate(pipe, records[:2], out, keep_captures=True, progress=False, rank=0, world_size=1, **KW)
+    rep = gen(pipe, records[:2], out, keep_captures=True)
     assert rep.generated == 2 and sorted(p.name for p in (out / "captures").iterdir()) == ["000000", "000001"]
     assert {f: (out / f).read_bytes() for f in _files(out) if f.startswith("SegmentationClass")} == masks
     assert [e["id"] for e in read_manifest(out)] == ["000000", "000001"]
-    rep = generate(pipe, records[:2], out, keep_captures=True, progress=False, rank=0, world_size=1, **KW)
+    rep = gen(pipe, records[:2], out, keep_captures=True)
     assert rep.generated == 0 and rep.skipped == 2
 
 
-def test_failure_mid_run_leaves_only_complete_samples(pipe, records, tmp_path):
+def test_failure_mid_run_leaves_only_complete_samples(pipe, records, tmp_path, monkeypatch):
+    from pccseg.labellers import registry
     from pccseg.labellers.pcc import label
 
     out = tmp_path / "ds"
@@ -155,18 +162,19 @@ def test_failure_mid_run_leaves_only_complete_samples(pipe, records, tmp_path):
             raise KeyboardInterrupt
         return label(cap, params)
 
-    with pytest.raises(KeyboardInterrupt):
-        generate(pipe, records, out, progress=False, rank=0, world_size=1, label_fn=flaky, **KW)
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(registry, "label", flaky)
+        gen(pipe, records, out, label_workers=0)
     assert _files(out / "SegmentationClass") == ["000000.png"]
     assert (out / "ImageSets/Segmentation/train.txt").read_text().split() == ["000000"]
     assert not [f for f in _files(out) if "/." in "/" + f]
-    rep = generate(pipe, records, out, progress=False, rank=0, world_size=1, **KW)
+    rep = gen(pipe, records, out)
     assert rep.generated == 2 and len(read_manifest(out)) == 3
 
 
 def test_different_settings_refused_before_model_work(pipe, records, tmp_path):
     out = tmp_path / "ds"
-    generate(pipe, records[:1], out, progress=False, rank=0, world_size=1, **KW)
+    gen(pipe, records[:1], out)
 
     class NoPipe:  # generate must refuse before touching the model
         def __getattr__(self, name):
@@ -176,17 +184,17 @@ def test_different_settings_refused_before_model_work(pipe, records, tmp_path):
             raise AssertionError("the pipeline was called")
 
     with pytest.raises(InputError, match=r"settings.json: this folder holds a run with other settings \(steps: 2 -> 3\)"):
-        generate(NoPipe(), records, out, progress=False, rank=0, world_size=1, **dict(KW, steps=3))
+        gen(NoPipe(), records, out, steps=3)
     assert settings_diff({"steps": 2, "batch_size": 1}, {"steps": 2, "batch_size": 8}) == []
 
 
 def test_fake_processes_share_the_work(pipe, records, tmp_path):
     out = tmp_path / "ds"
-    reps = [generate(pipe, records, out, progress=False, rank=r, world_size=2, **KW) for r in (1, 0)]
+    reps = [gen(pipe, records, out, rank=r, world_size=2) for r in (1, 0)]
     assert reps[0].stems == ["000001"] and reps[1].stems == ["000000", "000002"]
     assert sorted(p.name for p in (out / "manifest.d").iterdir()) == ["rank-0000.jsonl", "rank-0001.jsonl"]
     assert [e["id"] for e in read_manifest(out)] == ["000000", "000001", "000002"]   # rebuilt by rank 0
-    assert Dataset(out).rebuild() == (3, 3)
+    assert DatasetFolder(out).rebuild() == (3, 3)
 
 
 def test_given_processes_leave_the_temporaries_of_the_others(pipe, records, tmp_path):
@@ -196,9 +204,9 @@ def test_given_processes_leave_the_temporaries_of_the_others(pipe, records, tmp_
     writing = out / "JPEGImages" / f".000001.jpg.x{TEMP_SUFFIX}"       # process 1 is writing it
     writing.parent.mkdir(parents=True)
     writing.write_bytes(b"x")
-    generate(pipe, records, out, progress=False, rank=0, world_size=2, **KW)
+    gen(pipe, records, out, rank=0, world_size=2)
     assert writing.is_file()                    # no barrier: process 0 must not repair under the others
-    generate(pipe, records[:1], out, progress=False, rank=0, world_size=1, **KW)
+    gen(pipe, records[:1], out)
     assert not writing.exists()                 # alone: it repairs
 
 
@@ -296,22 +304,22 @@ def test_val_share_holds_out_a_fixed_part(pipe, tmp_path):
     from torchvision.datasets import VOCSegmentation as TorchvisionVOC
 
     from pccseg.dataset.folder import val_stems
-    from pccseg.dataset.voc import VOCSegmentation
+    from pccseg.dataset.voc import VOCSplit
 
     records = select(load_prompts(), start=0, num=4)
     out = tmp_path / "ds"
-    generate(pipe, records, out, val_share=0.5, progress=False, rank=0, world_size=1, **KW)
+    gen(pipe, records, out, val_share=0.5)
     train = (out / "ImageSets/Segmentation/train.txt").read_text().split()
     val = (out / "ImageSets/Segmentation/val.txt").read_text().split()
     assert len(val) == 2 and sorted(train + val) == ["000000", "000001", "000002", "000003"]
     assert set(val) == val_stems(train + val, 0.5) == val_stems(sorted(val + train, reverse=True), 0.5)
     assert json.loads((out / "settings.json").read_text())["val_share"] == 0.5
-    assert VOCSegmentation(out, "val").stems == val and len(TorchvisionVOC(str(out), image_set="val")) == 2
+    assert VOCSplit(out, "val").stems == val and len(TorchvisionVOC(str(out), image_set="val")) == 2
     # a rerun with another share is another dataset: refused, before any work
     with pytest.raises(InputError, match="val_share: 0.5 -> 0.25"):
-        generate(pipe, records, out, val_share=0.25, progress=False, rank=0, world_size=1, **KW)
+        gen(pipe, records, out, val_share=0.25)
     with pytest.raises(InputError, match="val_share: must be a number in"):
-        generate(pipe, records, tmp_path / "x", val_share=float("nan"), progress=False, rank=0, world_size=1, **KW)
+        gen(pipe, records, tmp_path / "x", val_share=float("nan"))
     # the split is a property of the stems, not of their order or of the run
     stems = [f"{i:06d}" for i in range(1000)]
     held = val_stems(stems, 0.1)

@@ -12,6 +12,7 @@ hung this test when other tests had run a team first."""
 import json
 import multiprocessing
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -154,7 +155,8 @@ def _every_write_point(tmp_path: Path, argv_for, outputs, *, prepare=None) -> in
 
 
 def test_kills_at_every_write_point_of_train_resume_to_the_uninterrupted_run(tmp_path):
-    from test_train import _cli_args, make_blocks_tree
+    from pccseg.dataset.synthetic import make_blocks_tree
+    from test_train import _cli_args
 
     data = make_blocks_tree(tmp_path / "data", n=2, size=32)
 
@@ -178,7 +180,7 @@ def test_kills_at_every_write_point_of_export_leave_a_complete_copy(tmp_path):
     import shutil
 
     datasets = pytest.importorskip("datasets")
-    from test_train import make_blocks_tree
+    from pccseg.dataset.synthetic import make_blocks_tree
 
     root = make_blocks_tree(tmp_path / "ds", n=2, size=32)
 
@@ -190,9 +192,14 @@ def test_kills_at_every_write_point_of_export_leave_a_complete_copy(tmp_path):
     def earlier_export(out: Path) -> None:          # replacing one: the old copy is renamed aside first
         shutil.copytree(tmp_path / "ref", out)
 
+    system_temps = set(Path(tempfile.gettempdir()).iterdir())
     points = _every_write_point(tmp_path, lambda out: ["export", str(root), "--out", str(out), "-q"], outputs,
                                 prepare=earlier_export)
     assert points == 2
+    # datasets' arrow cache of a killed export is beside OUT, removed by the rerun; none in the system temp
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+    assert not [p.name for p in set(Path(tempfile.gettempdir()).iterdir()) - system_temps
+                if p.name.startswith("pccseg-export-")]
 
 
 def test_kills_at_every_write_point_of_generate_resume_to_the_uninterrupted_dataset(tmp_path):

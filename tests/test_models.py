@@ -70,10 +70,10 @@ def test_prompts_toy_names_the_toy_set(tmp_path, monkeypatch):
 
 def test_python_generate_with_the_toy_pipeline_uses_the_toy_defaults(tmp_path):
     from pccseg.capture.pipeline import load_pipeline
-    from pccseg.dataset.generate import generate
+    from pccseg.dataset.generate import GenerateConfig, generate
 
     pipe = load_pipeline("toy", device="cpu", progress=False)
-    generate(pipe, [], tmp_path / "out", progress=False, rank=0, world_size=1)
+    generate(pipe, [], tmp_path / "out", GenerateConfig(progress=False), rank=0, world_size=1)
     settings = json.loads((tmp_path / "out" / "settings.json").read_text())
     assert (settings["steps"], settings["guidance"], settings["height"], settings["prompts"]) == \
         (25, 5.0, 128, "toy_prompts.json")

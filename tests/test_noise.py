@@ -38,9 +38,9 @@ def test_library_bars_off_inside_the_block(capfd):
 
 def test_toy_train_saves_without_writing_shards_bars(tmp_path, capfd):
     from pccseg.toy.model import build_vae
-    from pccseg.toy.train import _save_pipeline
+    from pccseg.toy.checkpoint import save_pipeline
 
-    _save_pipeline(tmp_path / "vae", build_vae())
+    save_pipeline(tmp_path / "vae", build_vae())
     assert (tmp_path / "vae" / "config.json").is_file()
     err = capfd.readouterr().err
     assert "Writing" not in err and "%|" not in err
@@ -48,7 +48,7 @@ def test_toy_train_saves_without_writing_shards_bars(tmp_path, capfd):
 
 def test_export_draws_one_bar_and_leaves_datasets_bars_as_they_were(tmp_path, capsys):
     datasets = pytest.importorskip("datasets")
-    from test_train import make_blocks_tree
+    from pccseg.dataset.synthetic import make_blocks_tree
 
     root = make_blocks_tree(tmp_path / "ds", n=3, size=32, class_names=["background", "cat", "dog"])
     assert datasets.is_progress_bar_enabled()

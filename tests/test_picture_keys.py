@@ -39,7 +39,7 @@ def test_curves_labels_stay_inside_the_axes(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pccseg.pictures.report import miou_panel
+    from pccseg.pictures.training_report import miou_panel
 
     checks = [{"iter": i, "miou": m} for i, m in ((10, 0.0030), (20, 0.0060), (30, 0.0084))]   # best = last
     fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
@@ -59,7 +59,8 @@ def test_stage_figure_legend_shows_the_background_as_the_blocky_panel(tmp_path):
 
     from pccseg.capture.synthetic import planted_capture
     from pccseg.labellers.pcc import label
-    from pccseg.pictures.show import MASK_GROUND, stage_figure
+    from pccseg.pictures.rgb import MASK_GROUND
+    from pccseg.pictures.show import stage_figure
 
     cap = planted_capture(image_size=(128, 128), latent=(16, 16), heads_per_layer=1, head_dim=8)
     fig = stage_figure(cap, label(cap))

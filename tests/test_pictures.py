@@ -17,8 +17,10 @@ from pccseg.cli import main
 from pccseg.errors import InputError
 from pccseg.io import save_image, save_mask
 from pccseg.labellers.pcc import LabelParams, LabelResult
-from pccseg.pictures.report import dataset_stats, make_report
-from pccseg.pictures.show import boundaries, colorize, overlay, pick_heads, resize_nearest, stage_figure
+from pccseg.pictures.dataset_report import dataset_stats
+from pccseg.pictures.report import make_report
+from pccseg.pictures.rgb import boundaries, colorize, overlay, resize_nearest
+from pccseg.pictures.show import pick_heads, stage_figure
 from pccseg.pictures.stages import save_stage_figure
 from pccseg.vocab import VOC_CLASSES, VOC_PALETTE
 
@@ -189,7 +191,7 @@ def test_overlay_outlines_a_class_the_colour_of_the_image():
 def test_blocky_panel_shows_dark_classes():
     """The blocky mask is drawn on a grey ground, regions outlined: VOC's cat (64, 0, 0) on its black
     background would be all but invisible."""
-    from pccseg.pictures.show import MASK_GROUND
+    from pccseg.pictures.rgb import MASK_GROUND
 
     m = np.zeros((8, 8), np.uint8)
     m[2:6, 2:6] = 8
@@ -205,7 +207,7 @@ def test_blocky_panel_shows_dark_classes():
 
 
 def test_sample_figures_are_readable_at_their_size(tmp_path):
-    from pccseg.pictures.report import samples_figure
+    from pccseg.pictures.dataset_report import samples_figure
 
     root = make_dataset(tmp_path / "ds", n=2)
     for ids in (["000000"], ["000000", "000001"]):

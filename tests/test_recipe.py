@@ -18,7 +18,8 @@ from pccseg.train.config import TrainConfig
 from pccseg.train.ema import WeightEMA, ema_decay
 from pccseg.train.loop import train
 from pccseg.train.selftrain import relabel_dataset, relabel_mask, self_train
-from test_train import make_blocks_tree, one_thread, read_log, small_config  # noqa: F401 (one_thread: autouse)
+from pccseg.dataset.synthetic import make_blocks_tree
+from test_train import one_thread, read_log, small_config  # noqa: F401 (one_thread: autouse)
 
 
 def weights(run, name="last"):

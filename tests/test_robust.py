@@ -21,20 +21,16 @@ import torch
 
 from pccseg import cli
 from pccseg.capture.format import load_capture, save_capture
-from pccseg.dataset.folder import Dataset, read_manifest
+from pccseg.dataset.folder import DatasetFolder, read_manifest
 from pccseg.errors import InputError
-from pccseg.dataset.generate import generate
 from pccseg.io import TEMP_SUFFIX, atomic_path, check_stem, load_mask, read_json, read_jsonl, remove_temps
 from pccseg.labellers.pcc import LabelParams
 from pccseg.dataset.prompts import load_prompts
 from pccseg.signals import Terminated, handle_interrupts, hold_interrupts
 
 from test_capture_format import small_capture
-from test_generate import pipe, records  # noqa: F401 (fixtures: the tiny pipeline, three VOC records)
+from test_generate import gen, pipe, records  # noqa: F401 (fixtures: the tiny pipeline, three VOC records)
 from test_pictures import make_dataset
-
-KW = dict(steps=2, height=64, width=64, seed=2024, progress=False, rank=0, world_size=1)
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, records):
@@ -226,9 +222,9 @@ def test_guidance_must_be_finite_before_anything_is_written(tmp_path, capsys, pi
     out = tmp_path / "ds"
     _one_line(capsys, ["generate", "--num", "1", "--out", str(out), f"--guidance={value}", *tiny], "--guidance")
     with pytest.raises(InputError, match="guidance: must be a finite number"):
-        generate(pipe, records[:1], out, **dict(KW, guidance=float(value)))
+        gen(pipe, records[:1], out, guidance=float(value))
     with pytest.raises(InputError, match="batch_size"):
-        generate(pipe, records[:1], out, **dict(KW, batch_size=0))
+        gen(pipe, records[:1], out, batch_size=0)
     assert not out.exists()
 
 
@@ -250,7 +246,7 @@ def test_options_that_would_fail_after_writing_are_refused_first(tmp_path, capsy
     assert not out.exists()
     if api is not None:                          # the API refuses the same
         with pytest.raises(InputError):
-            generate(pipe, records, out, **dict(KW, **api))
+            gen(pipe, records, out, **api)
         assert not out.exists()
 
 
@@ -264,15 +260,15 @@ def test_a_run_that_fails_before_its_first_sample_does_not_lock_the_folder(tmp_p
         weight.fill_(float("nan"))
     try:
         with pytest.raises(InputError, match="guidance: sampling record .* gave NaN or inf values"):
-            generate(pipe, records[:1], out, **KW)
+            gen(pipe, records[:1], out)
     finally:
         with torch.no_grad():
             weight.copy_(saved)
     assert (out / "settings.json").is_file() and not list((out / "SegmentationClass").glob("*.png"))
-    report = generate(pipe, records[:1], out, **dict(KW, seed=7))
+    report = gen(pipe, records[:1], out, seed=7)
     assert report.generated == 1 and json.loads((out / "settings.json").read_text())["seed"] == 7
     with pytest.raises(InputError, match="other settings"):           # now it holds a sample: bound
-        generate(pipe, records[:1], out, **dict(KW, seed=8))
+        gen(pipe, records[:1], out, seed=8)
 
 
 # --------------------------------------------------------------------------- sample ids, input files
@@ -412,7 +408,7 @@ def _modes(root: Path) -> set[tuple[str, int]]:
 def test_files_and_folders_respect_the_umask(tmp_path, pipe, records, umask):
     old = os.umask(umask)
     try:
-        generate(pipe, records[:1], tmp_path / "ds", keep_captures=True, **KW)
+        gen(pipe, records[:1], tmp_path / "ds", keep_captures=True)
         assert cli.main(["label", str(tmp_path / "ds" / "captures"), "--out", str(tmp_path / "m"), "-q"]) == 0
     finally:
         os.umask(old)
@@ -425,7 +421,7 @@ def test_files_and_folders_respect_the_umask(tmp_path, pipe, records, umask):
 
 def test_torn_manifest_lines_are_dropped_and_their_samples_made_again(tmp_path, pipe, records):
     out = tmp_path / "ds"
-    generate(pipe, records, out, **KW)
+    gen(pipe, records, out)
     masks = {s: (out / "SegmentationClass" / f"{s}.png").read_bytes() for s in ("000000", "000001", "000002")}
     shard = out / "manifest.d" / "rank-0000.jsonl"
     lines = shard.read_text().splitlines(keepends=True)
@@ -433,7 +429,7 @@ def test_torn_manifest_lines_are_dropped_and_their_samples_made_again(tmp_path, 
     (out / "SegmentationClass" / "000001.png").unlink()
     # ... and sample 2's line lost while its files are there (e.g. torn in the middle of the shard)
     shard.write_text(lines[0] + lines[2][:25] + "\n" + lines[1][:40])
-    rep = generate(pipe, records, out, **KW)
+    rep = gen(pipe, records, out)
     assert sorted(rep.stems) == ["000001", "000002"]
     assert [e["id"] for e in read_manifest(out)] == ["000000", "000001", "000002"]
     assert [json.loads(x)["id"] for x in shard.read_text().splitlines()] == ["000000", "000001", "000002"]
@@ -441,7 +437,7 @@ def test_torn_manifest_lines_are_dropped_and_their_samples_made_again(tmp_path, 
     # an append after a torn last line starts on a fresh line
     with open(shard, "a") as f:
         f.write('{"id": "0000')
-    Dataset(out).append_manifest(0, {"id": "000009"})
+    DatasetFolder(out).append_manifest(0, {"id": "000009"})
     assert shard.read_text().splitlines()[-1] == '{"id": "000009"}'
 
 
@@ -478,7 +474,8 @@ def test_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path, tiny):
 # --------------------------------------------------------------------------- label
 
 
-def test_relabelling_saved_captures_gives_the_dataset_masks(tmp_path, pipe, records):
+def test_relabelling_saved_captures_gives_the_dataset_masks(tmp_path, pipe, records, monkeypatch):
+    from pccseg.labellers import registry
     from pccseg.labellers.pcc import label
 
     seen = {}
@@ -488,7 +485,9 @@ def test_relabelling_saved_captures_gives_the_dataset_masks(tmp_path, pipe, reco
         return label(cap, params)
 
     out = tmp_path / "ds"
-    generate(pipe, records, out, keep_captures=True, label_fn=recording, **KW)
+    with monkeypatch.context() as m:
+        m.setattr(registry, "label", recording)
+        gen(pipe, records, out, keep_captures=True, label_workers=0)
     for r in records:
         saved = load_capture(out / "captures" / r.stem)
         for k, v in seen[r.id].self_attn.items():

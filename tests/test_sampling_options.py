@@ -36,13 +36,13 @@ def test_negative_prompt_reaches_the_pipeline_and_is_recorded(tmp_path, capsys):
 def test_unused_options_keep_the_images(tmp_path):
     """The same call without the new options gives the images of the Python API's plain call."""
     from pccseg.capture.pipeline import load_pipeline
-    from pccseg.dataset.generate import generate
+    from pccseg.dataset.generate import GenerateConfig, generate
     from pccseg.dataset.prompts import load_prompts
 
     plain, _ = _run(tmp_path, "plain")
     pipe = load_pipeline("tiny", device="cpu")
-    generate(pipe, load_prompts()[:2], tmp_path / "api", steps=2, height=64, width=64, progress=False, rank=0,
-             world_size=1, label_workers=0)
+    generate(pipe, load_prompts()[:2], tmp_path / "api",
+             GenerateConfig(steps=2, height=64, width=64, progress=False, label_workers=0), rank=0, world_size=1)
     assert all(np.array_equal(a, b) for a, b in zip(_images(plain), _images(tmp_path / "api")))
 
 

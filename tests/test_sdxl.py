@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pccseg import cli
-from pccseg.capture.attention import capture, capture_nbytes, is_self_layer
+from pccseg.capture.attention import capture
+from pccseg.capture.layers import capture_nbytes, is_self_layer
 from pccseg.labellers.pcc import label
 from pccseg.capture.tiny import tiny_sdxl_pipeline
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pccseg.toy import world
+from pccseg.toy import colours, world
 from pccseg.toy.judge import adherence, colour_labels, majority3, present_classes
-from pccseg.vocab import VOC_CLASSES, class_index
+from pccseg.vocab import VOC_CLASSES, class_index, prompt_word
 
 
 def test_render_is_deterministic_and_seed_dependent():
@@ -26,15 +26,15 @@ def test_render_is_deterministic_and_seed_dependent():
 @pytest.mark.parametrize("seed", range(12))
 def test_labels_match_what_was_drawn(seed):
     s = world.render_scene(seed)
-    h, sat, v = world.rgb_to_hsv(s.image.astype(np.float32) / 255)
+    h, sat, v = colours.rgb_to_hsv(s.image.astype(np.float32) / 255)
     bg = s.labels == 0
     # background pixels are weakly saturated, object pixels strongly saturated in their class's hue
-    assert sat[bg].max() <= world.BG_MAX_SAT + 0.01
-    assert sat[~bg].min() >= world.OBJ_MIN_SAT - 0.02 and v[~bg].min() >= world.OBJ_MIN_VAL - 0.04
+    assert sat[bg].max() <= colours.BG_MAX_SAT + 0.01
+    assert sat[~bg].min() >= colours.OBJ_MIN_SAT - 0.02 and v[~bg].min() >= colours.OBJ_MIN_VAL - 0.04
     for cls in {o.cls for o in s.objects}:
         m = s.labels == class_index(cls)
-        d = np.abs((h[m] - world.HUES[cls] + 180) % 360 - 180)
-        assert m.sum() > 0 and d.max() <= world.HUE_JITTER + 2.0
+        d = np.abs((h[m] - colours.HUES[cls] + 180) % 360 - 180)
+        assert m.sum() > 0 and d.max() <= colours.HUE_JITTER + 2.0
     # every object in the caption is visible, and nothing else is labelled
     present = {VOC_CLASSES[i] for i in np.unique(s.labels) if i}
     assert present == set(s.classes) == {o.cls for o in s.objects}
@@ -43,7 +43,7 @@ def test_labels_match_what_was_drawn(seed):
 def test_caption_names_each_class_once_in_order():
     for seed in range(40):
         s = world.render_scene(seed)
-        words = [world.prompt_word(c) for c in s.classes]
+        words = [prompt_word(c) for c in s.classes]
         pos = [s.caption.find(w.split()[0]) for w in words]
         assert all(p >= 0 for p in pos) and pos == sorted(pos), (s.caption, s.classes)
 
@@ -101,7 +101,7 @@ def test_prompt_records_and_shipped_file():
     recs = world.toy_prompt_records(50, seed=3)
     assert recs == world.toy_prompt_records(50, seed=3) and recs != world.toy_prompt_records(50, seed=4)
     shipped = load_prompts(default_prompts_path(TOY_PROMPTS))
-    assert len(shipped) == 5000 and all(set(r.classes) <= set(world.HUES) for r in shipped)
+    assert len(shipped) == 5000 and all(set(r.classes) <= set(colours.HUES) for r in shipped)
     assert [r.prompt for r in shipped[:50]] == [r["prompt_sd"] for r in world.toy_prompt_records(50, seed=0)]
 
 
@@ -315,7 +315,7 @@ def test_shipped_weights_are_small_fp16_safetensors():
 def test_shipped_model_draws_the_prompted_classes_and_pcc_finds_them():
     """Fixed prompts and seeds on the CPU: the images show what was asked for (by the colour judge), the
     capture leaves them bit-identical, and PCC's masks overlap the judge's ground truth."""
-    from pccseg.pipeline import load_pipeline
+    from pccseg.capture.pipeline import load_pipeline
     from pccseg.toy.config import TOY_GUIDANCE, TOY_SIZE, TOY_STEPS
     from pccseg.toy.quality import score_model
 

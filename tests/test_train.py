@@ -17,37 +17,13 @@ from pccseg.cli import main
 from pccseg.train.deeplab import (backbone_state, build_model, find_checkpoint, normalize, read_checkpoint_meta)
 from pccseg.errors import InputError
 from pccseg.train.evaluate import evaluate, predict
-from pccseg.io import load_mask, save_image, save_mask
-from pccseg.train.loop import (StreamSampler, TrainConfig, TrainStream, augment, segmentation_loss, train)
-from pccseg.dataset.voc import VOCSegmentation
+from pccseg.io import load_mask
+from pccseg.train.augment import StreamSampler, TrainStream, augment
+from pccseg.train.config import TrainConfig
+from pccseg.train.loop import segmentation_loss, train
+from pccseg.dataset.synthetic import make_blocks_tree
+from pccseg.dataset.voc import VOCSplit
 from safetensors.torch import load_file, save_file
-
-COLORS = {1: (220, 30, 30), 2: (30, 200, 40)}
-
-
-def make_blocks_tree(root, n=4, size=64, classes=(1, 2), seed=0, class_names=None):
-    """``n`` noisy grey images with a red block (class 1) on the left and a green one (class 2) on the
-    right; a 255 band on the left edge. Split file ``train.txt``."""
-    rng = np.random.default_rng(seed)
-    stems = []
-    for i in range(n):
-        img = rng.integers(90, 140, (size, size, 3)).astype(np.uint8)
-        mask = np.zeros((size, size), np.uint8)
-        for c, x0 in zip(classes, (rng.integers(0, size // 8), size // 2 + rng.integers(0, size // 8))):
-            y0 = rng.integers(0, size // 4)
-            y1, x1 = y0 + size // 2 + rng.integers(0, size // 4), x0 + 3 * size // 8
-            img[y0:y1, x0:x1] = COLORS[c]
-            mask[y0:y1, x0:x1] = c
-        mask[:, :2] = 255
-        stems.append(f"{i:06d}")
-        save_image(root / "JPEGImages" / f"{stems[-1]}.jpg", img, quality=95)
-        save_mask(root / "SegmentationClass" / f"{stems[-1]}.png", mask)
-    (root / "ImageSets/Segmentation").mkdir(parents=True, exist_ok=True)
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(stems) + "\n")
-    if class_names:
-        (root / "settings.json").write_text(json.dumps({"class_names": class_names}))
-    return root
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -108,7 +84,7 @@ def test_overfit_loss_falls_miou_rises(overfit):
 
     torch.manual_seed(cfg.seed)  # the untrained model of the run
     untrained = build_model(cfg.arch, 21, aux_loss=False)
-    before = evaluate(untrained, VOCSegmentation(data, "train"), device="cpu", workers=0, progress=False,
+    before = evaluate(untrained, VOCSplit(data, "train"), device="cpu", workers=0, progress=False,
                       short_side=None)
     assert result["best_miou"] > before.miou + 0.25
     assert result["best_miou"] == max(r["miou"] for r in vals)
@@ -414,7 +390,7 @@ def test_augment_short_side_and_cat_max_ratio():
 
 
 def test_photometric_distortion_changes_colour_only():
-    from pccseg.train.loop import photometric_distortion
+    from pccseg.train.augment import photometric_distortion
 
     rng = np.random.default_rng(0)
     image = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 16, 16), dtype=np.uint8))
@@ -449,7 +425,7 @@ def test_gradient_clipping(tmp_path):
         env = train_module._setup(cfg)
         model = train_module._model(cfg, 21, env)
         opt, sched, scaler = train_module._optimizer(cfg, model, env)
-        stream = TrainStream(VOCSegmentation(data), 0, crop_size=32)
+        stream = TrainStream(VOCSplit(data), 0, crop_size=32)
         x, y = (torch.stack(t) for t in zip(stream[0], stream[1]))
         train_module._step(cfg, env, model, x, y, opt, sched, scaler)
         norms[clip] = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()
@@ -483,7 +459,7 @@ def test_stream_is_sharded_and_resumable(tmp_path):
     assert sorted(all_ranks[0] + all_ranks[1]) == list(range(5 * per_rank * world))
     assert list(StreamSampler(2, 5, per_rank, 1, world)) == all_ranks[1][2 * per_rank:]
     data = make_blocks_tree(tmp_path / "d", n=5, size=16)
-    stream = TrainStream(VOCSegmentation(data, "train"), 1, crop_size=16, scale=(1.0, 1.0))
+    stream = TrainStream(VOCSplit(data, "train"), 1, crop_size=16, scale=(1.0, 1.0))
     epoch0 = [stream.index(k) for k in range(5)]
     assert sorted(epoch0) == list(range(5))                  # every image once per epoch
     assert sorted(stream.index(k) for k in range(5, 10)) == list(range(5))
@@ -714,7 +690,7 @@ def test_image_files_that_cannot_be_read_are_one_line(reference, tmp_path, capsy
     assert rc == 2 and "000001.jpg: not an image" in err, err
     Image.new("L", (20000, 20000)).save(bad / "SegmentationClass" / "000000.png")   # a decompression bomb
     with pytest.raises(InputError, match="000000.png: image too large to decode"):
-        VOCSegmentation(bad, "train").read(0)
+        VOCSplit(bad, "train").read(0)
     (bad / "ImageSets/Segmentation/train.txt").write_text("x" * 300 + "\n")           # longer than a file name
     rc, err = cli_error(capsys, _cli_args(bad, tmp_path / "run"))
     assert rc == 2 and "train.txt: line 1: a name of 300 bytes is longer than the limit of 200" in err, err

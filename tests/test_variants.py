@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-from pccseg.capture.attention import capture, is_self_layer
+from pccseg.capture.attention import capture
+from pccseg.capture.layers import is_self_layer
 from pccseg.labellers.pcc import label
 from pccseg.capture.tiny import SD_SCHEDULER, tiny_pipeline, tiny_unet_config
 

@@ -9,7 +9,7 @@ import torch
 from pccseg.cli import main
 from pccseg.errors import InputError
 from pccseg.io import load_mask, save_image, save_mask
-from pccseg.dataset.voc import VOCSegmentation, read_class_names
+from pccseg.dataset.voc import VOCSplit, read_class_names
 
 
 def make_voc_tree(root, n=3, size=(24, 32), split="train", values=(0, 1, 15), seed=0):
@@ -32,7 +32,7 @@ def make_voc_tree(root, n=3, size=(24, 32), split="train", values=(0, 1, 15), se
 
 def test_read_tree(tmp_path):
     stems = make_voc_tree(tmp_path, split="val")
-    ds = VOCSegmentation(tmp_path, "val")
+    ds = VOCSplit(tmp_path, "val")
     assert len(ds) == 3 and ds.stems == stems and ds.num_classes == 21
     image, mask = ds[1]
     assert image.shape == (3, 24, 32) and image.dtype == torch.uint8
@@ -46,7 +46,7 @@ def test_class_names_from_settings(tmp_path):
     make_voc_tree(tmp_path, values=(0, 1, 2))
     (tmp_path / "settings.json").write_text(json.dumps({"class_names": ["background", "cat", "dog"]}))
     assert read_class_names(tmp_path) == ["background", "cat", "dog"]
-    ds = VOCSegmentation(tmp_path, "train")
+    ds = VOCSplit(tmp_path, "train")
     assert ds.num_classes == 3
     ds.check()
 
@@ -85,13 +85,13 @@ CASES = ["missing image", "missing mask", "bad value", "size mismatch", "missing
 def test_errors_api(tmp_path, what):
     needle = _break(tmp_path, what)
     with pytest.raises(InputError) as e:
-        ds = VOCSegmentation(tmp_path, "train")
+        ds = VOCSplit(tmp_path, "train")
         for i in range(len(ds)):  # per-read checks (no up-front check)
             ds[i]
     assert needle in str(e.value)
     if what in ("bad value", "size mismatch"):  # the up-front check finds it too
         with pytest.raises(InputError, match=needle.replace("[", r"\[").replace("]", r"\]")):
-            VOCSegmentation(tmp_path, "train").check()
+            VOCSplit(tmp_path, "train").check()
 
 
 @pytest.mark.parametrize("what", CASES)
@@ -129,7 +129,7 @@ def test_split_lines_are_stems_not_paths(tmp_path, capsys, checkpoint, line):
     split = tmp_path / "d/ImageSets/Segmentation/train.txt"
     split.write_text("\n".join([stems[0], line, stems[1]]) + "\n")
     with pytest.raises(InputError) as e:
-        VOCSegmentation(tmp_path / "d", "train")
+        VOCSplit(tmp_path / "d", "train")
     assert str(e.value).startswith(f"{split}: line 2: {line!r} is not a plain file name")
     rc = main(["evaluate", "--checkpoint", str(checkpoint), "--voc", str(tmp_path / "d"), "--split", "train",
                "--out", str(tmp_path / "out"), "--save-predictions", "--device", "cpu"])
@@ -158,13 +158,13 @@ def test_non_utf8_split_file(tmp_path):
     make_voc_tree(tmp_path)
     (tmp_path / "ImageSets/Segmentation/train.txt").write_bytes(b"2007_000000\n\xff\xfe\n")
     with pytest.raises(InputError, match="train.txt: not UTF-8 text"):
-        VOCSegmentation(tmp_path, "train")
+        VOCSplit(tmp_path, "train")
 
 
 def test_torchvision_style_root(tmp_path):
     """The folder above VOCdevkit/VOC2012 (torchvision's root) is read as the VOC root."""
     stems = make_voc_tree(tmp_path / "VOCdevkit/VOC2012", split="val")
-    ds = VOCSegmentation(tmp_path, "val")
+    ds = VOCSplit(tmp_path, "val")
     assert ds.root == tmp_path / "VOCdevkit/VOC2012" and ds.stems == stems
 
 
@@ -174,7 +174,7 @@ def test_a_folder_that_cannot_be_looked_at_is_one_line(tmp_path, monkeypatch):
     import errno
     import pathlib
 
-    from test_train import make_blocks_tree
+    from pccseg.dataset.synthetic import make_blocks_tree
 
     root = make_blocks_tree(tmp_path / "ds", n=1, size=32)
     real = pathlib.Path.is_dir
@@ -185,4 +185,4 @@ def test_a_folder_that_cannot_be_looked_at_is_one_line(tmp_path, monkeypatch):
         return real(self)
     monkeypatch.setattr(pathlib.Path, "is_dir", is_dir)
     with pytest.raises(InputError, match=r"SegmentationClass: unreadable \(Permission denied\)"):
-        VOCSegmentation(root, "train")
+        VOCSplit(root, "train")

@@ -164,25 +164,29 @@ def test_workers_exit_when_the_main_process_is_killed(many, tmp_path):
 # --------------------------------------------------------------------------- generate
 
 def record_pid(cap, params):
-    """A labelling function that notes which process labelled each record (in $PCCSEG_TEST_PIDS)."""
-    from pccseg.labellers import label
+    """A labelling function that notes which process labelled each record (in $PCCSEG_TEST_PIDS); put in
+    place of the registry's ``label``, which generate's labellers call."""
+    from pccseg.labellers.pcc import label
 
     Path(os.environ["PCCSEG_TEST_PIDS"], str(cap.meta["record_id"])).write_text(str(os.getpid()))
     return label(cap, params)
 
 
 def test_generate_labels_in_a_worker_with_the_same_dataset(tmp_path, monkeypatch):
-    from pccseg.dataset.generate import generate
+    from pccseg.dataset.generate import GenerateConfig, generate
     from pccseg.dataset.prompts import load_prompts, select
     from pccseg.capture.tiny import tiny_pipeline
+    from pccseg.labellers import registry
 
     pipe, records = tiny_pipeline(0), select(load_prompts(), start=0, num=3)
-    kw = dict(steps=2, height=64, width=64, seed=2024, progress=False, rank=0, world_size=1, label_fn=record_pid)
+    monkeypatch.setattr(registry, "label", record_pid)      # the workers are forked: they see it too
     pids = {}
     for workers in (0, 1):
         (tmp_path / f"pids{workers}").mkdir()
         monkeypatch.setenv("PCCSEG_TEST_PIDS", str(tmp_path / f"pids{workers}"))
-        rep = generate(pipe, records, tmp_path / f"ds{workers}", batch_size=2, label_workers=workers, **kw)
+        config = GenerateConfig(steps=2, height=64, width=64, seed=2024, batch_size=2, label_workers=workers,
+                                progress=False)
+        rep = generate(pipe, records, tmp_path / f"ds{workers}", config, rank=0, world_size=1)
         assert rep.generated == 3
         pids[workers] = {int(p.read_text()) for p in (tmp_path / f"pids{workers}").iterdir()}
     assert pids[0] == {os.getpid()}

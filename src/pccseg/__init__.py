@@ -10,7 +10,6 @@ does not import torch or diffusers).
 
 from __future__ import annotations
 
-from . import _moved
 from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
@@ -46,8 +45,6 @@ _EXPORTS = {
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS) + ["__version__"]
-
-_moved.install()
 
 # the toy model registers in the table of built-in models (pccseg.capture.models); the capture layer does
 # not import the toy world, which sits above it

@@ -1,8 +1,10 @@
 """Capture during generation (the method's sections 0-1): the model, and what its attention records
 while it generates.
 
-- :mod:`.attention`: ``with capture(pipe, classes) as cap:``, the processors that wrap the installed
-  ones (1a: self-attention of every head at the last step; 1b: OVAM class maps, step by step);
+- :mod:`.attention`: ``with capture(pipe, classes) as cap:`` and the :class:`~.attention.Recorder` it
+  returns (1a: self-attention of every head at the last step; 1b: OVAM class maps, step by step);
+  :mod:`.hook`: the processors that wrap the installed ones; :mod:`.text`: the class text of each image;
+  :mod:`.layers`: which layers are read, their grids, :func:`capture_nbytes`;
 - :mod:`.format`: :class:`Capture` and the capture directory on disk;
 - :mod:`.pipeline`: :func:`load_pipeline` (SD 1.x / 2.x, SDXL, a local folder, ``tiny``, ``toy``);
 - :mod:`.tiny`: SD-architecture pipelines with random weights; :mod:`.tokenizer`: the CLIP tokenizer
@@ -16,7 +18,7 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "capture": "pccseg.capture.attention",
-    "capture_nbytes": "pccseg.capture.attention",
+    "capture_nbytes": "pccseg.capture.layers",
     "Capture": "pccseg.capture.format",
     "load_capture": "pccseg.capture.format",
     "save_capture": "pccseg.capture.format",

@@ -35,233 +35,31 @@ sampling loop waits for the device. The number of UNet calls of one pipeline cal
 ``num_inference_steps``, ...) unless ``steps`` is given. One pipeline call per ``with`` block;
 ``num_images_per_prompt`` must be 1. Works for ``StableDiffusionPipeline`` (SD 1.x, 2.x) and
 ``StableDiffusionXLPipeline``.
+
+This module holds :func:`capture` and the :class:`Recorder` it returns (the UNet hook that counts the
+steps, the accumulators, and the :class:`Capture` s they make); :mod:`.hook` wraps and restores the
+processors, :mod:`.text` makes the class text, :mod:`.layers` says which layers are read, on what grid,
+and how many bytes a capture takes.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .format import Capture
-from ..vocab import VOC_CLASSES, class_index, prompt_word
-
-log = logging.getLogger(__name__)
+from .format import Capture, images_uint8
+from .hook import install_processors, restore_processors, split_heads
+from .layers import layer_grid
+from .text import class_text, encode_class_texts
+from ..vocab import VOC_CLASSES
 
 Half = Literal["uncond", "cond"]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# class text
-@dataclass
-class ClassText:
-    """The tokenized class text of one image.
-
-    Attributes:
-        text: the words given to the text encoder ("cat pot plant").
-        ids: token ids, SoT first, EoT last (no padding).
-        tokens: the token strings.
-        token_classes: label value per token (0 for SoT, None for EoT).
-    """
-
-    text: str
-    ids: list[int]
-    tokens: list[str]
-    token_classes: list[int | None]
-
-
-def class_text(tokenizer, names: Sequence[str], class_names: Sequence[str] = VOC_CLASSES,
-               renames: dict[str, str] | None = None) -> ClassText:
-    """Tokenize the class names of one image into ``[SoT, tokens of name 1, tokens of name 2, ..., EoT]``.
-
-    Every token of a name (a renamed "pot plant", a word the BPE splits) maps to that name's label value in
-    ``class_names``; a name given twice maps to the same value. The ids equal the tokenizer's ids for the
-    joined text (CLIP's BPE never merges across words). Truncated to the tokenizer's ``model_max_length``.
-    """
-    sot, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
-    ids, classes = [sot], [0]
-    words = []
-    for name in names:
-        label = class_index(name, class_names)
-        word = prompt_word(name, renames)
-        words.append(word)
-        piece = tokenizer(word, add_special_tokens=False)["input_ids"]
-        ids += piece
-        classes += [label] * len(piece)
-    limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
-    if limit < 10 ** 6 and len(ids) + 1 > limit:
-        log.warning("class text %r has %d tokens; truncated to %d", " ".join(words), len(ids) + 1, limit)
-        ids, classes = ids[:limit - 1], classes[:limit - 1]
-    ids.append(eot)
-    classes.append(None)
-    return ClassText(" ".join(words), ids, tokenizer.convert_ids_to_tokens(ids), classes)
-
-
-@torch.no_grad()
-def encode_class_texts(pipe, texts: Sequence[ClassText]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class-text embeddings as the pipeline embeds its prompt: ((B, T_max, D), valid (B, T_max) bool).
-
-    SD 1.x / 2.x: the text encoder's last hidden state. SDXL: the penultimate hidden state of each of its
-    two text encoders, concatenated on the feature axis (``StableDiffusionXLPipeline.encode_prompt``).
-    Texts are right-padded with EoT; CLIP's causal mask makes the real tokens' embeddings independent of
-    the padding, and ``valid`` marks the real tokens.
-    """
-    sdxl = hasattr(pipe, "text_encoder_2")
-    encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
-    t_max = max(len(t.ids) for t in texts)
-    pad = texts[0].ids[-1]
-    ids = torch.full((len(texts), t_max), pad, dtype=torch.long)
-    valid = torch.zeros((len(texts), t_max), dtype=torch.bool)
-    for i, t in enumerate(texts):
-        ids[i, :len(t.ids)] = torch.tensor(t.ids)
-        valid[i, :len(t.ids)] = True
-    embs = []
-    for enc in encoders:
-        device = next(enc.parameters()).device
-        mask = valid.long().to(device) if getattr(enc.config, "use_attention_mask", False) else None
-        out = enc(ids.to(device), attention_mask=mask, output_hidden_states=sdxl)
-        embs.append(out.hidden_states[-2] if sdxl else out[0])
-    emb = torch.cat([e.to(embs[0].device) for e in embs], dim=-1)
-    return emb, valid.to(emb.device)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# shapes
-def layer_grid(n: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) of a layer with ``n`` spatial tokens in a UNet whose latent is ``latent_hw``.
-
-    Each UNet level halves the size with a stride-2 convolution (size -> ceil(size / 2)).
-    """
-    h, w = latent_hw
-    while h * w > n and (h > 1 or w > 1):
-        h, w = math.ceil(h / 2), math.ceil(w / 2)
-    if h * w != n:
-        raise RuntimeError(f"a layer with {n} tokens does not fit a {latent_hw} latent")
-    return h, w
-
-
-def is_self_layer(name: str) -> bool:
-    """Method section 1a: the ``attn1`` layers of the up blocks."""
-    return name.startswith("up_blocks.") and name.endswith(".attn1")
-
-
-def is_cross_layer(name: str, include_mid: bool = False) -> bool:
-    """Method section 1b: the ``attn2`` layers (down and up blocks; the mid block only with ``include_mid``)."""
-    return name.endswith(".attn2") and (include_mid or not name.startswith("mid_block"))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the processor
-def _tokens(t: torch.Tensor) -> torch.Tensor:
-    """(b, c, h, w) -> (b, h*w, c); (b, n, c) unchanged."""
-    return t.flatten(2).transpose(1, 2) if t.ndim == 4 else t
-
-
-def _split_heads(attn, t: torch.Tensor, norm=None) -> torch.Tensor:
-    """(b, n, heads * d) -> (b, heads, n, d), then the layer's per-head norm (``norm_q`` / ``norm_k``) if any."""
-    b, n, inner = t.shape
-    t = t.view(b, n, attn.heads, inner // attn.heads).transpose(1, 2)
-    return t if norm is None else norm(t)
-
-
-def _mismatch(attn, hidden_states: torch.Tensor, x: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor | None,
-              out: torch.Tensor) -> torch.Tensor:
-    """How far a layer's real output is from attention over its own projections, on about 16 query rows.
-
-    ``x``: (b, n, c) normalised query input; ``ctx``: (b, m, c') keys/values input; ``mask``: (b, heads,
-    n or 1, m) or None; ``out``: what the installed processor returned. Returns max |reference - out| /
-    max |out| as a 0-dim device tensor (read after sampling, so no host sync).
-    """
-    every = max(1, x.shape[1] // 16)
-    q = _split_heads(attn, attn.to_q(x[:, ::every]), attn.norm_q)
-    k = _split_heads(attn, attn.to_k(ctx), attn.norm_k)
-    v = _split_heads(attn, attn.to_v(ctx))
-    if mask is not None and mask.shape[-2] > 1:
-        mask = mask[:, :, ::every]
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
-    ref = attn.to_out[1](attn.to_out[0](ref.transpose(1, 2).flatten(2)))
-    if attn.residual_connection:
-        ref = ref + _tokens(hidden_states)[:, ::every]
-    real = _tokens(out)[:, ::every].float()
-    return ((ref / attn.rescale_output_factor).float() - real).abs().amax() / real.abs().amax().clamp_min(1e-12)
-
-
-class CaptureAttnProcessor:
-    """Wraps the processor installed on one attention layer and computes that layer's side captures.
-
-    The layer's output is the installed processor's (``inner``), bit for bit; the captures are computed
-    from the layer's own projections on the same inputs. Roles: ``keep`` (method 1a: the per-head output at
-    the final step), ``ovam`` (method 1b: accumulate class maps), ``probs`` (self-attention probabilities at
-    the half-latent grid, when the recorder asks for them).
-    """
-
-    def __init__(self, inner, recorder: "Recorder", name: str, *, keep: bool, ovam: bool, probs: bool):
-        self.inner = inner
-        self.recorder = recorder
-        self.name = name
-        self.keep, self.ovam, self.probs = keep, ovam, probs
-        # Attention.forward hands a processor only the cross_attention_kwargs that its __call__ names: show
-        # it the installed processor's parameters, so that it receives what it receives without capture
-        self.__call__ = functools.wraps(inner.__call__)(functools.partial(type(self).__call__, self))
-
-    def __call__(self, attn, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.inner(attn, hidden_states, *args, **kwargs)
-        inputs = dict(zip(("encoder_hidden_states", "attention_mask", "temb"), args), **kwargs)
-        self._side(attn, hidden_states, inputs, out)
-        return out
-
-    def _side(self, attn, hidden_states: torch.Tensor, inputs: dict, out: torch.Tensor) -> None:
-        rec = self.recorder
-        x = hidden_states
-        if attn.spatial_norm is not None:
-            x = attn.spatial_norm(x, inputs.get("temb"))
-        x = _tokens(x)  # (batch, n, channels)
-        probs = self.probs and x.shape[1] == rec.probs_n
-        check = rec.step == 0 and self.name not in rec.checks and (self.keep or self.ovam or probs)
-        keep = self.keep and rec.is_final_step
-        if not (check or keep or self.ovam or probs):
-            return
-        if attn.group_norm is not None:
-            x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
-        ctx = inputs.get("encoder_hidden_states")
-        if ctx is None:
-            ctx = x
-        elif not isinstance(ctx, torch.Tensor):
-            raise RuntimeError(f"capture: layer {self.name} gets {type(ctx).__name__} encoder_hidden_states (an "
-                               "IP-Adapter?); capture reads text-conditioned attention layers only")
-        elif attn.norm_cross:
-            ctx = attn.norm_encoder_hidden_states(ctx)
-        batch, m = x.shape[0], ctx.shape[1]
-        mask = inputs.get("attention_mask")
-        if mask is not None:
-            mask = attn.prepare_attention_mask(mask, m, batch).view(batch, attn.heads, -1, m)
-
-        if check:
-            rec.checks[self.name] = (_mismatch(attn, hidden_states, x, ctx, mask, out), type(self.inner).__name__)
-        if self.ovam:
-            rec.accumulate_ovam(self.name, attn, x)
-        if keep or probs:  # 1a needs both CFG halves, the probabilities only the conditional one
-            rows = slice(None) if keep else rec.rows(batch, "cond")
-            q = _split_heads(attn, attn.to_q(x[rows]), attn.norm_q)
-            k = _split_heads(attn, attn.to_k(ctx[rows]), attn.norm_k)
-            mask = None if mask is None else mask[rows]
-            if keep:
-                v = _split_heads(attn, attn.to_v(ctx))
-                rec.keep_self_attn(self.name, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale))
-            if probs:
-                cond = rec.rows(batch, "cond") if keep else slice(None)
-                rec.accumulate_probs(q[cond], k[cond], attn.scale, None if mask is None else mask[cond])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the recorder / context manager
 class Recorder:
     """What one ``with capture(...)`` block records; :meth:`captures` turns it into :class:`Capture` s.
 
@@ -273,7 +71,7 @@ class Recorder:
         probs: (B, n, n) float32 sum of the conditional half's self-attention probabilities over the heads of
             every ``attn1`` layer at the half-latent grid (``probs_hw``, n = h*w) and every UNet call;
             ``probs_heads`` counts the terms (only with ``self_probs``).
-        checks: layer -> (mismatch, processor class) of the first UNet call (see :func:`_mismatch`).
+        checks: layer -> (mismatch, processor class) of the first UNet call (:func:`.hook.mismatch`).
         calls: UNet calls seen; ``total``: UNet calls expected in the pipeline call.
     """
 
@@ -315,23 +113,9 @@ class Recorder:
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> "Recorder":
         self.class_emb, self.valid = encode_class_texts(self.pipe, self.texts)
+        self._originals = install_processors(self.unet, self, include_mid=self.include_mid,
+                                             self_probs=self.self_probs)
         try:
-            for name, module in self.unet.named_modules():
-                if not hasattr(module, "set_processor"):
-                    continue
-                roles = dict(keep=is_self_layer(name), ovam=is_cross_layer(name, self.include_mid),
-                             probs=self.self_probs and name.endswith(".attn1"))
-                if not any(roles.values()):
-                    continue
-                missing = [p for p in ("to_q", "to_k", "to_v") if getattr(module, p, None) is None]
-                if missing:
-                    raise RuntimeError(f"capture: layer {name} has no {'/'.join(missing)} projection (processor "
-                                       f"{type(module.processor).__name__}); the capture computes the attention "
-                                       "from the layer's own to_q/to_k/to_v")
-                self._originals[name] = (module, module.processor)
-                module.set_processor(CaptureAttnProcessor(module.processor, self, name, **roles))
-            if not any(is_self_layer(n) for n in self._originals):
-                raise RuntimeError("the UNet has no self-attention (attn1) layer in its up blocks")
             self._hook = self.unet.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         except BaseException:
             self._restore()
@@ -342,9 +126,7 @@ class Recorder:
         self._restore()
 
     def _restore(self) -> None:
-        for module, proc in self._originals.values():
-            module.set_processor(proc)
-        self._originals.clear()
+        restore_processors(self._originals)
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -386,7 +168,7 @@ class Recorder:
         emb = self.class_emb.to(device=x.device, dtype=x.dtype)
         if attn.norm_cross:
             emb = attn.norm_encoder_hidden_states(emb)
-        k = _split_heads(attn, attn.to_k(emb), attn.norm_k).float()  # (B, heads, T, d)
+        k = split_heads(attn, attn.to_k(emb), attn.norm_k).float()  # (B, heads, T, d)
         if type(attn.to_q) is not torch.nn.Linear or attn.norm_q is not None:
             return k, None, None
         w = attn.to_q.weight.float().view(attn.heads, -1, x.shape[-1])  # (heads, d, channels)
@@ -402,7 +184,7 @@ class Recorder:
         k, kx, kb = self.keys[name]
         xq = x[self.rows(x.shape[0], self.query_half)]
         if kx is None:
-            scores = torch.matmul(_split_heads(attn, attn.to_q(xq), attn.norm_q).float(), k.transpose(-1, -2))
+            scores = torch.matmul(split_heads(attn, attn.to_q(xq), attn.norm_q).float(), k.transpose(-1, -2))
         else:
             b, n, _ = xq.shape
             scores = torch.matmul(xq.float(), kx.transpose(1, 2))
@@ -501,7 +283,7 @@ class Recorder:
                 "pt" as (B, 3, H, W)), uint8 arrays, or a list of PIL images.
             meta: free metadata for every capture (a dict) or one dict per image.
         """
-        imgs = _images_uint8(images)
+        imgs = images_uint8(images)
         if len(imgs) != self.n_images:
             raise ValueError(f"{len(imgs)} images for {self.n_images} class lists")
         self.check_processors()
@@ -519,25 +301,6 @@ class Recorder:
                                token_classes=t.token_classes, class_names=self.class_names, meta=m,
                                self_probs=probs[i]))
         return out
-
-
-def _images_uint8(images: Any) -> list[torch.Tensor]:
-    """Pipeline output -> list of (H, W, 3) uint8 CPU tensors (rounded like diffusers' numpy_to_pil)."""
-    if isinstance(images, (list, tuple)) and images and not isinstance(images[0], (np.ndarray, torch.Tensor)):
-        return [torch.from_numpy(np.array(im.convert("RGB"), dtype=np.uint8)) for im in images]
-    if isinstance(images, (list, tuple)):
-        images = np.stack([np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x) for x in images])
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu()
-        if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
-            images = images.permute(0, 2, 3, 1)
-        images = images.float().numpy() if images.is_floating_point() else images.numpy()
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.dtype != np.uint8:
-        arr = (arr * 255).round().clip(0, 255).astype(np.uint8)
-    return [torch.from_numpy(np.ascontiguousarray(a)) for a in arr]
 
 
 def capture(pipe, classes: Sequence[Sequence[str]], *, steps: int | None = None, query_half: Half = "uncond",
@@ -559,49 +322,3 @@ def capture(pipe, classes: Sequence[Sequence[str]], *, steps: int | None = None,
     """
     return Recorder(pipe, classes, steps=steps, query_half=query_half, include_mid=include_mid,
                     class_names=class_names, renames=renames, self_probs=self_probs)
-
-
-def capture_nbytes(unet, height: int, width: int, n_tokens: int, *, cfg: bool = True,
-                   self_dtype: torch.dtype = torch.float16, vae_factor: int = 8,
-                   include_mid: bool = False, self_probs: bool = False) -> dict[str, int]:
-    """Bytes of one image's capture for a UNet at an image size, from the module tree (no forward pass).
-
-    Works on a UNet built on the ``meta`` device (SD 1.x / 2.x and SDXL). Returns ``self_attn`` (the kept
-    per-head outputs in ``self_dtype``), ``token_maps`` (T x h x w float32 at the largest cross-attention
-    grid, the latent for SD, half of it for SDXL, as saved), ``self_probs`` (the
-    (n, n) float32 self-attention probabilities at the half-latent grid when ``self_probs``, else 0),
-    ``ovam_buffers`` (the float32 accumulators held during sampling) and ``total`` (the capture's tensors:
-    self_attn + token_maps + self_probs).
-    """
-    h0, w0 = math.ceil(height / vae_factor), math.ceil(width / vae_factor)
-    n_levels = len(unet.config.block_out_channels)
-
-    def grid(name: str) -> tuple[int, int]:
-        parts = name.split(".")
-        if parts[0] == "mid_block":
-            level = n_levels - 1
-        else:
-            idx = int(parts[1])
-            level = idx if parts[0] == "down_blocks" else n_levels - 1 - idx
-        h, w = h0, w0
-        for _ in range(level):
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        return h, w
-
-    probs_hw = (math.ceil(h0 / 2), math.ceil(w0 / 2))
-    self_bytes = ovam_bytes = probs_bytes = maps_n = 0
-    esize = torch.empty((), dtype=self_dtype).element_size()
-    for name, m in unet.named_modules():
-        if not hasattr(m, "set_processor"):
-            continue
-        h, w = grid(name)
-        if is_self_layer(name):
-            self_bytes += (2 if cfg else 1) * m.heads * h * w * (m.inner_dim // m.heads) * esize
-        elif is_cross_layer(name, include_mid):
-            ovam_bytes += h * w * n_tokens * 4
-            maps_n = max(maps_n, h * w)
-        if self_probs and name.endswith(".attn1") and (h, w) == probs_hw:
-            probs_bytes = (h * w) ** 2 * 4
-    maps = n_tokens * maps_n * 4
-    return {"self_attn": self_bytes, "token_maps": maps, "self_probs": probs_bytes, "ovam_buffers": ovam_bytes,
-            "total": self_bytes + maps + probs_bytes}

@@ -268,3 +268,22 @@ def load_capture(directory: str | Path, *, device: str | torch.device = "cpu",
                    tokens=[str(t) for t in tokens], token_classes=token_classes,
                    class_names=class_names, meta=meta, source=src,
                    self_probs=None if self_probs is None else self_probs.float())
+
+
+def images_uint8(images: Any) -> list[torch.Tensor]:
+    """Pipeline output -> list of (H, W, 3) uint8 CPU tensors (rounded like diffusers' numpy_to_pil)."""
+    if isinstance(images, (list, tuple)) and images and not isinstance(images[0], (np.ndarray, torch.Tensor)):
+        return [torch.from_numpy(np.array(im.convert("RGB"), dtype=np.uint8)) for im in images]
+    if isinstance(images, (list, tuple)):
+        images = np.stack([np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x) for x in images])
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu()
+        if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+            images = images.permute(0, 2, 3, 1)
+        images = images.float().numpy() if images.is_floating_point() else images.numpy()
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.dtype != np.uint8:
+        arr = (arr * 255).round().clip(0, 255).astype(np.uint8)
+    return [torch.from_numpy(np.ascontiguousarray(a)) for a in arr]

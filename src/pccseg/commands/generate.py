@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from ..errors import InputError
 
@@ -38,35 +37,41 @@ def _model_defaults(args: argparse.Namespace):
     return entry
 
 
-def build_settings(args: argparse.Namespace, *, class_names, label_params, height, width, dtype, steps):
-    from ..dataset.generate import default_guidance, run_settings
-    from ..capture.pipeline import pipeline_class
+def generate_config(args: argparse.Namespace, *, class_names, label_params):
+    """The run's :class:`~pccseg.dataset.generate.GenerateConfig` (checked once, here), from the options
+    and the model's defaults (:func:`_model_defaults` first; size and guidance where they can be read
+    without loading the weights). An option's error names the option."""
     from ..capture.models import BUILTIN_MODELS
+    from ..capture.pipeline import model_default_size, pipeline_class
+    from ..dataset.generate import GenerateConfig, default_guidance
 
-    prompts = args.prompts_name
-    guidance = default_guidance(pipeline_class(args.model)) if args.guidance is None else args.guidance
-    return run_settings(model=args.model, steps=steps, guidance=guidance,
-                        height=height, width=width, dtype=dtype, seed=args.seed, label_params=label_params,
-                        class_names=class_names, prompts=prompts, query_half=args.query_half,
-                        include_mid=args.include_mid, val_share=args.val_share, batch_size=args.batch_size,
-                        **({"tiny_seed": args.tiny_seed} if args.model in BUILTIN_MODELS
-                           and BUILTIN_MODELS[args.model].takes_seed else {}), **sampling_settings(args))
-
-
-def sampling_settings(args: argparse.Namespace) -> dict:
-    """The sampling options given (settings.json records each only when it is used, so that folders made
-    without them resume as before): negative prompt and scheduler change the images; CPU offload does not."""
-    return {k: v for k, v in (("negative_prompt", args.negative_prompt), ("scheduler_choice", args.scheduler),
-                              ("cpu_offload", args.cpu_offload or None)) if v is not None}
+    size = model_default_size(args.model)      # None: the model's configs are not here yet
+    guidance = args.guidance
+    if guidance is None and size is not None:   # the pipeline class's (read from the same configs)
+        guidance = default_guidance(pipeline_class(args.model))
+    loaded = {k: v for k, v in (("tiny_seed", args.tiny_seed if args.model in BUILTIN_MODELS
+                                 and BUILTIN_MODELS[args.model].takes_seed else None),
+                                ("scheduler_choice", args.scheduler), ("cpu_offload", args.cpu_offload or None))
+              if v is not None}     # recorded only when used, so that folders made without them resume
+    try:
+        return GenerateConfig(
+            steps=args.steps, guidance=guidance, seed=args.seed, batch_size=args.batch_size,
+            height=args.height or (size[0] if size else None), width=args.width or (size[1] if size else None),
+            keep_captures=args.keep_captures, label_params=label_params, class_names=class_names,
+            query_half=args.query_half, include_mid=args.include_mid, val_share=args.val_share,
+            negative_prompt=args.negative_prompt, model=args.model, prompts=args.prompts_name,
+            pipeline_settings=loaded, progress=not args.quiet)
+    except InputError as e:
+        raise InputError(e.message, field="--" + e.field.replace("_", "-")) from None
 
 
 def run(args: argparse.Namespace) -> int:
     from .label_options import params_from_args
-    from ..dataset.folder import Dataset
-    from ..dataset.generate import check_options, check_size_fits, distributed_state, generate
+    from ..dataset.folder import DatasetFolder
+    from ..dataset.generate import check_size_fits, distributed_state, generate
     from ..io import make_dir
     from ..limits import check_seed
-    from ..capture.pipeline import check_model, model_default_size, resolve_device, resolve_dtype
+    from ..capture.pipeline import check_model, resolve_device, resolve_dtype
     from ..dataset.prompts import check_lengths, load_prompts, parse_classes_option, select
     from ..vocab import VOC_CLASSES
 
@@ -79,13 +84,9 @@ def run(args: argparse.Namespace) -> int:
     records = select(records, start=args.start, num=args.num)
     if not records:
         raise InputError(f"no records from --start {args.start}", path=args.prompts)
-    try:
-        check_options(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, height=args.height,
-                      width=args.width, seed=args.seed, records=1 + max(r.index for r in records))
-        check_seed(args.tiny_seed, "tiny_seed")
-    except InputError as e:
-        raise InputError(e.message, field="--" + e.field.replace("_", "-")) from None
-    label_params = params_from_args(args)
+    config = generate_config(args, class_names=class_names, label_params=params_from_args(args))
+    check_seed(args.seed, "--seed", count=1 + max(r.index for r in records))
+    check_seed(args.tiny_seed, "--tiny-seed")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"must be an integer >= 1, got {args.threads}", field="--threads")
     check_model(args.model)
@@ -100,24 +101,16 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    steps = args.steps
-    size = model_default_size(args.model)
-    height = args.height or (size[0] if size else None)
-    width = args.width or (size[1] if size else None)
-    if height is not None and width is not None:
+    ds = None
+    if config.height is not None and config.width is not None:   # else known once the model is loaded
         try:
-            check_size_fits(height, width, args.batch_size, device)
+            check_size_fits(config.height, config.width, config.batch_size, device)
         except InputError as e:
             raise InputError(e.message, field="--height / --width") from None
-    ds = Dataset(args.out)
-    settings = None
-    if height is not None and width is not None:
-        settings = build_settings(args, class_names=class_names, label_params=label_params, height=height,
-                                  width=width, dtype=dtype, steps=steps)
-        ds.check_settings(settings)
+        ds = DatasetFolder.open(args.out, config.record(dtype=dtype))
     make_dir(args.out)
 
-    if settings is not None and world == 1 and not ds.todo([r.stem for r in records], capture=args.keep_captures):
+    if ds is not None and world == 1 and not ds.todo([r.stem for r in records], with_capture=args.keep_captures):
         ds.repair()
         n = ds.rebuild()[0]
         print(f"pccseg generate: all {len(records)} sample(s) already done; {n} sample(s) in {args.out}",
@@ -131,23 +124,13 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, dtype=dtype, device=device, seed=args.tiny_seed,
                          progress=bool(getattr(args, "verbose", False)), scheduler=args.scheduler,
                          cpu_offload=args.cpu_offload)
-    if settings is None:
-        from ..dataset.generate import default_size
-
-        dh, dw = default_size(pipe)
-        height, width = height or dh, width or dw
-        settings = build_settings(args, class_names=class_names, label_params=label_params, height=height,
-                                  width=width, dtype=dtype, steps=steps)
-        ds.check_settings(settings)
+    if ds is None:
+        config = config.for_pipeline(pipe)
+        ds = DatasetFolder.open(args.out, config.record(dtype=dtype))
     check_lengths(records, pipe.tokenizer, path=args.prompts)
 
     # 3. generate
-    report = generate(pipe, records, args.out, steps=steps, guidance=args.guidance, seed=args.seed,
-                      batch_size=args.batch_size, height=height, width=width, keep_captures=args.keep_captures,
-                      label_params=label_params, class_names=class_names, settings=settings,
-                      model_name=args.model, prompts_name=settings["prompts"], query_half=args.query_half,
-                      include_mid=args.include_mid, rank=rank, world_size=world, progress=not args.quiet,
-                      negative_prompt=args.negative_prompt)
+    report = generate(pipe, records, ds, config, rank=rank, world_size=world)
     if state is not None and world > 1 and not is_main:
         return 0
     new = report.generated - report.recaptured

@@ -104,12 +104,13 @@ def check_label_settings(out: Path, params, *, overwrite: bool = False) -> dict:
 
 
 def open_dataset(out: Path, first_capture: Path, params, *, val_share: float, overwrite: bool):
-    """The dataset ``label --dataset`` writes into ``out`` and the settings.json it is to hold (written
-    with the first sample, as ``label_params.json``): the source, the class names (those of
-    ``first_capture``; every capture must have them), the labeller and its parameters and the val share.
-    A folder holding other settings is refused, unless ``overwrite`` (then every sample is redone)."""
+    """The dataset ``label --dataset`` writes into ``out``, opened with the settings.json it is to hold
+    (written with the first sample, as ``label_params.json``), and its class names: the source, the class
+    names (those of ``first_capture``; every capture must have them), the labeller and its parameters and
+    the val share. A folder holding other settings is refused, unless ``overwrite`` (then every sample is
+    redone)."""
     from ..capture.format import META_FILE
-    from ..dataset.folder import Dataset, check_val_share
+    from ..dataset.folder import DatasetFolder, check_val_share
     from ..io import read_json
     from ..labellers.registry import params_record
     from ..vocab import VOC_CLASSES
@@ -119,13 +120,10 @@ def open_dataset(out: Path, first_capture: Path, params, *, val_share: float, ov
     class_names = (read_json(meta_path).get("class_names") if meta_path.is_file() else None) or list(VOC_CLASSES)
     settings = {"source": "pccseg label", "class_names": list(class_names), **params_record(params),
                 **({"val_share": val_share} if val_share else {})}
-    ds = Dataset(out)
-    if not overwrite:
-        ds.check_settings(settings)
-    return ds, tuple(class_names), settings
+    return DatasetFolder.open(out, settings, overwrite=overwrite), tuple(class_names)
 
 
-def check_class_names(cap, class_names) -> None:
+def check_same_vocabulary(cap, class_names) -> None:
     """:class:`InputError` unless the capture ``cap`` has the dataset's ``class_names``."""
     if tuple(cap.class_names) != tuple(class_names):
         raise InputError(f"class names differ from the dataset's ({len(cap.class_names)} against "
@@ -134,19 +132,15 @@ def check_class_names(cap, class_names) -> None:
 
 
 def write_sample(ds, stem: str, cap, mask, seconds: float, class_names) -> None:
-    """One labelled capture into the dataset ``ds``: image (JPEG), manifest line, then the mask (last: its
-    presence marks the sample done), each written atomically."""
-    from ..dataset.folder import JPEG_QUALITY, mask_stats
-    from ..io import save_image, save_mask
+    """One labelled capture into the dataset ``ds`` (:meth:`~pccseg.dataset.folder.DatasetFolder.write_sample`),
+    its manifest line from the capture's record."""
+    from ..dataset.folder import manifest_entry
 
-    save_image(ds.image_path(stem), cap.image.cpu().numpy(), quality=JPEG_QUALITY)
-    uncertain, pixels = mask_stats(mask, class_names)
     named = list(dict.fromkeys(class_names[v] for v in cap.token_classes if v))
-    ds.append_manifest(0, {"id": stem, "record_id": cap.meta.get("record_id"), "prompt": cap.meta.get("prompt"),
-                           "classes": named, "seed": cap.meta.get("seed"), "uncertain_share": uncertain,
-                           "class_pixels": pixels, "timings": {"label": round(seconds, 4)},
-                           "capture": str(cap.source)})
-    save_mask(ds.mask_path(stem), mask)
+    entry = manifest_entry(stem, mask, class_names, record_id=cap.meta.get("record_id"), prompt=cap.meta.get("prompt"),
+                           classes=named, seed=cap.meta.get("seed"), timings={"label": seconds},
+                           capture=str(cap.source))
+    ds.write_sample(stem, cap.image.cpu().numpy(), mask, entry)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,10 +165,9 @@ def run(args: argparse.Namespace) -> int:
     if args.val_share and not args.dataset:
         raise InputError("a val split needs --dataset", field="--val-share")
     out = Path(args.out)
-    ds = class_names = ds_settings = None
+    ds = class_names = None
     if args.dataset:
-        ds, class_names, ds_settings = open_dataset(out, dirs[0], params, val_share=args.val_share,
-                                                    overwrite=args.overwrite)
+        ds, class_names = open_dataset(out, dirs[0], params, val_share=args.val_share, overwrite=args.overwrite)
     settings = check_label_settings(out, params, overwrite=args.overwrite)
     if args.overwrite:
         check_overwrite_covers(out, ds, names, params)
@@ -200,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
                 cap = None
                 if ds is not None:              # the sample's image and record (a worker labelled it)
                     cap = load_capture(d)
-                    check_class_names(cap, class_names)
+                    check_same_vocabulary(cap, class_names)
             except InputError as e:
                 failed += 1
                 bar.clear()
@@ -213,10 +206,8 @@ def run(args: argparse.Namespace) -> int:
             with hold_interrupts():             # SIGTERM / Ctrl-C: this mask (or sample) is finished first
                 if settings is not None:        # with the first mask: a run that stops before writes nothing
                     write_json(out / LABEL_SETTINGS, settings)
-                    if ds is not None and args.overwrite:
-                        write_json(ds.settings_path, ds_settings)
-                    elif ds is not None:
-                        ds.write_settings(ds_settings)
+                    if ds is not None:
+                        ds.bind()               # with --overwrite: replaced
                     settings = None
                 if ds is None:
                     save_mask(out / f"{d.name}.png", mask)

@@ -123,12 +123,12 @@ def run_evaluate(args) -> int:
     from ..train.deeplab import read_checkpoint_meta
     from ..train.evaluate import evaluate, selected_on
     from ..io import atomic_path, make_dir, remove_temps, write_json
-    from ..dataset.voc import VOCSegmentation
+    from ..dataset.voc import VOCSplit
 
     if args.save_predictions and not args.out:
         raise InputError("--save-predictions needs --out", field="--out")
     meta = read_checkpoint_meta(args.checkpoint)
-    dataset = VOCSegmentation(args.voc, args.split)
+    dataset = VOCSplit(args.voc, args.split)
     if args.out:
         remove_temps(make_dir(args.out))
     short_side = args.short_side

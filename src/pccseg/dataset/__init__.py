@@ -2,19 +2,21 @@
 
 - :mod:`.prompts`: prompt files (the shipped sets live in ``pccseg/data/``);
 - :mod:`.generate`: the whole loop, prompts -> capture -> label -> files, resumable, many processes;
-- :mod:`.folder`: the dataset folder on disk (:class:`Dataset`: paths, manifest, resume, repair);
-- :mod:`.voc`: reading a VOC-layout tree (:class:`VOCSegmentation`), for training and scoring;
+- :mod:`.folder`: the dataset folder on disk (:class:`DatasetFolder`: settings, the one sample writer, paths,
+  manifest, resume, repair);
+- :mod:`.voc`: reading one split of a VOC-layout tree (:class:`VOCSplit`), for training and scoring;
 - :mod:`.export`: the Hugging Face ``datasets`` export.
 """
 
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "Dataset": "pccseg.dataset.folder",
+    "DatasetFolder": "pccseg.dataset.folder",
     "read_manifest": "pccseg.dataset.folder",
     "load_prompts": "pccseg.dataset.prompts",
-    "generate": "pccseg.dataset.generate",
-    "VOCSegmentation": "pccseg.dataset.voc",
+    "GenerateConfig": "pccseg.dataset.generate",   # generate() itself: pccseg.dataset.generate.generate (the
+    #                                                 module's name shadows a lazy "generate" here)
+    "VOCSplit": "pccseg.dataset.voc",
     "export_hf": "pccseg.dataset.export",
 }
 __getattr__ = lazy_exports(__name__, _EXPORTS)

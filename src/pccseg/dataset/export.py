@@ -20,14 +20,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from .folder import MANIFEST, read_manifest
 from ..errors import InputError
-from ..io import atomic_path, make_dir, read_bytes, read_json, remove_temps
-from .voc import SPLIT_DIR, VOCSegmentation, voc_root
+from ..io import TEMP_SUFFIX, atomic_path, make_dir, read_bytes, read_json, remove_temps
+from .voc import SPLIT_DIR, VOCSplit, voc_root
 
 #: pccseg split name -> Hugging Face split name, where they differ.
 HF_SPLIT_NAMES = {"val": "validation"}
@@ -124,23 +125,34 @@ def export_hf(root: str | Path, out: str | Path, *, splits: Sequence[str] | None
 
 def _export(datasets, source: str | Path, root: Path, out: Path, splits: Sequence[str], manifest: dict, features,
             progress: bool):
+    # datasets' arrow cache, as big as the export: beside OUT under a temporary name, so that what a killed
+    # export leaves is removed by the rerun's remove_temps (in the system's temp folder it would stay)
+    cache = out.parent / f".{out.name}.{secrets.token_hex(4)}.cache{TEMP_SUFFIX}"
+    cache.mkdir()
+    try:
+        return _export_rows(datasets, source, root, out, splits, manifest, features, progress, cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _export_rows(datasets, source: str | Path, root: Path, out: Path, splits: Sequence[str], manifest: dict,
+                 features, progress: bool, cache: Path):
     from tqdm import tqdm
 
     parts, class_names = {}, None
-    with tempfile.TemporaryDirectory(prefix="pccseg-export-") as cache, \
-            tqdm(desc="export", unit="img", disable=not progress) as bar:
+    with tqdm(desc="export", unit="img", disable=not progress) as bar:
         key = f"{os.getpid()}-{id(bar)}"
         _BARS[key] = bar
         try:
             for split in splits:
-                ds = VOCSegmentation(root, split)
+                ds = VOCSplit(root, split)
                 class_names = ds.class_names
                 samples = [(stem, str(image), str(mask), manifest.get(stem, {}).get("prompt") or "",
                             list(manifest.get(stem, {}).get("classes") or []))
                            for stem, image, mask in zip(ds.stems, ds.images, ds.masks)]
                 bar.total = (bar.total or 0) + len(samples)
                 parts[HF_SPLIT_NAMES.get(split, split)] = datasets.Dataset.from_generator(
-                    _rows, features=features, gen_kwargs={"samples": samples, "bar": key}, cache_dir=cache,
+                    _rows, features=features, gen_kwargs={"samples": samples, "bar": key}, cache_dir=str(cache),
                     split=datasets.NamedSplit(HF_SPLIT_NAMES.get(split, split)))
         finally:
             _BARS.pop(key, None)

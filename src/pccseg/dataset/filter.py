@@ -124,9 +124,9 @@ def filter_split(root: str | Path, *, split: str = "train", out_split: str = "fi
     if out_split == split:
         raise InputError(f"the filtered split must get a name of its own, not {split!r} (it would replace the "
                          "split it is read from)", field="--out-split")
-    from .voc import VOCSegmentation     # torch: not for ``pccseg --help``
+    from .voc import VOCSplit     # torch: not for ``pccseg --help``
 
-    ds = VOCSegmentation(root, split)
+    ds = VOCSplit(root, split)
     prompted = prompted_classes(ds.root)
     stats = [mask_stats(stem, load_mask(ds.masks[i]), prompted.get(stem)) for i, stem in enumerate(ds.stems)]
     kept, dropped = select(stats, rule, ds.class_names)

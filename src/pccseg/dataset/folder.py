@@ -1,21 +1,24 @@
-"""The dataset directory that ``pccseg generate`` writes (VOC layout, readable by torchvision's
-``VOCSegmentation``)::
+"""The dataset directory that every pccseg writer makes: ``generate``, ``label --dataset``, ``toy render``
+and the experiment's sets (VOC layout, read unchanged by torchvision's ``VOCSegmentation``)::
 
     DIR/JPEGImages/<stem>.jpg
     DIR/SegmentationClass/<stem>.png        VOC palette PNG, values 0..20, 255 = uncertain
     DIR/ImageSets/Segmentation/train.txt    one stem per line, sorted
-    DIR/ImageSets/Segmentation/val.txt      with a ``val_share`` in settings.json: the held-out stems
-    DIR/manifest.jsonl                      one JSON object per sample (see :func:`manifest_entry`)
+    DIR/ImageSets/Segmentation/val.txt      the held-out stems: a ``val_share`` in settings.json, or the
+                                            manifest lines' ``split`` (toy render)
+    DIR/manifest.jsonl                      one JSON object per sample (:func:`manifest_entry`)
     DIR/manifest.d/rank-<r>.jsonl           the per-process shards manifest.jsonl is rebuilt from
     DIR/settings.json                       the run's settings
     DIR/captures/<stem>/                    with --keep-captures: capture directories
     DIR/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets}   relative links to the folders
                                             above, where torchvision's ``VOCSegmentation(DIR)`` looks
 
-A sample is complete when its mask exists and its manifest line is whole: per sample the image is
-written first, then the capture (optional), then the manifest line, then the mask, each file
-atomically. ``manifest.jsonl`` and ``train.txt`` are rebuilt from the shards and the files on disk
-(:meth:`Dataset.rebuild`), so an interrupted or multi-process run repairs them.
+Every writer (``generate``, ``label --dataset``, ``toy render``, the experiment's sets) opens the folder
+with its settings (:meth:`DatasetFolder.open`: checked there, once) and writes each sample with
+:meth:`DatasetFolder.write_sample`. A sample is complete when its mask exists and its manifest line is
+whole: the image is written first, then the capture (optional), then the manifest line, then the mask,
+each file atomically. ``manifest.jsonl`` and the split files are rebuilt from the shards and the files on
+disk (:meth:`DatasetFolder.rebuild`), so an interrupted or multi-process run repairs them.
 """
 
 from __future__ import annotations
@@ -114,11 +117,89 @@ def rounding_changes(old: dict, new: dict) -> list[str]:
     return [f"{k} {old[k]!r} -> {new[k]!r}" for k in ROUNDING_KEYS if k in old and k in new and old[k] != new[k]]
 
 
-class Dataset:
-    """Paths and bookkeeping of one dataset directory."""
+def manifest_entry(stem: str, mask, class_names: Sequence[str], *, record_id: Any, prompt: str | None,
+                   classes: Sequence[str], seed: int | None, timings: dict[str, float] | None = None,
+                   **extra: Any) -> dict:
+    """One manifest line: id, record_id, prompt, classes, seed, uncertain_share, class_pixels (of ``mask``,
+    an (H, W) uint8 tensor on the host, see :func:`mask_stats`), timings in seconds (rounded to 0.1 ms;
+    left out when None), then ``extra`` as given."""
+    uncertain, pixels = mask_stats(mask, class_names)
+    entry = {"id": stem, "record_id": record_id, "prompt": prompt, "classes": list(classes), "seed": seed,
+             "uncertain_share": uncertain, "class_pixels": pixels}
+    if timings is not None:
+        entry["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    return {**entry, **extra}
+
+
+class DatasetFolder:
+    """Paths and bookkeeping of one dataset directory, and the one writer of its samples.
+
+    ``DatasetFolder(root)`` reads and repairs; a run that writes opens it with its settings
+    (:meth:`open`), writes them (:meth:`bind`) and then its samples (:meth:`write_sample`).
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.settings: dict | None = None      # what this run records in settings.json (set by open)
+        self.stored: dict | None = None        # the folder's settings.json when it binds the run (open)
+        self._bound = False
+
+    @classmethod
+    def open(cls, root: str | Path, settings: dict, *, overwrite: bool = False) -> DatasetFolder:
+        """The folder ``root`` for a run with ``settings`` (the settings.json it is to hold), checked once:
+        :class:`InputError` when ``root`` is not a directory, a folder or file the writers write is a link
+        (:meth:`check_no_links`), or the folder holds samples of a run with other settings (keys outside
+        :data:`INFORMATIONAL_KEYS` that differ). Settings bind a folder only once a sample is written, so a
+        run that failed before its first sample does not lock the folder to its options. ``overwrite``:
+        the run redoes every sample, so the folder's settings are not compared (and :meth:`bind` replaces
+        them). Writes nothing."""
+        folder = cls(root)
+        folder.settings = dict(settings)
+        if folder.root.exists() and not folder.root.is_dir():
+            raise InputError("output path exists and is not a directory", path=folder.root, field="--out")
+        if folder.root.is_dir():
+            folder.check_no_links()
+        path = folder.settings_path
+        if overwrite or not path.is_file():
+            return folder
+        old = read_json(path)
+        diff = settings_diff(old, settings)
+        if diff and folder.holds_samples():
+            raise InputError("this folder holds a run with other settings (" + "; ".join(diff) +
+                             "): use another --out, or the earlier run's options to resume it", path=path)
+        if not diff:
+            folder.stored, folder._bound = old, True
+        return folder
+
+    def bind(self, settings: dict | None = None) -> None:
+        """Write settings.json (``settings``, default: those given to :meth:`open`) unless the folder's
+        own already bind the run (then they are kept, as the run's first start wrote them). Once."""
+        if self._bound:
+            return
+        if settings is not None:
+            self.settings = dict(settings)
+        if self.settings is None:
+            raise ValueError("open the folder with its settings first (DatasetFolder.open)")
+        write_json(self.settings_path, _canon(self.settings))
+        self._bound = True
+
+    def write_sample(self, stem: str, image, mask, entry: dict, *, rank: int = 0, capture=None) -> None:
+        """Write one sample: the image (``image``: (H, W, 3) uint8 array, JPEG), its capture directory
+        (``capture``: a :class:`~pccseg.capture.format.Capture`, optional), the manifest ``entry`` (into
+        process ``rank``'s shard, :meth:`append_manifest`), then the mask (``mask``: (H, W) uint8 tensor
+        or array; last: its presence marks the sample done), each atomically. SIGTERM / Ctrl-C wait until
+        the sample is written (:func:`pccseg.signals.hold_interrupts`)."""
+        from ..io import save_image, save_mask
+        from ..signals import hold_interrupts
+
+        with hold_interrupts():
+            save_image(self.image_path(stem), image, quality=JPEG_QUALITY)
+            if capture is not None:
+                from ..capture.format import save_capture
+
+                save_capture(self.capture_dir(stem), capture)
+            self.append_manifest(rank, entry)
+            save_mask(self.mask_path(stem), mask)
 
     # paths
     def image_path(self, stem: str) -> Path:
@@ -149,18 +230,18 @@ class Dataset:
     def shard_path(self, rank: int) -> Path:
         return self.root / SHARDS / f"rank-{rank:04d}.jsonl"
 
-    def is_done(self, stem: str, *, capture: bool = False) -> bool:
-        """The files of a sample are there: its image and its mask (written last), and with ``capture``
+    def is_done(self, stem: str, *, with_capture: bool = False) -> bool:
+        """The files of a sample are there: its image and its mask (written last), and with ``with_capture``
         also its capture directory (a rerun with ``--keep-captures`` redoes samples made without).
         :meth:`todo` also asks for the manifest line."""
         done = self.mask_path(stem).is_file() and self.image_path(stem).is_file()
-        return done and (not capture or (self.capture_dir(stem) / "capture.json").is_file())
+        return done and (not with_capture or (self.capture_dir(stem) / "capture.json").is_file())
 
-    def todo(self, stems: list[str], *, capture: bool = False) -> list[str]:
+    def todo(self, stems: list[str], *, with_capture: bool = False) -> list[str]:
         """The ``stems`` (in order) whose sample is not done: files missing (:meth:`is_done`), or no
         whole manifest line (a torn line from a kill): such a sample is made again."""
         entries = self.read_shards()
-        return [s for s in stems if s not in entries or not self.is_done(s, capture=capture)]
+        return [s for s in stems if s not in entries or not self.is_done(s, with_capture=with_capture)]
 
     # settings
     def holds_samples(self) -> bool:
@@ -169,33 +250,6 @@ class Dataset:
             if d.is_dir() and any(not e.name.startswith(".") for e in os.scandir(d)):
                 return True
         return any(shard.stat().st_size for shard in self._shards())
-
-    def check_settings(self, settings: dict) -> dict | None:
-        """Raise :class:`InputError` when the folder holds a different run; does not write anything.
-        Returns the folder's settings.json (None when there is none yet, or when the folder holds no
-        sample: settings bind a folder only once a sample is written, so a run that failed before its
-        first sample does not lock the folder to its options)."""
-        path = self.settings_path
-        if self.root.exists() and not self.root.is_dir():
-            raise InputError("output path exists and is not a directory", path=self.root, field="--out")
-        if self.root.is_dir():
-            self.check_no_links()
-        if not path.is_file():
-            return None
-        old = read_json(path)
-        diff = settings_diff(old, settings)
-        if diff and not self.holds_samples():
-            return None
-        if diff:
-            raise InputError("this folder holds a run with other settings (" + "; ".join(diff) +
-                             "): use another --out, or the earlier run's options to resume it", path=path)
-        return old
-
-    def write_settings(self, settings: dict) -> None:
-        """Check, then write settings.json if it is not there yet (or binds nothing: see
-        :meth:`check_settings`)."""
-        if self.check_settings(settings) is None:
-            write_json(self.settings_path, _canon(settings))
 
     # manifest
     def append_manifest(self, rank: int, entry: dict) -> None:
@@ -270,8 +324,11 @@ class Dataset:
         return sorted(s for s in stems if self.image_path(s).is_file())
 
     def rebuild(self) -> tuple[int, int]:
-        """Rewrite manifest.jsonl, train.txt and (with a ``val_share`` in settings.json) val.txt atomically
-        from the shards and the files on disk, and link the torchvision layout (:meth:`link_voc_layout`).
+        """Rewrite manifest.jsonl, train.txt and val.txt atomically from the shards and the files on disk,
+        and link the torchvision layout (:meth:`link_voc_layout`). A sample goes to the split its manifest
+        entry names (``"split": "train"`` or ``"val"``, as ``toy render`` writes them), else to val.txt
+        when it is among the ``val_share`` of settings.json (:func:`val_stems`), else to train.txt. val.txt
+        is written when it may hold samples.
 
         Returns (samples in the split files, samples in manifest.jsonl).
         """
@@ -285,13 +342,20 @@ class Dataset:
         if missing:
             log.warning("%s: %d complete sample(s) have no manifest entry (a rerun makes them again)", self.root,
                         missing)
+        split = {s: "val" if s in held_out else "train" for s in stems}
+        for s in stems:
+            named = entries.get(s, {}).get("split")
+            if named is not None and named not in ("train", "val"):
+                raise InputError(f"must be 'train' or 'val', got {named!r} (sample {s})", path=self.root / SHARDS,
+                                 field="split")
+            split[s] = named or split[s]
         with atomic_path(self.manifest_path) as tmp:
             tmp.write_text(_jsonl(manifest), encoding="utf-8")
         with atomic_path(self.train_list_path) as tmp:
-            tmp.write_text("".join(s + "\n" for s in stems if s not in held_out))
-        if share:
+            tmp.write_text("".join(s + "\n" for s in stems if split[s] == "train"))
+        if share or "val" in split.values():
             with atomic_path(self.val_list_path) as tmp:
-                tmp.write_text("".join(s + "\n" for s in stems if s in held_out))
+                tmp.write_text("".join(s + "\n" for s in stems if split[s] == "val"))
         self.link_voc_layout()
         return len(stems), len(manifest)
 

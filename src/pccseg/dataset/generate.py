@@ -10,27 +10,24 @@ does not depend on the batch it is in. Running the same call again skips samples
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import __version__
-from .folder import JPEG_QUALITY, Dataset, check_val_share, mask_stats, rounding_changes
+from .folder import DatasetFolder, check_val_share, manifest_entry, rounding_changes, settings_diff
 from ..errors import InputError
-from ..io import make_dir, save_image, save_mask
+from ..io import make_dir
 from ..limits import check_fits, check_seed
 from .prompts import PromptRecord
-from ..signals import hold_interrupts
-from ..vocab import VOC_CLASSES
-
-if TYPE_CHECKING:  # imported where used, so that the CLI's --help does not load torch
-    import torch
+from ..vocab import VOC_CLASSES, check_class_names
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +66,6 @@ def default_size(pipe) -> tuple[int, int]:
     h, w = (s, s) if isinstance(s, int) else tuple(s)
     f = getattr(pipe, "vae_scale_factor", 8)
     return int(h * f), int(w * f)
-
-
-def run_settings(*, model: str, steps: int, guidance: float, height: int, width: int, dtype: str, seed: int,
-                 label_params: Any, class_names: Sequence[str], prompts: str, query_half: str = "uncond",
-                 include_mid: bool = False, val_share: float = 0.0, **info: Any) -> dict:
-    """The settings.json of a run: everything that changes the dataset's content, plus ``info`` keys.
-
-    ``label_params``: any labeller's parameters (None: PCC's defaults); recorded as ``labeller`` and
-    ``label_params``. ``val_share`` (the share of samples held out in val.txt) is recorded only when it
-    is not 0.
-    """
-    from ..labellers.registry import default_params, params_record
-
-    check_val_share(val_share)
-    return dict(model=model, steps=int(steps), guidance=float(guidance), height=int(height), width=int(width),
-                dtype=str(dtype).replace("torch.", ""), seed=int(seed), prompts=str(prompts),
-                class_names=list(class_names), query_half=query_half, include_mid=bool(include_mid),
-                **params_record(default_params() if label_params is None else label_params),
-                pccseg_version=__version__, **({"val_share": val_share} if val_share else {}), **info)
 
 
 #: The most denoising steps: SD's schedulers are trained on 1000 timesteps (and refuse more).
@@ -132,6 +110,94 @@ def check_size_fits(height: int, width: int, batch_size: int, device=None, *, va
                f"decoding {batch_size} image(s) of {height} x {width}", device)
 
 
+@dataclass(frozen=True)
+class GenerateConfig:
+    """The settings of a :func:`generate` run, checked when made (:class:`InputError` naming the field).
+
+    None stands for the model's default, filled from the pipeline by :meth:`for_pipeline` (the table of
+    built-in models, :mod:`pccseg.capture.models`, then the pipeline's own). What changes the dataset's
+    content is recorded in settings.json (:meth:`record`); ``keep_captures``, ``label_workers`` and
+    ``progress`` are not, and ``batch_size`` only for information.
+    """
+
+    steps: int | None = None            # denoising steps (None: 80, the report's; a built-in model's: toy 25, tiny 4)
+    guidance: float | None = None       # CFG scale (None: the built-in model's, else the pipeline's: 7.5 SD, 5.0 SDXL)
+    seed: int = DEFAULT_SEED            # record i (0-based index in its prompt file) gets seed + i
+    batch_size: int = 1                 # images per pipeline call (the images do not depend on it)
+    height: int | None = None           # image size (None: the pipeline's, 512 for SD 2.1-base, 128 for toy)
+    width: int | None = None
+    keep_captures: bool = False         # also write captures/<stem>/ with what every labeller needs
+    label_params: Any = None            # a labeller's parameters; their type picks it (None: PCC, report values)
+    class_names: tuple[str, ...] = VOC_CLASSES   # label value -> class name (index 0 background)
+    query_half: str = "uncond"          # CFG half whose queries make the class maps ("uncond" or "cond")
+    include_mid: bool = False           # add the mid block's cross-attention to the class maps
+    val_share: float = 0.0              # share of the samples held out in val.txt (folder.val_stems)
+    negative_prompt: str | None = None  # the pipeline's negative_prompt for every image (None: the empty prompt)
+    model: str | None = None            # the model name recorded (None: the pipeline's name_or_path)
+    prompts: str | None = None          # the prompt file recorded (None: the model's shipped set's file name)
+    pipeline_settings: Mapping[str, Any] = field(default_factory=dict)   # recorded as given: how the
+    #                                     pipeline was loaded (the CLI: tiny_seed, scheduler_choice, cpu_offload)
+    label_workers: int | None = None    # labelling processes beside sampling (None: 1 on the CPU, else 0)
+    progress: bool = True               # a progress bar
+
+    def __post_init__(self):
+        check_options(steps=self.steps, guidance=self.guidance, batch_size=self.batch_size, height=self.height,
+                      width=self.width, seed=self.seed)
+        check_val_share(self.val_share)
+        if self.query_half not in ("uncond", "cond"):
+            raise InputError(f"must be 'uncond' or 'cond', got {self.query_half!r}", field="query_half")
+        w = self.label_workers
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
+            raise InputError(f"must be an integer >= 0, got {w!r}", field="label_workers")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise InputError(f"must be a string, got {self.negative_prompt!r}", field="negative_prompt")
+        object.__setattr__(self, "class_names", check_class_names(self.class_names))
+        object.__setattr__(self, "pipeline_settings", dict(self.pipeline_settings))
+        if self.label_params is None:
+            from ..labellers.registry import default_params
+
+            object.__setattr__(self, "label_params", default_params())
+
+    def with_defaults(self, entry=None, *, guidance: float | None = None, size: tuple[int, int] | None = None,
+                      model: str | None = None) -> GenerateConfig:
+        """This config with the fields that are None filled: from the built-in model ``entry``
+        (:class:`pccseg.capture.models.BuiltinModel`; steps, guidance, prompt set), else the report's 80 steps,
+        the ``guidance`` given (a pipeline's default) and the VOC prompt set; ``size``: (height, width);
+        ``model``: the name recorded."""
+        from .prompts import PROMPT_SETS
+
+        guidance = entry.guidance if entry is not None and entry.guidance is not None else guidance
+        h, w = size if size is not None else (None, None)
+        fill = dict(steps=entry.steps if entry else DEFAULT_STEPS, guidance=None if guidance is None else float(guidance),
+                    prompts=PROMPT_SETS[entry.prompts if entry else "voc"], height=h, width=w, model=model)
+        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
+
+    def for_pipeline(self, pipe) -> GenerateConfig:
+        """:meth:`with_defaults` from ``pipe``: its built-in entry (:func:`pccseg.capture.models.pipeline_model`),
+        default guidance and size, and name (``name_or_path``); a config without None left (no-op when
+        the CLI filled it from the model's name)."""
+        from ..capture.models import pipeline_model
+
+        name = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or "unknown"
+        return self.with_defaults(pipeline_model(pipe), guidance=default_guidance(pipe), size=default_size(pipe),
+                                  model=name)
+
+    def record(self, *, dtype: str, **info: Any) -> dict:
+        """The settings.json of a run with this (filled) config and the model's ``dtype``: everything that
+        changes the dataset's content, then ``batch_size`` and ``info`` (:data:`pccseg.dataset.folder.
+        INFORMATIONAL_KEYS`). The labeller is recorded as ``labeller`` and ``label_params``; ``val_share``
+        and ``negative_prompt`` only when they are used (folders made without them resume as before)."""
+        from ..labellers.registry import params_record
+
+        return dict(model=self.model, steps=int(self.steps), guidance=float(self.guidance), height=int(self.height),
+                    width=int(self.width), dtype=str(dtype).replace("torch.", ""), seed=int(self.seed),
+                    prompts=str(self.prompts), class_names=list(self.class_names), query_half=self.query_half,
+                    include_mid=bool(self.include_mid), **params_record(self.label_params), pccseg_version=__version__,
+                    **({"val_share": self.val_share} if self.val_share else {}), batch_size=self.batch_size,
+                    **self.pipeline_settings,
+                    **({"negative_prompt": self.negative_prompt} if self.negative_prompt is not None else {}), **info)
+
+
 def split_records(records: Sequence[PromptRecord], rank: int, world_size: int) -> list[PromptRecord]:
     """The records process ``rank`` of ``world_size`` handles: those whose file index is rank mod world."""
     if world_size < 1 or not 0 <= rank < world_size:
@@ -158,55 +224,29 @@ def _chunks(seq: Sequence, n: int):
         yield seq[i:i + n]
 
 
-def manifest_entry(rec: PromptRecord, seed: int, mask: torch.Tensor, class_names: Sequence[str], t_gen: float,
-                   t_label: float) -> dict:
-    """One manifest line: id, record_id, prompt, classes, seed, uncertain_share, class_pixels, timings.
+def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path | DatasetFolder,
+             config: GenerateConfig | None = None, *, rank: int | None = None,
+             world_size: int | None = None) -> GenerateReport:
+    """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``::
 
-    ``mask``: the (H, W) uint8 final mask, on the host.
-    """
-    uncertain, pixels = mask_stats(mask, class_names)
-    return {"id": rec.stem, "record_id": rec.id, "prompt": rec.prompt, "classes": list(rec.classes),
-            "seed": seed, "uncertain_share": uncertain, "class_pixels": pixels,
-            "timings": {"generate": round(t_gen, 4), "label": round(t_label, 4)}}
-
-
-def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, steps: int | None = None,
-             guidance: float | None = None, seed: int = DEFAULT_SEED, batch_size: int = 1,
-             height: int | None = None, width: int | None = None, keep_captures: bool = False,
-             label_params=None, class_names: Sequence[str] = VOC_CLASSES, settings: dict | None = None,
-             model_name: str | None = None, prompts_name: str | None = None, query_half: str = "uncond",
-             include_mid: bool = False, val_share: float = 0.0, rank: int | None = None,
-             world_size: int | None = None, progress: bool = True, label_fn=None,
-             label_workers: int | None = None, negative_prompt: str | None = None) -> GenerateReport:
-    """Generate, capture, label and write ``records`` into the dataset directory ``out_dir``.
+        generate(load_pipeline("tiny"), load_prompts()[:4], "runs/demo", GenerateConfig(steps=4))
 
     Args:
         pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (see :func:`pccseg.capture.pipeline.load_pipeline`).
-        records: prompt records (see :mod:`pccseg.dataset.prompts`); the seed of a record is ``seed + record.index``.
-        steps: denoising steps (None: the model's default: the report's 80, or a built-in model's, see
-            :mod:`pccseg.capture.models`; the toy model and any pipeline of its architecture: 25).
-        guidance: CFG scale (None: the built-in model's, else the pipeline's default, 7.5 for SD).
-        height, width: image size (None: the pipeline's default, 512 for SD 2.1-base, 128 for the toy model).
-        prompts_name: the prompt file recorded in settings.json (None: the model's shipped set's file).
-        keep_captures: also write ``captures/<stem>/`` (capture directories, float16 self-attention), with
-            the self-attention probabilities too, so that every labeller can relabel them.
-        label_params: the parameters of a labeller (:mod:`pccseg.labellers`); their type picks the labeller
-            (None: PCC with the report's values).
-        class_names: label value -> class name (index 0 background).
-        settings: settings.json content (None: built from the arguments); an existing folder whose
-            settings differ raises :class:`InputError` before any model work.
-        val_share: hold this share of the samples out of train.txt, in val.txt (see
-            :func:`pccseg.dataset.folder.val_stems`).
+        records: prompt records (see :mod:`pccseg.dataset.prompts`); the seed of a record is ``config.seed + record.index``.
+        out_dir: the dataset folder, or that folder opened with this run's settings
+            (:meth:`DatasetFolder.open` with ``config.record(...)``, as the CLI does before it loads the model:
+            then it is not checked again). A folder whose settings differ raises :class:`InputError` before
+            any model work.
+        config: the run's settings (:class:`GenerateConfig`; None: every default); what it leaves None is
+            the model's (:meth:`GenerateConfig.for_pipeline`).
         rank, world_size: this process's share (None: from accelerate's ``PartialState``). Given with a
             world size above 1, nothing waits for the other processes: the caller repairs the folder
-            (:meth:`Dataset.repair`) before it starts them, and rebuilds it (:meth:`Dataset.rebuild`) after.
-        label_fn: the labelling function (default :func:`pccseg.labellers.registry.label`), for tests.
-        negative_prompt: the text the pipeline steers away from (its ``negative_prompt``, one for every
-            image; recorded in settings.json). None: the empty prompt, as without it (the same images).
-        label_workers: processes that label beside this one, which samples the next batch meanwhile
-            (:class:`pccseg.labellers.workers.LabelPool`, one torch thread each); 0: this process labels each batch
-            before it samples the next. None: 1 when the pipeline runs on the CPU, ``label_fn`` is not
-            given and this process may start one (not a daemonic pool worker), else 0. The masks are the same either way.
+            (:meth:`DatasetFolder.repair`) before it starts them, and rebuilds it (:meth:`DatasetFolder.rebuild`) after.
+
+    With ``config.label_workers`` None, the images are labelled in one process beside this one (which samples
+    the next batch meanwhile: :class:`pccseg.labellers.workers.LabelPool`) when the pipeline runs on the CPU
+    and this process may start one (not a daemonic pool worker), else in this one. The masks are the same.
 
     Returns:
         a :class:`GenerateReport` of this process.
@@ -215,68 +255,53 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     import torch
 
     from ..capture.attention import capture
-    from ..capture.format import as_saved, save_capture
-    from ..labellers.registry import default_params, labeller_of
+    from ..capture.format import as_saved
+    from ..labellers.registry import labeller_of
     from ..labellers.workers import LabelPool
 
-    from ..capture.models import pipeline_model
-    from .prompts import PROMPT_SETS
-
-    entry = pipeline_model(pipe)
-    steps = (entry.steps if entry else DEFAULT_STEPS) if steps is None else steps
-    if guidance is None and entry is not None:
-        guidance = entry.guidance
-    prompts_name = PROMPT_SETS[entry.prompts if entry else "voc"] if prompts_name is None else prompts_name
-    check_options(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width, seed=seed,
-                  records=1 + max((r.index for r in records), default=0))
+    cfg = (config if config is not None else GenerateConfig()).for_pipeline(pipe)
+    check_seed(cfg.seed, "seed", count=1 + max((r.index for r in records), default=0))
+    label_workers = cfg.label_workers
     if label_workers is None:       # a daemonic process (a pool's worker) may not start one
-        label_workers = 1 if label_fn is None and pipe.device.type == "cpu" and \
-            not multiprocessing.current_process().daemon else 0
-    label_params = label_params if label_params is not None else default_params()
-    self_probs = labeller_of(label_params).needs_self_probs or keep_captures   # kept: what every labeller needs
-    dh, dw = default_size(pipe)
-    height, width = height or dh, width or dw
-    check_size_fits(height, width, batch_size, pipe.device, vae_channels=pipe.vae.config.block_out_channels[0])
+        label_workers = 1 if pipe.device.type == "cpu" and not multiprocessing.current_process().daemon else 0
+    self_probs = labeller_of(cfg.label_params).needs_self_probs or cfg.keep_captures   # what every labeller needs
+    check_size_fits(cfg.height, cfg.width, cfg.batch_size, pipe.device,
+                    vae_channels=pipe.vae.config.block_out_channels[0])
     trained = getattr(pipe.scheduler.config, "num_train_timesteps", MAX_STEPS)
-    if steps > trained:
-        raise InputError(f"must be at most {trained} (the scheduler's training timesteps), got {steps}",
+    if cfg.steps > trained:
+        raise InputError(f"must be at most {trained} (the scheduler's training timesteps), got {cfg.steps}",
                          field="steps")
-    guidance = default_guidance(pipe) if guidance is None else float(guidance)
-    model_name = model_name or getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or "unknown"
-    dtype = str(pipe.unet.dtype).replace("torch.", "")
-    if settings is None:
-        settings = run_settings(model=model_name, steps=steps, guidance=guidance, height=height, width=width,
-                                dtype=dtype, seed=seed, label_params=label_params, class_names=class_names,
-                                prompts=prompts_name, query_half=query_half, include_mid=include_mid,
-                                val_share=val_share, **({"negative_prompt": negative_prompt} if negative_prompt
-                                                        is not None else {}))
-    settings = dict(settings)
-    settings.setdefault("scheduler", type(pipe.scheduler).__name__)
-    settings.setdefault("device", pipe.device.type)
-    if pipe.device.type == "cpu":
-        settings.setdefault("threads", torch.get_num_threads())
+    settings = cfg.record(dtype=pipe.unet.dtype, scheduler=type(pipe.scheduler).__name__, device=pipe.device.type,
+                          **({"threads": torch.get_num_threads()} if pipe.device.type == "cpu" else {}))
+    if isinstance(out_dir, DatasetFolder) and out_dir.settings is not None:
+        ds = out_dir                # opened (and checked) by the caller with these settings
+        if settings_diff(ds.settings, settings):
+            raise ValueError(f"{ds.root} was opened with other settings than the config's: "
+                             + "; ".join(settings_diff(ds.settings, settings)))
+    else:
+        ds = DatasetFolder.open(out_dir, settings)
+    steps, guidance, height, width = cfg.steps, cfg.guidance, cfg.height, cfg.width
+    class_names, keep_captures = cfg.class_names, cfg.keep_captures
 
     st = None
     if rank is None or world_size is None:
         rank, world_size, is_main, st = distributed_state()
     else:
         is_main = rank == 0
-    ds = Dataset(out_dir)
     if is_main:                     # alone in the folder until the others pass the barrier
-        changed = rounding_changes(ds.check_settings(settings) or {}, settings)
+        changed = rounding_changes(ds.stored or {}, settings)
         if changed:
             log.warning("%s: resuming with %s: the images still to make may differ in float rounding from "
                         "an uninterrupted run's", ds.settings_path, ", ".join(changed))
-        make_dir(out_dir)
+        make_dir(ds.root)
         if world_size == 1 or st is not None:   # given rank and world_size: no barrier, the caller repairs
             ds.repair()
-        ds.write_settings(settings)
+        ds.bind(settings)
     if st is not None and world_size > 1:
         st.wait_for_everyone()
-    ds.check_settings(settings)
 
     mine = split_records(records, rank, world_size)
-    open_stems = set(ds.todo([r.stem for r in mine], capture=keep_captures))
+    open_stems = set(ds.todo([r.stem for r in mine], with_capture=keep_captures))
     todo = [r for r in mine if r.stem in open_stems]
     report = GenerateReport(skipped=len(mine) - len(todo), rank=rank, world_size=world_size)
     redo = set(ds.todo([r.stem for r in todo])) if keep_captures else None   # None: all of them are new
@@ -287,7 +312,7 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=f"generate[{rank}]" if world_size > 1 else "generate", unit="img",
-               disable=not progress)
+               disable=not cfg.progress)
     t_start = time.perf_counter()
     log.debug("settings: %s", settings)
     call = dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width, output_type="np")
@@ -297,12 +322,9 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
         lab = pool.result(labelled)
         log.debug("%s: generated in %.3f s, labelled in %s", r.stem, t_gen, lab.describe())
         mask = torch.from_numpy(lab.mask)
-        with hold_interrupts():  # SIGTERM / Ctrl-C: this sample's files are finished first
-            save_image(ds.image_path(r.stem), c.image.cpu().numpy(), quality=JPEG_QUALITY)
-            if keep_captures:
-                save_capture(ds.capture_dir(r.stem), c)
-            ds.append_manifest(rank, manifest_entry(r, s, mask, class_names, t_gen, lab.seconds))
-            save_mask(ds.mask_path(r.stem), mask)  # last: its presence marks the sample done
+        entry = manifest_entry(r.stem, mask, class_names, record_id=r.id, prompt=r.prompt, classes=r.classes, seed=s,
+                               timings={"generate": t_gen, "label": lab.seconds})
+        ds.write_sample(r.stem, c.image.cpu().numpy(), mask, entry, rank=rank, capture=c if keep_captures else None)
         report.generated += 1
         report.recaptured += r.stem in recapture
         report.stems.append(r.stem)
@@ -310,21 +332,21 @@ def generate(pipe, records: Sequence[PromptRecord], out_dir: str | Path, *, step
 
     finished = False
     try:
-        with LabelPool(label_params, label_workers, label_fn=label_fn, device=pipe.device) as pool:
+        with LabelPool(cfg.label_params, label_workers, device=pipe.device) as pool:
             labelling = []          # with workers: the batch they label while the next one is sampled
-            for batch in _chunks(todo, batch_size):
-                seeds = [seed + r.index for r in batch]
+            for batch in _chunks(todo, cfg.batch_size):
+                seeds = [cfg.seed + r.index for r in batch]
                 gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
                 t0 = time.perf_counter()
-                with capture(pipe, [r.classes for r in batch], class_names=class_names, query_half=query_half,
-                             include_mid=include_mid, self_probs=self_probs) as cap:
-                    neg = {} if negative_prompt is None else {"negative_prompt": [negative_prompt] * len(batch)}
+                with capture(pipe, [r.classes for r in batch], class_names=class_names, query_half=cfg.query_half,
+                             include_mid=cfg.include_mid, self_probs=self_probs) as cap:
+                    neg = {} if cfg.negative_prompt is None else {"negative_prompt": [cfg.negative_prompt] * len(batch)}
                     out = pipe([r.prompt for r in batch], generator=gens, **call, **neg)
                 if not np.isfinite(out.images).all():
                     raise InputError(f"sampling record {batch[0].id!r} (seed {seeds[0]}, batch of {len(batch)}) gave "
                                      f"NaN or inf values: lower the guidance ({guidance:g}) or use float32",
                                      field="guidance")
-                metas = [dict(prompt=r.prompt, record_id=r.id, seed=s, model=model_name, steps=steps,
+                metas = [dict(prompt=r.prompt, record_id=r.id, seed=s, model=cfg.model, steps=steps,
                               guidance=guidance) for r, s in zip(batch, seeds)]
                 # label what --keep-captures saves: `pccseg label` gives the same masks
                 caps = [as_saved(c) for c in cap.captures(out.images, meta=metas)]

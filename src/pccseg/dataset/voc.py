@@ -76,8 +76,11 @@ def read_split(root: str | Path, split: str) -> list[str]:
     return stems
 
 
-class VOCSegmentation(torch.utils.data.Dataset):
+class VOCSplit(torch.utils.data.Dataset):
     """A VOC-layout split. ``ds[i]`` -> ``(image, mask)``: (3, H, W) uint8 and (H, W) int64 tensors.
+
+    Not torchvision's ``VOCSegmentation`` (which takes ``image_set=``, gives PIL images and applies
+    ``transforms``): pccseg's reader checks every file and value and gives tensors for its training stream.
 
     root: the VOC root; split: name of the split file (``train``, ``val``, ...); class_names: the
     label values' names (default: :func:`read_class_names`). File existence is checked on construction;

@@ -111,7 +111,7 @@ def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str, prog
 def train_and_score(cfg: ExperimentConfig, job: Job, device: str, progress: bool = False) -> dict:
     """Train ``job`` (resuming its run), score its final weights (and their average) on the rendered val
     split, and write the scores files."""
-    from ..dataset.voc import VOCSegmentation
+    from ..dataset.voc import VOCSplit
     from ..io import write_json
     from ..train.ema import EMA_DIR
     from ..train.evaluate import evaluate
@@ -120,7 +120,7 @@ def train_and_score(cfg: ExperimentConfig, job: Job, device: str, progress: bool
     t0 = time.perf_counter()
     train(train_config(cfg, job.data, job.run, device, progress and cfg.progress, seed=job.seed, split=job.split))
     seconds = time.perf_counter() - t0
-    val = VOCSegmentation(job.val, "val")
+    val = VOCSplit(job.val, "val")
     result = None
     for weights, path in ((EMA_DIR, job.ema_scores), (LAST, job.scores)):      # the plain scores last: done
         if path is None:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from ..dataset.folder import Dataset, settings_diff
+from ..dataset.folder import DatasetFolder, settings_diff
 from ..errors import InputError
 from ..io import load_image, load_mask, read_json, save_image, write_json
 from ..vocab import VOC_CLASSES
@@ -125,22 +125,22 @@ def toy_records(num: int):
 def generate_part(cfg: ExperimentConfig, device: str, rank: int, world: int) -> int:
     """Generate (with captures) and PCC-label process ``rank``'s share of the records; returns the number
     of new images."""
-    from ..dataset.generate import generate
+    from ..dataset.generate import GenerateConfig, generate
     from ..capture.pipeline import load_pipeline
     from ..dataset.prompts import TOY_PROMPTS
 
     pipe = load_pipeline(cfg.model, device=device, progress=cfg.progress and world == 1)
-    report = generate(pipe, toy_records(cfg.num), Layout(Path(cfg.out)).generated, steps=cfg.steps,
-                      guidance=cfg.guidance, seed=cfg.seed, batch_size=cfg.batch_size, height=TOY_SIZE,
-                      width=TOY_SIZE, keep_captures=True, model_name=cfg.model, prompts_name=TOY_PROMPTS,
-                      rank=rank, world_size=world, progress=cfg.progress and world == 1,
-                      label_workers=0)     # the experiment's own processes already fill the cores
-    return report.generated
+    config = GenerateConfig(steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, batch_size=cfg.batch_size,
+                            height=TOY_SIZE, width=TOY_SIZE, keep_captures=True, model=cfg.model, prompts=TOY_PROMPTS,
+                            progress=cfg.progress and world == 1,
+                            label_workers=0)     # the experiment's own processes already fill the cores
+    return generate(pipe, toy_records(cfg.num), Layout(Path(cfg.out)).generated, config, rank=rank,
+                    world_size=world).generated
 
 
 def stage_generate(cfg: ExperimentConfig, lay: Layout, device: str, processes: int) -> bool:
-    ds = Dataset(lay.generated)
-    todo = ds.todo([r.stem for r in toy_records(cfg.num)], capture=True)
+    ds = DatasetFolder(lay.generated)
+    todo = ds.todo([r.stem for r in toy_records(cfg.num)], with_capture=True)
     if not todo:
         return False
     world = processes if device.startswith("cpu") else 1
@@ -156,20 +156,20 @@ def stage_relabel(cfg: ExperimentConfig, lay: Layout, device: str) -> bool:
     """Label the kept captures with every labeller other than PCC into ``sets/<labeller>/`` (a VOC-layout
     dataset: the generated image, the labeller's mask, a manifest line, ``settings.json``)."""
     from ..capture.format import load_capture
-    from ..dataset.generate import JPEG_QUALITY, manifest_entry
-    from ..io import save_mask
+    from ..dataset.folder import manifest_entry
     from ..labellers.registry import default_params, label, params_record
-    from ..signals import hold_interrupts
 
     records = toy_records(cfg.num)
-    source = Dataset(lay.generated)
+    source = DatasetFolder(lay.generated)
     did = False
     for name in cfg.labellers:
         if name == "pcc":
             continue
-        ds, params = Dataset(lay.labelled(name)), default_params(name)
-        ds.write_settings({"source": "pccseg experiment toy: relabelled captures", "captures": "../../generated",
-                           "class_names": list(VOC_CLASSES), **params_record(params)})
+        params = default_params(name)
+        ds = DatasetFolder.open(lay.labelled(name), {"source": "pccseg experiment toy: relabelled captures",
+                                                     "captures": "../../generated", "class_names": list(VOC_CLASSES),
+                                                     **params_record(params)})
+        ds.bind()
         ds.repair()
         open_stems = set(ds.todo([r.stem for r in records]))
         todo = [r for r in records if r.stem in open_stems]
@@ -177,11 +177,9 @@ def stage_relabel(cfg: ExperimentConfig, lay: Layout, device: str) -> bool:
             cap = load_capture(source.capture_dir(r.stem), device=device)
             t0 = time.perf_counter()
             mask = label(cap, params).mask.cpu()
-            entry = manifest_entry(r, cfg.seed + r.index, mask, VOC_CLASSES, 0.0, time.perf_counter() - t0)
-            with hold_interrupts():                         # SIGTERM / Ctrl-C: this sample's files first
-                save_image(ds.image_path(r.stem), cap.image.cpu().numpy(), quality=JPEG_QUALITY)
-                ds.append_manifest(0, entry)
-                save_mask(ds.mask_path(r.stem), mask)       # last: marks the sample done
+            entry = manifest_entry(r.stem, mask, VOC_CLASSES, record_id=r.id, prompt=r.prompt, classes=r.classes,
+                                   seed=cfg.seed + r.index, timings={"label": time.perf_counter() - t0})
+            ds.write_sample(r.stem, cap.image.cpu().numpy(), mask, entry)
         if todo or not ds.train_list_path.is_file():
             ds.rebuild()
             did = True
@@ -205,13 +203,13 @@ def stage_quality(cfg: ExperimentConfig, lay: Layout) -> bool:
         return did
     scores = {name: MaskScore() for name in cfg.labellers}
     adherent, unknown, pixels = 0, 0, 0
-    generated = Dataset(lay.generated)
+    generated = DatasetFolder(lay.generated)
     for r in toy_records(cfg.num):
         gt = colour_labels(load_image(generated.image_path(r.stem)))
         adherent += Adherence(set(r.classes), present_classes(gt)).ok
         unknown, pixels = unknown + int((gt == 255).sum()), pixels + gt.size
         for name, score in scores.items():
-            score.add(load_mask(Dataset(lay.labelled(name)).mask_path(r.stem)), gt)
+            score.add(load_mask(DatasetFolder(lay.labelled(name)).mask_path(r.stem)), gt)
     write_json(path, {"n": cfg.num, "adherence": adherent / cfg.num, "gt_unknown": unknown / pixels,
                       "labellers": {name: s.summary() for name, s in scores.items()}})
     return True
@@ -358,9 +356,9 @@ def stage_pictures(cfg: ExperimentConfig, lay: Layout) -> None:
     stems = [r.stem for r in toy_records(cfg.num)][:cfg.pictures]
     if not stems:
         return
-    images = [load_image(Dataset(lay.generated).image_path(s)) for s in stems]
+    images = [load_image(DatasetFolder(lay.generated).image_path(s)) for s in stems]
     rows = {"ground truth": [colour_labels(im) for im in images]}
-    rows.update({name: [load_mask(Dataset(lay.labelled(name)).mask_path(s)) for s in stems]
+    rows.update({name: [load_mask(DatasetFolder(lay.labelled(name)).mask_path(s)) for s in stems]
                  for name in cfg.labellers})
     save_image(lay.root / "samples.png", picture(images, rows, n=len(stems), names=True))
 
@@ -384,7 +382,7 @@ def _repair(cfg: ExperimentConfig, lay: Layout) -> None:
         remove_temps(folder)
     for folder in {lay.generated, lay.rendered, *(lay.labelled(n) for n in cfg.labellers)}:
         if folder.is_dir():
-            Dataset(folder).repair()
+            DatasetFolder(folder).repair()
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:

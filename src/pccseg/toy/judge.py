@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..vocab import VOC_CLASSES, class_index
-from .world import HUES, rgb_to_hsv
+from .colours import HUES, rgb_to_hsv
 
 BG_SAT = 0.24
 OBJ_SAT = 0.32

@@ -124,10 +124,6 @@ def export_weights(src: str | Path, dst: str | Path | None = None, dtype: torch.
     return dst
 
 
-def count_parameters(pipe) -> dict[str, int]:
-    return {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "vae", "text_encoder")}
-
-
 def toy_pipeline(path: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu"):
     """The toy ``StableDiffusionPipeline``: from ``path`` (a diffusers folder; default: the shipped

@@ -10,7 +10,8 @@ Stages and their folders under ``out``:
   ``vae/decoder`` — the same VAE after its decoder alone was tuned on whole 128x128 scenes (the encoder
   frozen, so the latents stay those of ``vae/final``); the pipelines use it.
 * ``latents/`` — ``n_train`` scenes (seeds 0 .. n_train-1), rendered, captioned and encoded (the
-  posterior mean) at 128 and 64 px, in chunks of :data:`CHUNK` (``chunk-XXXX.safetensors`` + ``.json``).
+  posterior mean) at 128 and 64 px, in chunks of :data:`~.train_data.CHUNK` (``chunk-XXXX.safetensors`` +
+  ``.json``; :mod:`.train_data`).
 * ``unet/`` — epsilon prediction with SD's noise schedule, min-SNR-5 loss weights, 10 % empty captions,
   AdamW, an EMA of the weights; ``unet/last`` (resume state) every ``ckpt_every`` steps, an evaluation of
   the EMA weights every ``eval_every`` steps (``eval.jsonl``: prompt adherence and mask quality, and a
@@ -19,7 +20,7 @@ Stages and their folders under ``out``:
   ``load_pipeline(path)``.
 * ``tensorboard/`` — the losses and evaluations as TensorBoard curves (:mod:`pccseg.toy.board`).
 
-Every file is written atomically; checkpoints are safetensors + JSON. Ctrl-C or SIGTERM (under
+Every file is written atomically; checkpoints are safetensors + JSON (:mod:`.checkpoint`). Ctrl-C or SIGTERM (under
 :func:`pccseg.signals.handle_interrupts`, as the CLI runs it) saves a checkpoint of the step reached and
 stops; the same command resumes. On CPU one thread per process by default (``threads``): torch's
 default threads oversubscribe a small shared machine.
@@ -33,75 +34,23 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..train.deeplab import load_optimizer, optimizer_tensors
-from ..io import atomic_path, read_json, remove_temps, respect_umask, save_tensors, write_json
-from ..signals import hold_interrupts, save_on_interrupt
-from .config import ToyTrainConfig
+from ..io import read_json, remove_temps, write_json
+from ..signals import save_on_interrupt
 from . import board
-from .unet_step import denoising_loss, descend
+from .checkpoint import prefixed, resume, save_checkpoint, save_pipeline
+from .config import ToyTrainConfig
+from .train_data import batch_images, encode_scenes, load_latents
+from .unet_step import denoising_loss, descend, tokenize
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1000
-EVAL_PROMPTS_SEED = 777
-
 
 # ----------------------------------------------------------------------------------------------------------
-# checkpoint helpers (safetensors + JSON, no pickle)
-def _prefixed(prefix: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in sd.items()}
-
-
-def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
-def _save_state(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """A resume checkpoint: ``state.safetensors`` + ``state.json``, atomically, not cut short by a signal."""
-    with hold_interrupts(), atomic_path(folder, directory=True) as tmp:
-        save_tensors(tmp / "state.safetensors", tensors)
-        (tmp / "state.json").write_text(json.dumps(meta, default=int) + "\n")
-
-
-def _resume(last: Path, stage: str, opt: torch.optim.Optimizer,
-            modules: dict[str, torch.nn.Module]) -> tuple[int, dict, dict[str, torch.Tensor]]:
-    """Load the resume checkpoint in ``last``, if there is one, into ``modules`` (prefix -> module) and ``opt``.
-
-    Returns:
-        (the step reached, the checkpoint's JSON, all its tensors); (0, {}, {}) when there is none.
-    """
-    from safetensors.torch import load_file
-
-    # a kill inside the atomic replacement of ``last``: put its complete copy back, remove the rest
-    remove_temps(last.parent, name=last.name, complete=lambda p: (p / "state.json").is_file())
-    if not (last / "state.json").is_file():
-        return 0, {}, {}
-    meta = read_json(last / "state.json")
-    tensors = load_file(str(last / "state.safetensors"))
-    for prefix, module in modules.items():
-        module.load_state_dict(_unprefixed(prefix, tensors))
-    load_optimizer(opt, tensors, meta["optimizer"])
-    step = int(meta["step"])
-    log.info("%s: resumed at step %d", stage, step)
-    return step, meta, tensors
-
-
-def _checkpoint(last: Path, step: int, opt: torch.optim.Optimizer, modules: dict[str, torch.nn.Module],
-                tensors: dict[str, torch.Tensor] | None = None, **meta: Any) -> None:
-    """The resume checkpoint that :func:`_resume` reads: ``modules``' weights by prefix, the optimizer, and
-    any further ``tensors`` and JSON ``meta``."""
-    state, ometa = optimizer_tensors(opt)
-    for prefix, module in modules.items():
-        state.update(_prefixed(prefix, module.state_dict()))
-    _save_state(last, {**state, **(tensors or {})}, {"step": step, "optimizer": ometa, **meta})
-
-
+# the steps of a stage
 def _steps(stage: str, step: int, steps: int, one_step, save, ckpt_every: int) -> None:
     """Run ``one_step(step) -> loss`` from ``step`` to ``steps``, logging every 50 steps; ``save(step)``
     every ``ckpt_every`` steps, at the end, and on Ctrl-C / SIGTERM (then ``KeyboardInterrupt`` goes on)."""
@@ -123,37 +72,8 @@ def _steps(stage: str, step: int, steps: int, one_step, save, ckpt_every: int) -
                 save(step)
 
 
-def _save_pipeline(folder: Path, pipe) -> None:
-    from ..capture.pipeline import library_bars
-
-    # transformers draws a "Writing model shards" bar per save; the stage's own bar is the progress
-    with hold_interrupts(), library_bars(False), atomic_path(folder, directory=True) as tmp:
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
-        respect_umask(tmp)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # stage 1: the VAE
-def _batch_images(seeds: list[int], size: int, crop: int | None = None) -> torch.Tensor:
-    """Rendered scenes as a (B, 3, s, s) float tensor in [-1, 1]: resized to ``size``, or a random
-    ``crop`` x ``crop`` window (drawn from the scene's seed) of the full-size scene."""
-    import cv2
-
-    from .world import render_scene
-
-    imgs = []
-    for s in seeds:
-        im = render_scene(s).image
-        if crop is not None:
-            y, x = np.random.default_rng([s, 1]).integers(0, im.shape[0] - crop + 1, 2)
-            im = im[y:y + crop, x:x + crop]
-        elif size != im.shape[0]:
-            im = cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
-        imgs.append(im)
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x
-
-
 def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
     dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
@@ -172,7 +92,7 @@ def train_vae(cfg: ToyTrainConfig, device: torch.device) -> Path:
     vae = build_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     last = root / "last"
-    step, _, _ = _resume(last, "vae", opt, {"vae": vae})
+    step, _, _ = resume(last, "vae", opt, {"vae": vae})
 
     def one_step(step: int) -> float:
         lr = cfg.vae_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
@@ -181,7 +101,7 @@ def train_vae(cfg: ToyTrainConfig, device: torch.device) -> Path:
         # 64x64 windows of full-size scenes (the VAE is convolutional; 4x cheaper than whole images), and a
         # quarter of the batches whole scenes at 64x64 (the first UNet phase)
         seeds = [10_000_000 + step * cfg.vae_batch + i for i in range(cfg.vae_batch)]
-        x = _batch_images(seeds, 64, crop=None if step % 4 == 3 else 64).to(device)
+        x = batch_images(seeds, 64, crop=None if step % 4 == 3 else 64).to(device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         kl = post.kl().mean() / x[0].numel()
@@ -192,15 +112,16 @@ def train_vae(cfg: ToyTrainConfig, device: torch.device) -> Path:
         opt.step()
         return loss.item()
 
-    _steps("vae", step, cfg.vae_steps, one_step, lambda n: _checkpoint(last, n, opt, {"vae": vae}), cfg.ckpt_every)
+    _steps("vae", step, cfg.vae_steps, one_step, lambda n: save_checkpoint(last, n, opt, {"vae": vae}),
+           cfg.ckpt_every)
     # the scaling factor: unit variance of the latents of fresh scenes
     vae.eval()
     with torch.no_grad():
-        zs = [vae.encode(_batch_images([20_000_000 + i * 16 + j for j in range(16)], 128).to(device)).latent_dist.mean
+        zs = [vae.encode(batch_images([20_000_000 + i * 16 + j for j in range(16)], 128).to(device)).latent_dist.mean
               for i in range(8)]
     std = float(torch.cat(zs).float().std())
     vae.register_to_config(scaling_factor=1.0 / std)
-    _save_pipeline(final, vae)
+    save_pipeline(final, vae)
     log.info("vae: done, latent std %.3f", std)
     return final
 
@@ -228,14 +149,14 @@ def tune_decoder(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device) -> Pa
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
     last = root / "decoder-last"
-    step, _, _ = _resume(last, "decoder", opt, {"vae": vae})
+    step, _, _ = resume(last, "decoder", opt, {"vae": vae})
 
     def one_step(step: int) -> float:
         lr = cfg.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.decoder_steps))
         for g in opt.param_groups:
             g["lr"] = lr
         seeds = [30_000_000 + step * cfg.decoder_batch + i for i in range(cfg.decoder_batch)]
-        x = _batch_images(seeds, 128).to(device)
+        x = batch_images(seeds, 128).to(device)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
         rec = vae.decode(z).sample
@@ -246,61 +167,12 @@ def tune_decoder(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device) -> Pa
         opt.step()
         return loss.item()
 
-    _steps("decoder", step, cfg.decoder_steps, one_step, lambda n: _checkpoint(last, n, opt, {"vae": vae}),
+    _steps("decoder", step, cfg.decoder_steps, one_step, lambda n: save_checkpoint(last, n, opt, {"vae": vae}),
            cfg.ckpt_every)
     vae.eval()
-    _save_pipeline(final, vae)
+    save_pipeline(final, vae)
     log.info("decoder: done")
     return final
-
-
-# ----------------------------------------------------------------------------------------------------------
-# stage 2: the latents of the training scenes
-def encode_scenes(cfg: ToyTrainConfig, vae_dir: Path, device: torch.device) -> Path:
-    """Stage 2: render, caption and encode ``n_train`` scenes in chunks; returns the folder."""
-    import cv2
-    from diffusers import AutoencoderKL
-
-    from .world import render_scene
-
-    root = Path(cfg.out) / "latents"
-    root.mkdir(parents=True, exist_ok=True)
-    vae = AutoencoderKL.from_pretrained(str(vae_dir)).to(device).eval()
-    sf = vae.config.scaling_factor
-    n_chunks = math.ceil(cfg.n_train / CHUNK)
-    for c in range(n_chunks):
-        path = root / f"chunk-{c:04d}.safetensors"
-        if path.is_file() and (root / f"chunk-{c:04d}.json").is_file():
-            continue
-        t0 = time.perf_counter()
-        seeds = list(range(c * CHUNK, min((c + 1) * CHUNK, cfg.n_train)))
-        scenes = [render_scene(s) for s in seeds]
-        out = {128: [], 64: []}
-        with torch.no_grad():
-            for i in range(0, len(scenes), 50):
-                imgs = np.stack([s.image for s in scenes[i:i + 50]])
-                for size in (128, 64):
-                    ims = imgs if size == 128 else np.stack([cv2.resize(im, (64, 64), interpolation=cv2.INTER_AREA)
-                                                             for im in imgs])
-                    x = torch.from_numpy(ims).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1.0
-                    out[size].append((vae.encode(x).latent_dist.mean * sf).half().cpu())
-        with hold_interrupts():
-            save_tensors(path, {"latents128": torch.cat(out[128]).contiguous(),
-                                "latents64": torch.cat(out[64]).contiguous()})
-            write_json(root / f"chunk-{c:04d}.json", {"seeds": seeds, "captions": [s.caption for s in scenes],
-                                                       "classes": [list(s.classes) for s in scenes]})
-        log.info("latents: chunk %d/%d in %.1f s", c + 1, n_chunks, time.perf_counter() - t0)
-    return root
-
-
-def load_latents(root: Path, n_train: int, size: int) -> tuple[torch.Tensor, list[str]]:
-    from safetensors.torch import load_file
-
-    lat, caps = [], []
-    for c in range(math.ceil(n_train / CHUNK)):
-        lat.append(load_file(str(root / f"chunk-{c:04d}.safetensors"))[f"latents{size}"])
-        caps += read_json(root / f"chunk-{c:04d}.json")["captions"]
-    return torch.cat(lat), caps
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -319,11 +191,6 @@ class _EMA:
                 self.shadow[name] = p.detach().clone()
             else:
                 s.lerp_(p.detach(), 1 - d)
-
-
-def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
 
 
 def learning_rate(cfg: ToyTrainConfig, step: int) -> float:
@@ -357,24 +224,24 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
     tok = clip_tokenizer()
     last = root / "last"
     models = {"unet": unet, "text": text}
-    step, meta, saved = _resume(last, "unet", opt, models)
+    step, meta, saved = resume(last, "unet", opt, models)
     ema.shadow = {k[4:]: v.to(device) for k, v in saved.items() if k.startswith("ema.")}
     total = cfg.low_steps + cfg.high_steps
     rng = np.random.default_rng([cfg.seed, 1])
     if "rng" in meta:
         rng.bit_generator.state = meta["rng"]
     data: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    empty = _tokenize(tok, [""])[0]
+    empty = tokenize(tok, [""])[0]
 
     def phase_data(size: int):
         if size not in data:
             data.clear()
             lat, caps = load_latents(latents_dir, cfg.n_train, size)
-            data[size] = (lat, _tokenize(tok, caps))
+            data[size] = (lat, tokenize(tok, caps))
         return data[size]
 
     def save() -> None:
-        _checkpoint(last, step, opt, models, _prefixed("ema", ema.shadow), rng=rng.bit_generator.state,
+        save_checkpoint(last, step, opt, models, prefixed("ema", ema.shadow), rng=rng.bit_generator.state,
                     config=asdict(cfg))
 
     unet.train()
@@ -406,7 +273,7 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
                 save()
             if evaluate_fn is not None and (step % cfg.eval_every == 0 or step == cfg.low_steps or step == total):
                 pipe = _ema_pipeline(vae_dir, ema, device)
-                _save_pipeline(root / f"step-{step:06d}", pipe)
+                save_pipeline(root / f"step-{step:06d}", pipe)
                 res = evaluate_fn(pipe, size, step)
                 board.scalars("eval", res, step)
                 with open(root / "eval.jsonl", "a", encoding="utf-8") as f:
@@ -418,7 +285,7 @@ def train_unet(cfg: ToyTrainConfig, vae_dir: Path, latents_dir: Path, device: to
         save()
         raise
     pipe = _ema_pipeline(vae_dir, ema, device)
-    _save_pipeline(final, pipe)
+    save_pipeline(final, pipe)
     return final
 
 

@@ -36,3 +36,9 @@ def descend(opt: torch.optim.Optimizer, params, loss: torch.Tensor, lr: float) -
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
+
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    """Captions as token ids (B, L), padded to the tokenizer's length (the empty caption too)."""
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids

@@ -14,7 +14,7 @@ from torchvision.transforms import InterpolationMode
 
 from .deeplab import normalize, rescale_factor, rescaled_size
 from ..vocab import IGNORE_INDEX
-from ..dataset.voc import VOCSegmentation
+from ..dataset.voc import VOCSplit
 
 
 def photometric_distortion(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -98,7 +98,7 @@ class TrainStream(torch.utils.data.Dataset):
     """The endless augmented training stream: ``stream[k]`` is sample ``k`` (see the module docstring);
     ``options`` are :func:`augment`'s (``crop_size``, ``scale``, ``short_side``, ...)."""
 
-    def __init__(self, base: VOCSegmentation, seed: int, **options):
+    def __init__(self, base: VOCSplit, seed: int, **options):
         self.base, self.seed, self.options = base, seed, options
         self._epoch, self._perm = -1, None
 

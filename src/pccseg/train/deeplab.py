@@ -16,7 +16,6 @@ No pickle anywhere.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 from pathlib import Path
@@ -33,7 +32,6 @@ from ..errors import InputError
 from ..io import atomic_path, read_json, save_tensors
 from .config import ARCHS
 
-logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -21,21 +21,21 @@ from ..capture.pipeline import resolve_device
 from ..io import make_dir, remove_temps, save_mask
 from ..signals import blocked_for_children, dataloader_worker_init
 from .metrics import Scores, confusion_matrix, scores_from_confusion
-from ..dataset.voc import VOCSegmentation
+from ..dataset.voc import VOCSplit
 
 
-def _base(ds) -> tuple[VOCSegmentation, list[int]]:
-    """The VOC dataset under ``ds`` (a VOCSegmentation or a Subset of one) and the indices it uses."""
+def _base(ds) -> tuple[VOCSplit, list[int]]:
+    """The VOC dataset under ``ds`` (a VOCSplit or a Subset of one) and the indices it uses."""
     if isinstance(ds, torch.utils.data.Subset):
         base, inner = _base(ds.dataset)
         return base, [inner[i] for i in ds.indices]
-    if isinstance(ds, VOCSegmentation):
+    if isinstance(ds, VOCSplit):
         return ds, list(range(len(ds)))
-    raise TypeError(f"expected a VOCSegmentation (or a Subset of one), got {type(ds).__name__}")
+    raise TypeError(f"expected a VOCSplit (or a Subset of one), got {type(ds).__name__}")
 
 
 class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, base: VOCSegmentation, indices: list[int]):
+    def __init__(self, base: VOCSplit, indices: list[int]):
         self.base, self.indices = base, indices
 
     def __len__(self) -> int:
@@ -80,7 +80,7 @@ def predict(model: nn.Module, image: torch.Tensor, short_side: int | None = 512)
     return logits
 
 
-def selected_on(meta: dict, dataset: VOCSegmentation) -> bool:
+def selected_on(meta: dict, dataset: VOCSplit) -> bool:
     """Whether a checkpoint (its ``checkpoint.json``) was picked as the best by scores on this very split."""
     sel = meta.get("selected_on")
     return isinstance(sel, dict) and sel.get("split") == dataset.split \
@@ -88,7 +88,7 @@ def selected_on(meta: dict, dataset: VOCSegmentation) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.utils.data.Subset | str | Path, *,
+def evaluate(model: nn.Module | str | Path, dataset: VOCSplit | torch.utils.data.Subset | str | Path, *,
              split: str = "val", class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
              amp: bool | None = None, workers: int = 2, limit: int | None = None,
              predictions_dir: str | Path | None = None, rank: int = 0, world: int = 1,
@@ -96,7 +96,7 @@ def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.uti
     """mIoU, per-class IoU and accuracy of ``model`` on ``dataset``.
 
     model: a module (``model(x)["out"]`` -> (1, C, H, W) logits) or a checkpoint directory / run
-    directory; dataset: a :class:`VOCSegmentation`, a ``Subset`` of one, or a VOC root (read with
+    directory; dataset: a :class:`VOCSplit`, a ``Subset`` of one, or a VOC root (read with
     ``split``); class_names: default the dataset's; limit: first N images only (N >= 1); predictions_dir:
     save each prediction there as ``<stem>.png`` (VOC palette); rank/world: under DDP each process scores
     images ``rank::world`` and the confusion matrices are summed (a process group must be initialised);
@@ -112,7 +112,7 @@ def evaluate(model: nn.Module | str | Path, dataset: VOCSegmentation | torch.uti
         raise InputError(f"must be an integer >= 0, got {workers!r}", field="workers")
     device = resolve_device(device)
     if isinstance(dataset, (str, Path)):
-        dataset = VOCSegmentation(dataset, split)
+        dataset = VOCSplit(dataset, split)
     base, indices = _base(dataset)
     if limit is not None:
         indices = indices[:limit]

@@ -38,11 +38,10 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import (StreamSampler, TrainStream, augment, photometric_distortion)  # noqa: F401 (re-exported)
-from .checkpoint import (BEST, CONFIG, LAST, LOG, RUNTIME_FIELDS, SCHEDULE_FIELDS, TENSORBOARD,  # noqa: F401
+from .augment import StreamSampler, TrainStream
+from .checkpoint import (BEST, CONFIG, LAST, RUNTIME_FIELDS,  # noqa: F401 (RUNTIME_FIELDS: toy/downstream.py imports it)
                          Progress, RunLog, save, settings, start)
-from .deeplab import (CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, backbone_state,  # noqa: F401
-                      build_model, load_model, unwrap)
+from .deeplab import backbone_state, build_model, unwrap
 from ..errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
 from .metrics import percent
@@ -50,11 +49,11 @@ from ..capture.pipeline import resolve_device
 from ..io import write_json
 from ..limits import check_fits
 from ..signals import blocked_for_children, dataloader_worker_init, hold_interrupts, save_on_interrupt
-from .config import ARCHS, TrainConfig  # noqa: F401 (re-exported, as before)
+from .config import TrainConfig
 from .determinism import configure as configure_determinism
 from .ema import WeightEMA, load_ema
 from ..vocab import IGNORE_INDEX
-from ..dataset.voc import VOCSegmentation
+from ..dataset.voc import VOCSplit
 
 logger = logging.getLogger(__name__)
 
@@ -143,11 +142,11 @@ def _check_sizes_fit(config: TrainConfig, env: _Env) -> None:
 
 def _data(config: TrainConfig, env: _Env):
     """(training split, validation split or None, class names); both splits must name the same classes."""
-    train_set = VOCSegmentation(config.data, config.train_split)
+    train_set = VOCSplit(config.data, config.train_split)
     class_names = train_set.class_names
     val_set = None
     if config.val:
-        val_set = VOCSegmentation(config.val, config.val_split)
+        val_set = VOCSplit(config.val, config.val_split)
         if val_set.class_names != class_names:
             raise InputError(f"validation classes ({val_set.num_classes}: {', '.join(val_set.class_names[:4])}"
                              f", ...) differ from the training classes ({len(class_names)}: "
@@ -250,7 +249,7 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-def _loader(config: TrainConfig, env: _Env, train_set: VOCSegmentation, start: int, stop: int):
+def _loader(config: TrainConfig, env: _Env, train_set: VOCSplit, start: int, stop: int):
     """The batches of iterations ``start + 1 .. stop`` for this rank (see the module docstring)."""
     per_rank = config.batch_size // env.world
     stream = TrainStream(train_set, config.seed, crop_size=config.crop_size,

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..dataset.folder import IMAGES, MASKS, SETS
-from ..dataset.voc import VOCSegmentation
+from ..dataset.voc import VOCSplit
 from ..errors import InputError
 from ..io import atomic_path, load_mask, make_dir, read_json, remove_temps, save_mask, write_json
 from ..vocab import IGNORE_INDEX
@@ -75,7 +75,7 @@ def relabel_dataset(checkpoint: str | Path, data: str | Path, out: str | Path, *
     uncertain, over all pixels."""
     if rule not in SELF_TRAIN_RULES:
         raise InputError(f"must be one of {', '.join(SELF_TRAIN_RULES)}, got {rule!r}", field="self_train_rule")
-    source = VOCSegmentation(data, split)
+    source = VOCSplit(data, split)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_model(checkpoint, device)
     if meta["num_classes"] != source.num_classes:
