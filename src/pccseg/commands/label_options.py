@@ -75,6 +75,12 @@ _FUSE_HELP = {
     "thresholds": "class-map thresholds (PCC's votes; one vote set per threshold)",
     "background_factor": "background (start-of-text) binary map is map > factor * t (PCC's votes)",
     "seed": "k-means seed (clusters and colour segments)",
+    "affinity_alpha": "DiffCut's affinity of two pixels: the cosine of their self-attention outputs, scaled to "
+                      "[0, 1], to this power",
+    "affinity_nodes": "the affinity is taken on the finest self-attention level with at most this many pixels",
+    "map_spread": "class map = (1 - this) x map + this x the map spread once through the affinity (0: off)",
+    "ncut_tau": "DiffCut's regions vote beside PCC's clusters: recursive normalized cut of the affinity, "
+                "stopped where the best cut's value is above this (0: off)",
     "map_weight": "score = vote share + this x object class map (0: the votes alone)",
     "background_weight": "weight of the background (start-of-text) map in the score",
     "propagate": "spread the scores this many times through the captured self_probs (0: off; needs "

@@ -96,6 +96,11 @@ class FuseParams:
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.8)
     background_factor: float = 1.2
     seed: int = 0
+    # 1b. DiffCut's affinity: scaled cosine of the self-attention outputs ** alpha, on the finest level
+    affinity_alpha: float = 10.0
+    affinity_nodes: int = 1024                  # ... with at most this many pixels
+    map_spread: float = 0.5                     # class map = (1 - this) map + this x map spread once (0: off)
+    ncut_tau: float = 0.0                       # DiffCut's regions vote too, cut while ncut < this (0: off)
     # 2. fusion: score = vote share + weight * class map
     map_weight: float = 1.0                     # 0: the votes alone
     background_weight: float = 2.0              # the start-of-text (background) map's weight
@@ -121,6 +126,8 @@ class FuseParams:
 CHECKS = {
     "n_components": _int(1), "ks": _several(_int(2)), "thresholds": _several(_num(0, 1, lo_open=True)),
     "background_factor": _num(0, lo_open=True), "seed": _int(0, 2**63 - 1),
+    "affinity_alpha": _num(0, lo_open=True), "affinity_nodes": _int(4, 16384),
+    "map_spread": _num(0, 1.0000001), "ncut_tau": _num(0, 2),
     "map_weight": _num(0), "background_weight": _num(0),
     "propagate": _int(0, 100), "sharpen": _num(0, lo_open=True),
     "upsample": _choice(Upsample), "refine": _choice(Refine), "refine_k": _int(2),
@@ -142,6 +149,7 @@ class FuseResult:
         shares: (C, h, w) float share of the votes per class.
         scores: (C, h, w) float fused scores (after propagation, on the latent grid).
         refine_segments: (H, W) int64 colour segments (None unless refine uses them).
+        regions: (h, w) int64 DiffCut's regions (None unless ``ncut_tau`` > 0).
         refined: (C, H, W) float scores after upsampling and refinement.
         timings: seconds per stage and ``total``.
         params: the parameters used.
@@ -155,6 +163,7 @@ class FuseResult:
     scores: torch.Tensor
     refine_segments: torch.Tensor | None
     refined: torch.Tensor
+    regions: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
     params: FuseParams = field(default_factory=FuseParams)
 
@@ -190,8 +199,10 @@ def label(capture: Capture, params: FuseParams | None = None, **overrides) -> Fu
     import torch.nn.functional as F
 
     from ..capture.format import SELF_PROBS_KEY, TENSOR_FILE
+    from . import classes as C
     from . import fusion as Fu
     from . import pcc
+    from . import ncut as N
     from .refine import image_segments
 
     p = replace(params or FuseParams(), **overrides)
@@ -212,8 +223,19 @@ def label(capture: Capture, params: FuseParams | None = None, **overrides) -> Fu
         segments = None if segmenting is None else segmenting.result()
     timer.start = timer._now()
     ids, maps = vote.class_ids, vote.class_maps
-    shares = Fu.vote_shares(vote.votes, ids)
-    scores = Fu.fuse_scores(shares, maps, ids, p.map_weight, p.background_weight)
+    votes, regions, fused_maps = vote.votes, None, maps
+    if p.map_spread > 0 or p.ncut_tau > 0:
+        feats, grid = N.attention_features({k: v.to(device) for k, v in capture.self_attn.items()}, p.affinity_nodes)
+        aff = N.affinity(feats, p.affinity_alpha)
+        if p.map_spread > 0:
+            fused_maps = Fu.spread_maps(maps, aff, grid, p.map_spread)
+        if p.ncut_tau > 0:
+            regions = N.cut_regions(aff, grid, tuple(maps.shape[1:]), p.ncut_tau)
+            votes = torch.cat([votes, torch.stack([C.assign_segments(regions, C.binary_maps(
+                maps, ids, t, p.background_factor), ids) for t in p.thresholds])])
+        timer.lap("affinity")
+    shares = Fu.vote_shares(votes, ids)
+    scores = Fu.fuse_scores(shares, fused_maps, ids, p.map_weight, p.background_weight)
     timer.lap("fuse")
     if p.propagate:
         probs = capture.self_probs.to(device)
@@ -241,4 +263,4 @@ def label(capture: Capture, params: FuseParams | None = None, **overrides) -> Fu
     mask = Fu.absorb_small(Fu.decide(up, ids, p.margin), p.min_region)
     timer.lap("decide")
     return FuseResult(mask=mask, blocky=vote.blocky, class_ids=ids, class_maps=maps, shares=shares, scores=scores,
-                      refine_segments=segments, refined=up, timings=timer.total(), params=p)
+                      refine_segments=segments, refined=up, regions=regions, timings=timer.total(), params=p)
