@@ -30,7 +30,7 @@ def test_affinity_is_scaled_cosine_raised_to_alpha():
     f = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])
     a = N.affinity(f, alpha=1.0)
     # cosines 1 (same direction), 0 (orthogonal), -1 (opposite) scaled to 1, 0.5, 0
-    torch.testing.assert_close(a[0], torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(a[0], torch.tensor([1.0, 1.0, 0.5, 0.0]))
     torch.testing.assert_close(N.affinity(f, alpha=10.0), a ** 10)
     assert (N.affinity(torch.ones(3, 2)) == 1).all()            # constant features: all linked
 
@@ -61,3 +61,49 @@ def test_lanczos_and_dense_solvers_give_the_same_cut():
     small_groups = _grid_groups(12, 12).reshape(-1)
     assert _same_partition(N.recursive_ncut(N.affinity(_blobs(small_groups, noise=0.2), alpha=10.0), 0.5),
                            small_groups)
+
+
+# ------------------------------------------------------------------------------------------ the map spread
+
+def test_spread_maps_evens_a_map_inside_its_feature_region_and_not_across():
+    """A class map high on two pixels of the left region: spread through the affinity of two feature
+    regions (left and right halves), it becomes even over the left region and stays 0 on the right."""
+    from pccseg.labellers import fusion as Fu
+
+    h, w = 6, 8
+    side = (torch.arange(w) >= w // 2).repeat(h)                   # raster order: left False, right True
+    a = N.affinity(_blobs(side.long(), noise=0.0), alpha=10.0)    # 1 within a half, 0 across
+    maps = torch.zeros(1, h, w)
+    maps[0, 1, 1] = maps[0, 4, 2] = 1.0
+    spread = Fu.spread_maps(maps, a, (h, w), share=1.0)[0]
+    left = ~side.reshape(h, w)
+    torch.testing.assert_close(spread[left], torch.ones(24))      # minmax of an even spread: 1 on the region
+    assert (spread[~left] == 0).all()
+    half = Fu.spread_maps(maps, a, (h, w), share=0.5)[0]
+    torch.testing.assert_close(half, 0.5 * maps[0] + 0.5 * spread)
+    torch.testing.assert_close(Fu.spread_maps(maps, a, (h, w), share=0.0), maps)
+
+
+def test_spread_maps_on_a_coarser_grid_returns_the_maps_size():
+    from pccseg.labellers import fusion as Fu
+
+    side = (torch.arange(4) >= 2).repeat(4)                        # a 4x4 grid, halves
+    a = N.affinity(_blobs(side.long(), noise=0.0), alpha=10.0)
+    maps = torch.zeros(2, 8, 8)
+    maps[0, :, :4] = 1.0                                          # class 0 on the left half of the 8x8 maps
+    maps[1, 2, 6] = 1.0                                           # class 1: one pixel on the right
+    out = Fu.spread_maps(maps, a, (4, 4), share=1.0)
+    assert out.shape == (2, 8, 8)
+    assert out[0, :, :3].min() > 0.9 and out[0, :, 5:].max() < 0.1
+    assert out[1, :, 5:].min() > 0.9 and out[1, :, :3].max() < 0.1   # spread over its half, not across
+
+
+def test_attention_features_take_the_finest_level_within_the_node_budget():
+    attn = {"a": torch.randn(2, 4, 4, 3), "b": torch.randn(3, 8, 8, 5), "c": torch.randn(1, 8, 8, 2),
+            "d": torch.randn(2, 16, 16, 3)}
+    f, grid = N.attention_features(attn, max_nodes=64)
+    assert grid == (8, 8) and f.shape == (64, 3 * 5 + 1 * 2)     # the 8x8 layers, heads concatenated
+    torch.testing.assert_close(f[9, :5], attn["b"][0, 1, 1])      # pixel (1, 1), head 0 of layer b
+    assert N.attention_features(attn, max_nodes=8)[1] == (4, 4)   # none fits: the coarsest
+    regions = N.cut_regions(N.affinity(f, 10.0), grid, (16, 16), tau=0.5)
+    assert regions.shape == (16, 16) and regions.dtype == torch.int64

@@ -55,13 +55,14 @@ def _int(lo: int, hi: int | None = None):
     return check
 
 
-def _num(lo: float, hi: float | None = None, lo_open: bool = False):
+def _num(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = True):
     def check(name: str, v: Any) -> float:
         ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and \
-            (v > lo if lo_open else v >= lo) and (hi is None or v < hi)
+            (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
         if not ok:
             raise InputError(f"must be a number {'>' if lo_open else '>='} {lo}" +
-                             ("" if hi is None else f" and < {hi}") + f", got {v!r}", field=name)
+                             ("" if hi is None else f" and {'<' if hi_open else '<='} {hi}") + f", got {v!r}",
+                             field=name)
         return float(v)
     return check
 
@@ -127,7 +128,7 @@ CHECKS = {
     "n_components": _int(1), "ks": _several(_int(2)), "thresholds": _several(_num(0, 1, lo_open=True)),
     "background_factor": _num(0, lo_open=True), "seed": _int(0, 2**63 - 1),
     "affinity_alpha": _num(0, lo_open=True), "affinity_nodes": _int(4, 16384),
-    "map_spread": _num(0, 1.0000001), "ncut_tau": _num(0, 2),
+    "map_spread": _num(0, 1, hi_open=False), "ncut_tau": _num(0, 2),
     "map_weight": _num(0), "background_weight": _num(0),
     "propagate": _int(0, 100), "sharpen": _num(0, lo_open=True),
     "upsample": _choice(Upsample), "refine": _choice(Refine), "refine_k": _int(2),
