@@ -287,7 +287,8 @@ def test_show_fuse_stages(tmp_path):
     titles = "\n".join(ax.get_title() for ax in fig.axes)
     for name in ("person", "dog", "pottedplant", "background"):
         assert f"{name} map" in titles and f"{name}: share of the\n9 cluster votes" in titles
-        assert f"{name} score" in titles
+        assert f"{name} score" in titles and f"{name} map, 0.5 spread\nthrough DiffCut's affinity" in titles
+    assert "spread" not in "".join(ax.get_title() for ax in fuse_figure(cap, label(cap, FuseParams(map_spread=0))).axes)
     assert "PCC's voted mask (32x32)" in titles and "colour segments" in titles and "final mask over image" in titles
     assert fig._suptitle.get_text().startswith("fuse")
     out = tmp_path / "fig.png"

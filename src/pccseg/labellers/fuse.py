@@ -151,6 +151,7 @@ class FuseResult:
         scores: (C, h, w) float fused scores (after propagation, on the latent grid).
         refine_segments: (H, W) int64 colour segments (None unless refine uses them).
         regions: (h, w) int64 DiffCut's regions (None unless ``ncut_tau`` > 0).
+        spread_maps: (C, h, w) float class maps after the spread, as fused (None unless ``map_spread`` > 0).
         refined: (C, H, W) float scores after upsampling and refinement.
         timings: seconds per stage and ``total``.
         params: the parameters used.
@@ -165,6 +166,7 @@ class FuseResult:
     refine_segments: torch.Tensor | None
     refined: torch.Tensor
     regions: torch.Tensor | None = None
+    spread_maps: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
     params: FuseParams = field(default_factory=FuseParams)
 
@@ -264,4 +266,5 @@ def label(capture: Capture, params: FuseParams | None = None, **overrides) -> Fu
     mask = Fu.absorb_small(Fu.decide(up, ids, p.margin), p.min_region)
     timer.lap("decide")
     return FuseResult(mask=mask, blocky=vote.blocky, class_ids=ids, class_maps=maps, shares=shares, scores=scores,
-                      refine_segments=segments, refined=up, regions=regions, timings=timer.total(), params=p)
+                      refine_segments=segments, refined=up, regions=regions,
+                      spread_maps=fused_maps if p.map_spread > 0 else None, timings=timer.total(), params=p)
