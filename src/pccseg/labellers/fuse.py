@@ -7,7 +7,11 @@ colour segment of the image (docs/labeller.md, "fuse").
    calls a pixel uncertain when the mode has half of the votes or less).
 2. **Fusion**: score = vote share + weight * class map (min-max normalised; the background's map, the
    start-of-text token's, weighted ``background_weight``, the objects' ``map_weight``). The clusters say
-   where the regions are, the maps which class each pixel leans to; an object needs both.
+   where the regions are, the maps which class each pixel leans to; an object needs both. Each class map
+   is first mixed (``map_spread``) with its spread through DiffCut's affinity of the self-attention
+   outputs (:func:`~pccseg.labellers.ncut.affinity`, :func:`~pccseg.labellers.fusion.spread_maps`), so
+   that it agrees with the attention's grouping; DiffCut's regions (recursive normalized cut of that
+   affinity, ``ncut_tau``, off by default) can vote beside PCC's clusters.
 3. **Propagation** (optional, off by default): the scores spread ``propagate`` times through the
    captured self-attention probabilities (``self_probs``), rows raised to ``sharpen`` (iSeg, Dataset
    Diffusion).
