@@ -244,7 +244,8 @@ def test_registry_and_record():
     (dict(propagate=-1), "propagate"), (dict(propagate=1.5), "propagate"), (dict(sharpen=0.0), "sharpen"),
     (dict(upsample="bicubic"), "upsample"), (dict(refine="crf"), "refine"), (dict(refine_k=1), "refine_k"),
     (dict(pamr_dilations=(0,)), "pamr_dilations"), (dict(pamr_scale=-1), "pamr_scale"), (dict(margin=1.0), "margin"), (dict(min_region=True), "min_region"),
-    (dict(map_spread=1.5), "map_spread"), (dict(map_spread=-0.1), "map_spread"), (dict(affinity_alpha=0.0), "affinity_alpha"),
+    (dict(map_spread=1.5), "map_spread"), (dict(map_spread=-0.1), "map_spread"),
+    (dict(affinity_alpha=0.0), "affinity_alpha"),
     (dict(affinity_nodes=2), "affinity_nodes"), (dict(ncut_tau=-1.0), "ncut_tau"), (dict(ncut_tau=2.5), "ncut_tau"),
 ])
 def test_parameters_are_checked_in_the_dataclass(kw, field):

@@ -98,7 +98,8 @@ def recursive_ncut(a: torch.Tensor, tau: float, *, min_size: int = 1, max_region
     return labels
 
 
-def attention_features(self_attn: dict[str, torch.Tensor], max_nodes: int = 1024) -> tuple[torch.Tensor, tuple[int, int]]:
+def attention_features(self_attn: dict[str, torch.Tensor],
+                       max_nodes: int = 1024) -> tuple[torch.Tensor, tuple[int, int]]:
     """The features DiffCut cuts: the self-attention outputs of the finest level with at most ``max_nodes``
     pixels (every layer and head of that level concatenated per pixel; the coarsest level when none is
     that small).
