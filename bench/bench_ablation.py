@@ -33,7 +33,8 @@ from pccseg.labellers.fuse import FuseParams
 from pccseg.labellers.pcc import LabelParams
 from pccseg.labellers.registry import label
 
-F0 = FuseParams(map_weight=0.0, background_weight=0.0, upsample="nearest", refine="none")
+S0 = FuseParams(map_spread=0.0)                  # the default before the class maps were spread
+F0 = replace(S0, map_weight=0.0, background_weight=0.0, upsample="nearest", refine="none")
 #: (name, params): the baselines, then the fuse labeller with one idea added per row, then alternatives.
 ROWS = [
     ("pcc (report)", LabelParams()),
@@ -42,17 +43,23 @@ ROWS = [
     ("fuse 0: PCC's votes as shares, argmax, nearest", F0),
     ("  + class maps fused", replace(F0, map_weight=1.0, background_weight=2.0)),
     ("  + bilinear upsampling", replace(F0, map_weight=1.0, background_weight=2.0, upsample="bilinear")),
-    ("  + colour segments", FuseParams(refine="segments")),
-    ("  + PAMR before the segments (default)", FuseParams()),
-    ("  + propagation (4x self_probs)", FuseParams(propagate=4)),
-    ("  + margin 0.1 (uncertain band)", FuseParams(margin=0.1)),
-    ("  + small regions (< 0.2 % of the image)", lambda h, w: FuseParams(min_region=max(1, round(0.002 * h * w)))),
-    ("alt: PAMR instead of segments", FuseParams(refine="pamr")),
-    ("alt: PAMR at the image size (pamr_scale 0)", FuseParams(pamr_scale=0)),
-    ("alt: PAMR at 2 pixels per latent pixel", FuseParams(pamr_scale=2)),
-    ("alt: background weight 1", FuseParams(background_weight=1.0)),
-    ("alt: background weight 1.5", FuseParams(background_weight=1.5)),
-    ("alt: background weight 2.5", FuseParams(background_weight=2.5)),
+    ("  + colour segments", replace(S0, refine="segments")),
+    ("  + PAMR before the segments", S0),
+    ("  + class maps spread through DiffCut's affinity (default)", FuseParams()),
+    ("  + propagation (4x self_probs)", replace(S0, propagate=4)),
+    ("  + margin 0.1 (uncertain band)", replace(S0, margin=0.1)),
+    ("  + small regions (< 0.2 % of the image)", lambda h, w: replace(S0, min_region=max(1, round(0.002 * h * w)))),
+    ("alt: PAMR instead of segments", replace(S0, refine="pamr")),
+    ("alt: PAMR at the image size (pamr_scale 0)", replace(S0, pamr_scale=0)),
+    ("alt: PAMR at 2 pixels per latent pixel", replace(S0, pamr_scale=2)),
+    ("alt: background weight 1", replace(S0, background_weight=1.0)),
+    ("alt: background weight 1.5", replace(S0, background_weight=1.5)),
+    ("alt: background weight 2.5", replace(S0, background_weight=2.5)),
+    ("alt: the spread maps alone (map_spread 1)", FuseParams(map_spread=1.0)),
+    ("alt: affinity power 5", FuseParams(affinity_alpha=5.0)),
+    ("alt: affinity power 20", FuseParams(affinity_alpha=20.0)),
+    ("alt: + DiffCut's regions vote (ncut_tau 0.5)", FuseParams(ncut_tau=0.5)),
+    ("alt: DiffCut's regions vote, no spread (ncut_tau 0.5, map_spread 0)", replace(S0, ncut_tau=0.5)),
 ]
 
 

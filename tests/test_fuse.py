@@ -165,11 +165,18 @@ def test_fuse_recovers_the_planted_layout_and_keeps_its_stages(planted):
 
 @pytest.mark.parametrize("kw", [dict(refine="pamr", pamr_iters=3), dict(refine="both", pamr_iters=2),
                                 dict(refine="none", upsample="nearest", map_weight=0.0, background_weight=0.0),
-                                dict(propagate=2, sharpen=2.0), dict(margin=0.2, min_region=20)])
+                                dict(propagate=2, sharpen=2.0), dict(margin=0.2, min_region=20),
+                                dict(map_spread=0.0), dict(map_spread=1.0, affinity_alpha=5.0, affinity_nodes=64),
+                                dict(ncut_tau=0.5)])
 def test_every_stage_switch_runs(planted, kw):
     cap, layout = planted
     res = label(cap, FuseParams(**kw))
     assert res.mask.shape == (128, 192) and miou(res.mask.long(), layout) > 0.8
+    assert (res.regions is None) == (not kw.get("ncut_tau"))
+    assert ("affinity" in res.timings) == (kw.get("map_spread", 0.5) > 0 or bool(kw.get("ncut_tau")))
+    if kw.get("ncut_tau"):                                        # PCC's 9 votes and 3 of DiffCut's regions
+        assert res.regions.shape == (32, 48)
+        torch.testing.assert_close(res.shares.sum(0), torch.ones(32, 48))
     assert (res.refine_segments is None) == (kw.get("refine") in ("pamr", "none"))
     assert ("propagate" in res.timings) == bool(kw.get("propagate"))
 
@@ -237,6 +244,9 @@ def test_registry_and_record():
     (dict(propagate=-1), "propagate"), (dict(propagate=1.5), "propagate"), (dict(sharpen=0.0), "sharpen"),
     (dict(upsample="bicubic"), "upsample"), (dict(refine="crf"), "refine"), (dict(refine_k=1), "refine_k"),
     (dict(pamr_dilations=(0,)), "pamr_dilations"), (dict(pamr_scale=-1), "pamr_scale"), (dict(margin=1.0), "margin"), (dict(min_region=True), "min_region"),
+    (dict(map_spread=1.5), "map_spread"), (dict(map_spread=-0.1), "map_spread"),
+    (dict(affinity_alpha=0.0), "affinity_alpha"),
+    (dict(affinity_nodes=2), "affinity_nodes"), (dict(ncut_tau=-1.0), "ncut_tau"), (dict(ncut_tau=2.5), "ncut_tau"),
 ])
 def test_parameters_are_checked_in_the_dataclass(kw, field):
     with pytest.raises(InputError) as e:
@@ -246,6 +256,7 @@ def test_parameters_are_checked_in_the_dataclass(kw, field):
 
 @pytest.mark.parametrize("argv, field", [
     (("--labeller", "fuse", "--fuse-margin", "1.5"), "--fuse-margin"),
+    (("--labeller", "fuse", "--fuse-map-spread", "1.5"), "--fuse-map-spread"),
     (("--labeller", "fuse", "--dd-power", "2"), "--dd-power"),
     (("--fuse-map-weight", "2"), "--fuse-map-weight"),                 # a fuse option with pcc
 ])
@@ -277,7 +288,8 @@ def test_show_fuse_stages(tmp_path):
     titles = "\n".join(ax.get_title() for ax in fig.axes)
     for name in ("person", "dog", "pottedplant", "background"):
         assert f"{name} map" in titles and f"{name}: share of the\n9 cluster votes" in titles
-        assert f"{name} score" in titles
+        assert f"{name} score" in titles and f"{name} map, 0.5 spread\nthrough DiffCut's affinity" in titles
+    assert "spread" not in "".join(ax.get_title() for ax in fuse_figure(cap, label(cap, FuseParams(map_spread=0))).axes)
     assert "PCC's voted mask (32x32)" in titles and "colour segments" in titles and "final mask over image" in titles
     assert fig._suptitle.get_text().startswith("fuse")
     out = tmp_path / "fig.png"

@@ -7,7 +7,11 @@ colour segment of the image (docs/labeller.md, "fuse").
    calls a pixel uncertain when the mode has half of the votes or less).
 2. **Fusion**: score = vote share + weight * class map (min-max normalised; the background's map, the
    start-of-text token's, weighted ``background_weight``, the objects' ``map_weight``). The clusters say
-   where the regions are, the maps which class each pixel leans to; an object needs both.
+   where the regions are, the maps which class each pixel leans to; an object needs both. Each class map
+   is first mixed (``map_spread``) with its spread through DiffCut's affinity of the self-attention
+   outputs (:func:`~pccseg.labellers.ncut.affinity`, :func:`~pccseg.labellers.fusion.spread_maps`), so
+   that it agrees with the attention's grouping; DiffCut's regions (recursive normalized cut of that
+   affinity, ``ncut_tau``, off by default) can vote beside PCC's clusters.
 3. **Propagation** (optional, off by default): the scores spread ``propagate`` times through the
    captured self-attention probabilities (``self_probs``), rows raised to ``sharpen`` (iSeg, Dataset
    Diffusion).
@@ -63,6 +67,16 @@ class FuseParams:
     background_factor: float = param(1.2, "background (start-of-text) binary map is map > factor * t (PCC's votes)",
                                      Real(0, closed="neither"))
     seed: int = param(0, "k-means seed (clusters and colour segments)", SEED)
+    # 1b. DiffCut's affinity: scaled cosine of the self-attention outputs ** alpha, on the finest level
+    affinity_alpha: float = param(10.0, "DiffCut's affinity of two pixels: the cosine of their self-attention "
+                                        "outputs, scaled to [0, 1], to this power", Real(0, closed="neither"))
+    affinity_nodes: int = param(1024, "the affinity is taken on the finest self-attention level with at most this "
+                                      "many pixels", Int(4, 16384))
+    map_spread: float = param(0.5, "class map = (1 - this) x map + this x the map spread once through the "
+                                   "affinity (0: off)", Real(0, 1))
+    ncut_tau: float = param(0.0, "DiffCut's regions vote beside PCC's clusters: recursive normalized cut of the "
+                                 "affinity, stopped where the best cut's value is above this (0: off)",
+                            Real(0, 2, "left"))
     # 2. fusion: score = vote share + weight * class map
     map_weight: float = param(1.0, "score = vote share + this x object class map (0: the votes alone)", Real(0))
     background_weight: float = param(2.0, "weight of the background (start-of-text) map in the score", Real(0))
@@ -102,6 +116,8 @@ class FuseResult:
         shares: (C, h, w) float share of the votes per class.
         scores: (C, h, w) float fused scores (after propagation, on the latent grid).
         refine_segments: (H, W) int64 colour segments (None unless refine uses them).
+        regions: (h, w) int64 DiffCut's regions (None unless ``ncut_tau`` > 0).
+        spread_maps: (C, h, w) float class maps after the spread, as fused (None unless ``map_spread`` > 0).
         refined: (C, H, W) float scores after upsampling and refinement.
         timings: seconds per stage and ``total``.
         params: the parameters used.
@@ -115,6 +131,8 @@ class FuseResult:
     scores: torch.Tensor
     refine_segments: torch.Tensor | None
     refined: torch.Tensor
+    regions: torch.Tensor | None = None
+    spread_maps: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
     params: FuseParams = field(default_factory=FuseParams)
 
@@ -150,8 +168,10 @@ def label(capture: Capture, params: FuseParams | None = None, **overrides) -> Fu
     import torch.nn.functional as F
 
     from ..capture.format import SELF_PROBS_KEY, TENSOR_FILE
+    from . import classes as C
     from . import fusion as Fu
     from . import pcc
+    from . import ncut as N
     from .refine import image_segments
 
     p = replace(params or FuseParams(), **overrides)
@@ -172,8 +192,19 @@ def label(capture: Capture, params: FuseParams | None = None, **overrides) -> Fu
         segments = None if segmenting is None else segmenting.result()
     timer.start = timer._now()
     ids, maps = vote.class_ids, vote.class_maps
-    shares = Fu.vote_shares(vote.votes, ids)
-    scores = Fu.fuse_scores(shares, maps, ids, p.map_weight, p.background_weight)
+    votes, regions, fused_maps = vote.votes, None, maps
+    if p.map_spread > 0 or p.ncut_tau > 0:
+        feats, grid = N.attention_features({k: v.to(device) for k, v in capture.self_attn.items()}, p.affinity_nodes)
+        aff = N.affinity(feats, p.affinity_alpha)
+        if p.map_spread > 0:
+            fused_maps = Fu.spread_maps(maps, aff, grid, p.map_spread)
+        if p.ncut_tau > 0:
+            regions = N.cut_regions(aff, grid, tuple(maps.shape[1:]), p.ncut_tau)
+            votes = torch.cat([votes, torch.stack([C.assign_segments(regions, C.binary_maps(
+                maps, ids, t, p.background_factor), ids) for t in p.thresholds])])
+        timer.lap("affinity")
+    shares = Fu.vote_shares(votes, ids)
+    scores = Fu.fuse_scores(shares, fused_maps, ids, p.map_weight, p.background_weight)
     timer.lap("fuse")
     if p.propagate:
         probs = capture.self_probs.to(device)
@@ -201,4 +232,5 @@ def label(capture: Capture, params: FuseParams | None = None, **overrides) -> Fu
     mask = Fu.absorb_small(Fu.decide(up, ids, p.margin), p.min_region)
     timer.lap("decide")
     return FuseResult(mask=mask, blocky=vote.blocky, class_ids=ids, class_maps=maps, shares=shares, scores=scores,
-                      refine_segments=segments, refined=up, timings=timer.total(), params=p)
+                      refine_segments=segments, refined=up, regions=regions,
+                      spread_maps=fused_maps if p.map_spread > 0 else None, timings=timer.total(), params=p)

@@ -4,6 +4,7 @@
 * :func:`fuse_scores`: vote shares plus weighted class maps;
 * :func:`propagate`: class scores spread through a self-attention affinity, a few times (iSeg, Dataset
   Diffusion);
+* :func:`spread_maps`: class maps mixed with their spread through a feature affinity (DiffCut's);
 * :func:`sharpen`: an affinity's rows raised to a power and renormalised (entropy reduction);
 * :func:`pool_segments`: every segment of the image takes the mean score of its pixels;
 * :func:`pamr`: pixel-adaptive mask refinement, label propagation weighted by local colour affinity
@@ -39,6 +40,30 @@ def fuse_scores(shares: torch.Tensor, maps: torch.Tensor, class_ids: Sequence[in
     w = torch.full((len(class_ids), 1, 1), float(map_weight), device=maps.device)
     w[[i for i, c in enumerate(class_ids) if c == 0]] = float(background_weight)
     return shares.float() + w * maps.float()
+
+
+def spread_maps(maps: torch.Tensor, affinity: torch.Tensor, grid: tuple[int, int], share: float) -> torch.Tensor:
+    """Class maps mixed with their spread through a feature affinity:
+    ``(1 - share) * maps + share * minmax(P maps)``, P the affinity with rows scaled to sum 1 (each pixel
+    takes the mean map of the pixels whose features resemble its own; DiffCut's affinity, iSeg's idea).
+
+    Args:
+        maps: (C, h, w) in [0, 1]; affinity: (n, n) non-negative on the pixels of ``grid`` (raster order,
+            n = grid[0] * grid[1]); the maps are area-resampled to the grid and the spread bilinearly back.
+
+    Returns:
+        (C, h, w) float32 in [0, 1].
+    """
+    from .features import minmax
+
+    c, h, w = maps.shape
+    g = tuple(grid)
+    small = maps.float() if g == (h, w) else F.interpolate(maps[None].float(), size=g, mode="area")[0]
+    a = affinity.float()
+    spread = propagate(small, a / a.sum(1, keepdim=True).clamp(min=torch.finfo(a.dtype).tiny), 1)
+    if g != (h, w):
+        spread = F.interpolate(spread[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return (1 - share) * maps.float() + share * minmax(spread, (1, 2))
 
 
 def sharpen(probs: torch.Tensor, power: float) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """``pccseg show --labeller fuse``: the stages of the fuse labeller (:mod:`pccseg.labellers.fuse`) for one
 image, from its :class:`~pccseg.labellers.fuse.FuseResult`.
 
-Rows: the image and each normalised class map; each class's share of PCC's cluster votes; each class's
+Rows: the image and each normalised class map; the maps after their spread through DiffCut's affinity
+(when on); each class's share of PCC's cluster votes; each class's
 fused score (vote share + weighted map, after propagation when on), scaled to [0, 1] per row; PCC's
 voted (blocky) mask, the colour segments (when the refinement uses them) and the final mask over the image.
 """
@@ -26,6 +27,7 @@ def fuse_figure(capture: Any, result: Any, *, max_cols: int = 5, alpha: float = 
     p = result.params
     maps = to_numpy(result.class_maps).astype(np.float32)
     shares = to_numpy(result.shares).astype(np.float32)
+    spread = None if getattr(result, "spread_maps", None) is None else to_numpy(result.spread_maps).astype(np.float32)
     scores = to_numpy(result.scores).astype(np.float32)
     top = max(float(scores.max()), 1e-12) if scores.size else 1.0
     h, w = maps.shape[1:]
@@ -33,8 +35,13 @@ def fuse_figure(capture: Any, result: Any, *, max_cols: int = 5, alpha: float = 
     rows = [[_image_panel(image)]
             + [lambda ax, i=i, c=c: _map_panel(ax, maps[i], f"{_class_name(names, c)} map ({h}x{w})")
                for i, c in enumerate(ids)],
+            *([[lambda ax, i=i, c=c: _map_panel(ax, spread[i], f"{_class_name(names, c)} map, {p.map_spread:g}"
+                                                               f" spread\nthrough DiffCut's affinity")
+                for i, c in enumerate(ids)]] if spread is not None else []),
             [lambda ax, i=i, c=c: _map_panel(ax, shares[i], f"{_class_name(names, c)}: share of the\n"
-                                                            f"{len(p.ks) * len(p.thresholds)} cluster votes")
+                                                            f"{len(p.ks) * len(p.thresholds)} cluster votes"
+                                                            + (f" + {len(p.thresholds)} of\nDiffCut's regions"
+                                                               if getattr(p, "ncut_tau", 0) > 0 else ""))
              for i, c in enumerate(ids)],
             [lambda ax, i=i, c=c: _map_panel(ax, scores[i] / top, f"{_class_name(names, c)} score"
                                                                   + (f" (x{p.propagate} spread)" if p.propagate else ""))
