@@ -318,7 +318,7 @@ def test_val_share_holds_out_a_fixed_part(pipe, tmp_path):
     # a rerun with another share is another dataset: refused, before any work
     with pytest.raises(InputError, match="val_share: 0.5 -> 0.25"):
         gen(pipe, records, out, val_share=0.25)
-    with pytest.raises(InputError, match="val_share: must be a number in"):
+    with pytest.raises(InputError, match="val_share: must be a finite number >= 0 and < 1"):
         gen(pipe, records, tmp_path / "x", val_share=float("nan"))
     # the split is a property of the stems, not of their order or of the run
     stems = [f"{i:06d}" for i in range(1000)]

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from pccseg.cli import main
+from pccseg.commands.generate import NOT_OPTIONS
 from pccseg.commands.label_options import OPTION_NAMES
+from pccseg.dataset.generate import GenerateConfig
 from pccseg.dataset.filter import FilterRule
 from pccseg.errors import InputError
 from pccseg.labellers.attn import AttnParams
@@ -187,12 +189,13 @@ COMMANDS = [
     (ToyTrainConfig, ["toy", "train", "--out", "{tmp}/out"], "", {}, ()),
     (ExperimentConfig, ["experiment", "toy", "--out", "{tmp}/out"], "", {}, ("progress",)),
     (FilterRule, ["filter", "{tmp}/data"], "", {"missing": "drop-missing"}, ("area_mad",)),  # <= 0: off
+    (GenerateConfig, ["generate", "--model", "tiny", "--num", "1", "--out", "{tmp}/out"], "", {}, NOT_OPTIONS),
 ]
 REQUIRED = {TrainConfig: dict(data="d", out="o"), ToyTrainConfig: dict(out="o"), ExperimentConfig: dict(out="o")}
 
 
 #: where the command line takes the value bad_value() gives as "off" (--short-side 0: native size)
-BAD = {(TrainConfig, "short_side"): -1}
+BAD = {(TrainConfig, "short_side"): -1, (GenerateConfig, "height"): 65, (GenerateConfig, "width"): 4104}
 
 
 def bad_value(c):
@@ -209,11 +212,13 @@ def bad_value(c):
 CASES = [pytest.param(cls, argv, prefix, names, f, BAD.get((cls, f.name), bad_value(constraint(f))),
                       id=f"{cls.__name__}.{f.name}")
          for cls, argv, prefix, names, skip in COMMANDS for f in dataclasses.fields(cls)
-         if f.name not in skip and bad_value(constraint(f)) is not None]
+         if f.name not in skip and BAD.get((cls, f.name), bad_value(constraint(f))) is not None]
 
 
 def test_the_cases_cover_every_numeric_field():
-    assert len(CASES) >= 90
+    assert len(CASES) >= 97
+    assert {c.id for c in CASES} >= {f"GenerateConfig.{f}" for f in ("steps", "guidance", "seed", "batch_size",
+                                                                     "height", "width", "val_share")}
 
 
 @pytest.mark.parametrize("cls, argv, prefix, names, f, bad", CASES)
@@ -311,3 +316,30 @@ def test_label_config_round_trip_and_override(tmp_path, capsys):
                str(tmp_path / "bad.json"), "--labeller", "pcc"])                  # generate and show share them
     assert rc == 2 and "not of --labeller pcc" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_print_config_round_trip_config_file_and_bad_files(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "ds"
+    base = ["generate", "--model", "tiny", "--num", "2", "--out", str(out), "--print-config"]
+    fields = [f.name for f in dataclasses.fields(GenerateConfig) if f.name not in NOT_OPTIONS]
+    got = _printed(capsys, base)
+    assert list(got) == fields
+    assert (got["steps"], got["height"], got["width"], got["seed"]) == (4, 128, 128, 2024)   # tiny's defaults
+    got = _printed(capsys, base + ["--steps", "3", "--keep-captures", "--val-share", "0.25", "--negative-prompt", "x"])
+    cfg = tmp_path / "gen.json"
+    cfg.write_text(json.dumps(got))
+    assert _printed(capsys, base + ["--config", str(cfg)]) == got                             # round trip
+    again = _printed(capsys, base + ["--config", str(cfg), "--seed", "7", "--query-half", "cond"])
+    assert again == dict(got, seed=7, query_half="cond")                                      # the options win
+    assert (again["steps"], again["keep_captures"], again["val_share"]) == (3, True, 0.25)
+    for text, words in [('{"steps": 0}', "steps: must be an integer from 1 to 1000"),
+                        ('{"height": 65}', "height: must be a multiple of 8"),
+                        ('{"model": "tiny"}', "model: unknown setting (one of steps, guidance, "),
+                        ('[1]', "expected a JSON object"), ("{", "not valid JSON")]:
+        cfg.write_text(text)
+        rc = main(["generate", "--model", "tiny", "--num", "2", "--out", str(out), "--config", str(cfg)])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and f"error: {cfg}: " in err and words in err, err
+    assert not out.exists()

@@ -232,9 +232,9 @@ def test_guidance_must_be_finite_before_anything_is_written(tmp_path, capsys, pi
     (["--seed", str(2**64 - 1)], "--seed: must be an integer from 0 to 2**63 - 1", dict(seed=2**64 - 1)),
     (["--seed", str(2**63 - 1)], "it seeds 3 records", dict(seed=2**63 - 1)),      # seed + index overflows
     (["--tiny-seed", str(2**70)], "--tiny-seed: must be an integer from 0 to 2**63 - 1", None),
-    (["--steps", "1000000000"], "--steps: must be at most 1000", dict(steps=10**9)),
-    (["--guidance", "1e308"], "--guidance: must be from 0 to 100", dict(guidance=1e308)),
-    (["--height", "65536"], "--height: must be at most 4096", dict(height=65536)),
+    (["--steps", "1000000000"], "--steps: must be an integer from 1 to 1000", dict(steps=10**9)),
+    (["--guidance", "1e308"], "--guidance: must be a finite number from 0 to 100", dict(guidance=1e308)),
+    (["--height", "65536"], "--height: must be a multiple of 8 from 8 to 4096", dict(height=65536)),
     (["--height", "4096", "--width", "4096", "--batch-size", "1000000"], "too large: decoding 1000000 image(s)",
      dict(height=4096, width=4096, batch_size=10**6)),
 ])

@@ -131,10 +131,10 @@ def test_open_checks_the_settings_once_a_sample_binds_them(tmp_path):
 def test_generate_config_is_checked_when_made_and_filled_from_the_pipeline(pipe, tmp_path):  # noqa: F811
     from pccseg.dataset.generate import GenerateConfig, generate
 
-    for bad, needle in ((dict(steps=0), "steps: must be an integer >= 1"), (dict(height=65), "height: must be a multiple"),
-                        (dict(query_half="both"), "query_half: must be 'uncond' or 'cond'"),
+    for bad, needle in ((dict(steps=0), "steps: must be an integer from 1 to 1000"), (dict(height=65), "height: must be a multiple"),
+                        (dict(query_half="both"), "query_half: must be one of uncond, cond"),
                         (dict(label_workers=-1), "label_workers: must be an integer >= 0"),
-                        (dict(val_share=1.0), "val_share: must be a number in [0, 1)")):
+                        (dict(val_share=1.0), "val_share: must be a finite number >= 0 and < 1")):
         with pytest.raises(InputError, match=needle.replace("[", r"\[").replace(")", r"\)")):
             GenerateConfig(**bad)
     cfg = GenerateConfig(steps=2).for_pipeline(pipe)

@@ -228,6 +228,15 @@ def constraint(f: dataclasses.Field) -> Constraint:
         raise TypeError(f"field {f.name!r} declares no constraint (use pccseg.params.param)") from None
 
 
+def check_value(accepts: Constraint, value: Any, field: str, path: Any = None) -> Any:
+    """The value ``accepts`` keeps of ``value``, else :class:`InputError` naming ``field`` (and ``path``): the check
+    of :func:`check` for one value that is not a dataclass field (a command's option, a function's argument)."""
+    try:
+        return accepts(value)
+    except ValueError as e:
+        raise InputError(str(e), path=path, field=field) from None
+
+
 def check(obj: Any) -> None:
     """Check every field of the dataclass instance ``obj`` against its constraint and keep the value the
     constraint gives; then ``obj._validate()`` when the class has one (rules across fields).
@@ -237,10 +246,7 @@ def check(obj: Any) -> None:
     """
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        try:
-            kept = constraint(f)(value)
-        except ValueError as e:
-            raise InputError(str(e), field=f.name) from None
+        kept = check_value(constraint(f), value, f.name)
         if kept is not value:
             object.__setattr__(obj, f.name, kept)
     validate = getattr(obj, "_validate", None)

@@ -10,12 +10,47 @@ Everything is validated (prompt file, model name, output folder settings) before
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
 from ..errors import InputError
+from ..params import Int, OrNone, check_value
 
 log = logging.getLogger("pccseg.dataset.generate")
+
+#: GenerateConfig fields that are no option of ``pccseg generate`` (nor a setting of ``--config``): the model
+#: and the prompt file have their own options, the classes --classes, the labeller the label options.
+NOT_OPTIONS = ("model", "prompts", "class_names", "label_params", "pipeline_settings", "label_workers", "progress")
+#: argparse keywords of the options made from GenerateConfig, where the derived ones are not the command's.
+OPTION_EXTRA = {"steps": dict(metavar="STEPS"), "guidance": dict(metavar="GUIDANCE"), "seed": dict(metavar="SEED"),
+                "batch_size": dict(metavar="BATCH_SIZE"), "height": dict(type=int, metavar="HEIGHT"),
+                "width": dict(type=int, metavar="WIDTH"), "keep_captures": dict(action="store_true"),
+                "include_mid": dict(action="store_true"), "negative_prompt": dict(metavar="TEXT")}
+#: --threads: torch threads (None: torch's own).
+THREADS = OrNone(Int(1))
+
+
+def generation_options(args: argparse.Namespace) -> dict:
+    """The GenerateConfig fields that are options (all but :data:`NOT_OPTIONS`): those given, else ``--config
+    FILE``'s, else the field's default; set on ``args`` too (so that the model's defaults fill what is None).
+
+    Raises:
+        InputError: a bad --config file, naming the file and the setting.
+    """
+    import dataclasses
+
+    from ..dataset.generate import GenerateConfig
+    from ..params import read_config
+
+    kw = read_config(args.config, GenerateConfig, skip=NOT_OPTIONS) if getattr(args, "config", None) else {}
+    out = {}
+    for f in dataclasses.fields(GenerateConfig):
+        if f.name not in NOT_OPTIONS:
+            given = getattr(args, f.name)
+            out[f.name] = given if given is not None else kw.get(f.name, f.default)
+            setattr(args, f.name, out[f.name])
+    return out
 
 
 def _model_defaults(args: argparse.Namespace):
@@ -76,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from ..vocab import VOC_CLASSES
 
     # 1. inputs, all before any model work
+    generation_options(args)
     entry = _model_defaults(args)
     class_names = parse_classes_option(args.classes) if args.classes else VOC_CLASSES
     records = load_prompts(args.prompts, class_names=class_names)
@@ -87,8 +123,10 @@ def run(args: argparse.Namespace) -> int:
     config = generate_config(args, class_names=class_names, label_params=params_from_args(args))
     check_seed(args.seed, "--seed", count=1 + max(r.index for r in records))
     check_seed(args.tiny_seed, "--tiny-seed")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"must be an integer >= 1, got {args.threads}", field="--threads")
+    check_value(THREADS, args.threads, "--threads")
+    if args.print_config:
+        print(json.dumps({k: getattr(config, k) for k in generation_options(args)}, indent=2))
+        return 0
     check_model(args.model)
     rank, world, is_main, state = distributed_state()
     device = resolve_device(args.device if args.device is not None or world == 1 or state is None else state.device)
@@ -145,8 +183,9 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from .label_options import add_label_arguments, print_label_config_or
-    from ..dataset.generate import DEFAULT_MODEL, DEFAULT_SEED, DEFAULT_STEPS
+    from ..dataset.generate import DEFAULT_MODEL, GenerateConfig
     from ..capture.models import SCHEDULERS
+    from ..params import add_options
 
     p = sub.add_parser(
         "generate", help="generate a labelled segmentation dataset with Stable Diffusion + PCC",
@@ -168,36 +207,16 @@ def register(sub) -> None:
     g.add_argument("--out", required=True, metavar="DIR", help="dataset directory (created or resumed)")
     g.add_argument("--num", type=int, default=None, help="number of records (default: all from --start)")
     g.add_argument("--start", type=int, default=0, help="first record (0-based index in the file; default 0)")
-    g.add_argument("--steps", type=int, default=None,
-                   help=f"denoising steps (default: {DEFAULT_STEPS}; toy 25, tiny models 4)")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
-                   "pipeline's: 7.5 for SD, 5.0 for SDXL; toy 5)")
-    g.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                   help=f"record i gets seed SEED + i (default: {DEFAULT_SEED}, the report's)")
-    g.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
-    g.add_argument("--height", type=int, default=None, help="image height (default: the model's; toy and tiny 128)")
-    g.add_argument("--width", type=int, default=None, help="image width (default: the model's; toy and tiny 128)")
+    add_options(g, GenerateConfig, skip=NOT_OPTIONS, shown=GenerateConfig(), unset=True, extra=OPTION_EXTRA)
     g.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
                    help="model dtype (default: float16 on CUDA, float32 on CPU)")
     g.add_argument("--device", default=None, help="torch device (default: CUDA when available; the process's "
                    "GPU under accelerate launch)")
-    g.add_argument("--threads", type=int, default=None, metavar="N",
+    g.add_argument("--threads", type=int, default=None, metavar="N",  # checked by THREADS
                    help="torch threads for sampling on CPU (default: torch's, one per core). On a machine shared "
                         "with other work, 1 avoids oversubscription (often several times faster)")
-    g.add_argument("--keep-captures", action="store_true",
-                   help="also write captures/<stem>/ (attention capture with what every labeller needs, so "
-                        "`pccseg label --labeller X` relabels them; ~31.8 MB per image at SD 2.1 shapes)")
     g.add_argument("--classes", default=None, metavar="NAMES",
                    help="custom class list, comma-separated, background first (default: the 21 VOC classes)")
-    g.add_argument("--query-half", choices=("uncond", "cond"), default="uncond",
-                   help="CFG half whose queries make the OVAM class maps (default: uncond, OVAM's)")
-    g.add_argument("--include-mid", action="store_true", help="add the mid block's cross-attention to the maps")
-    g.add_argument("--val-share", type=float, default=0.0, metavar="X",
-                   help="hold out this share of the samples (0 <= X < 1) in ImageSets/Segmentation/val.txt; "
-                        "which ones is fixed by their ids (default: 0, all in train.txt)")
-    g.add_argument("--negative-prompt", default=None, metavar="TEXT",
-                   help="what the images should not show, for every image (the pipeline's negative_prompt; "
-                        "Dataset Diffusion used a long one; default: none, the empty prompt)")
     g.add_argument("--scheduler", default=None, choices=SCHEDULERS, metavar="NAME",
                    help="a diffusers scheduler to sample with instead of the pipeline's own, built from its "
                         "config: " + ", ".join(SCHEDULERS) + " (default: the pipeline's)")
@@ -206,5 +225,12 @@ def register(sub) -> None:
                         "slower; CUDA only)")
     g.add_argument("--tiny-seed", type=int, default=0, help="weights seed of --model tiny (default 0)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="generation settings from this JSON file ({setting: value} for the options above that "
+                        "set GenerateConfig fields, as --print-config writes them); the options given override "
+                        "them; the labeller's are --label-config's")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the generation settings the options resolve to as JSON and exit without "
+                        "generating (the model's defaults filled where known without loading it)")
     add_label_arguments(p)
     p.set_defaults(func=print_label_config_or(run))

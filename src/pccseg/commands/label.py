@@ -12,9 +12,13 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..params import Int, OrNone, check_value
 from .label_options import add_label_arguments, params_from_args, print_label_config_or
 
 log = logging.getLogger("pccseg.label")
+
+#: --workers: labelling processes (None: :func:`pccseg.labellers.workers.default_workers`).
+WORKERS = OrNone(Int(1))
 
 def capture_dirs(paths: list[str | Path]) -> list[Path]:
     """Expand the CLI's paths: a capture directory stays; a directory of captures gives its sub-dirs.
@@ -154,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
     from ..labellers.workers import LabelPool, default_workers
 
     params = params_from_args(args)
-    if args.workers is not None and args.workers < 1:
-        raise InputError(f"must be an integer >= 1, got {args.workers}", field="--workers")
+    check_value(WORKERS, args.workers, "--workers")
     dirs = capture_dirs(args.captures)
     names = [d.name for d in dirs]
     dup = {n for n in names if names.count(n) > 1}

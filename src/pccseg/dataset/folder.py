@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
+from ..params import Real, check_value
 from ..io import atomic_path, check_inside, check_no_links, read_json, read_jsonl, remove_temps, write_json
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,13 @@ def sample_stem(record_id: int) -> str:
     return f"{rid:06d}"
 
 
+#: A share of the samples held out in val.txt (:func:`val_stems`): 0 <= share < 1.
+VAL_SHARE = Real(0, 1, closed="left")
+
+
 def check_val_share(share: Any, *, path: Path | None = None, field: str = "val_share") -> float:
-    """``share`` when it is a number in [0, 1), else :class:`InputError`."""
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
-        raise InputError(f"must be a number in [0, 1), got {share!r}", path=path, field=field)
+    """``share`` when :data:`VAL_SHARE` accepts it, else :class:`InputError` naming ``path`` and ``field``."""
+    check_value(VAL_SHARE, share, field, path)
     return share
 
 

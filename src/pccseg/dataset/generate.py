@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import math
 import multiprocessing
 import time
 from collections.abc import Mapping, Sequence
@@ -22,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .folder import DatasetFolder, check_val_share, manifest_entry, rounding_changes, settings_diff
+from .folder import VAL_SHARE, DatasetFolder, manifest_entry, rounding_changes, settings_diff
 from ..errors import InputError
 from ..io import make_dir
 from ..limits import check_fits, check_seed
 from .prompts import PromptRecord
-from ..vocab import VOC_CLASSES, check_class_names
+from ..params import SEED, TEXT, Bool, Choice, Int, OrNone, Real, Seq, Where, check, param, parameters
+from ..vocab import IGNORE_INDEX, VOC_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -76,32 +76,6 @@ MAX_SIDE = 4096
 MAX_GUIDANCE = 100.0
 
 
-def check_options(*, steps: int | None = None, guidance: float | None = None, batch_size: int | None = None,
-                  height: int | None = None, width: int | None = None, seed: int | None = None,
-                  records: int = 1) -> None:
-    """:class:`InputError` naming the first bad option (None: not given, the default): ``steps`` an
-    integer in 1..:data:`MAX_STEPS`; ``batch_size``, ``height`` and ``width`` integers >= 1, the sizes
-    multiples of 8 up to :data:`MAX_SIDE`; ``guidance`` a finite number in 0..:data:`MAX_GUIDANCE`; ``seed`` such that ``seed +
-    index`` is a seed (:func:`pccseg.limits.check_seed`) for the record indices ``0 .. records - 1``."""
-    for name, v in (("steps", steps), ("batch_size", batch_size), ("height", height), ("width", width)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise InputError(f"must be an integer >= 1, got {v!r}", field=name)
-        if v is not None and name in ("height", "width") and v % 8:
-            raise InputError(f"must be a multiple of 8 (64 for SD's full UNet depth), got {v}", field=name)
-        if v is not None and name in ("height", "width") and v > MAX_SIDE:
-            raise InputError(f"must be at most {MAX_SIDE} (8x SD's 512), got {v}", field=name)
-    if steps is not None and steps > MAX_STEPS:
-        raise InputError(f"must be at most {MAX_STEPS} (the schedulers' training timesteps), got {steps}",
-                         field="steps")
-    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
-                                 or not math.isfinite(guidance)):
-        raise InputError(f"must be a finite number, got {guidance!r}", field="guidance")
-    if guidance is not None and not 0 <= guidance <= MAX_GUIDANCE:
-        raise InputError(f"must be from 0 to {MAX_GUIDANCE:g} (SD uses 7.5), got {guidance!r}", field="guidance")
-    if seed is not None:
-        check_seed(seed, "seed", count=records)
-
-
 def check_size_fits(height: int, width: int, batch_size: int, device=None, *, vae_channels: int = 8) -> None:
     """:class:`InputError` (field ``height``) when ``batch_size`` images of ``height`` x ``width`` cannot be
     decoded in the memory of ``device``: the VAE decoder holds at least two ``vae_channels`` x H x W float32
@@ -110,6 +84,25 @@ def check_size_fits(height: int, width: int, batch_size: int, device=None, *, va
                f"decoding {batch_size} image(s) of {height} x {width}", device)
 
 
+def _is_side(v: Any) -> bool:
+    return Int(8, MAX_SIDE).accepts(v) and v % 8 == 0
+
+
+#: An image side: a multiple of 8 up to :data:`MAX_SIDE`.
+SIDE = Where(_is_side, f"a multiple of 8 from 8 to {MAX_SIDE}", why="64 for SD's full UNet depth", metavar="PX")
+
+
+def _is_label_params(v: Any) -> bool:
+    from ..labellers.registry import labeller_of
+
+    try:
+        labeller_of(v)
+    except TypeError:
+        return False
+    return True
+
+
+@parameters
 @dataclass(frozen=True)
 class GenerateConfig:
     """The settings of a :func:`generate` run, checked when made (:class:`InputError` naming the field).
@@ -120,38 +113,51 @@ class GenerateConfig:
     ``progress`` are not, and ``batch_size`` only for information.
     """
 
-    steps: int | None = None            # denoising steps (None: 80, the report's; a built-in model's: toy 25, tiny 4)
-    guidance: float | None = None       # CFG scale (None: the built-in model's, else the pipeline's: 7.5 SD, 5.0 SDXL)
-    seed: int = DEFAULT_SEED            # record i (0-based index in its prompt file) gets seed + i
-    batch_size: int = 1                 # images per pipeline call (the images do not depend on it)
-    height: int | None = None           # image size (None: the pipeline's, 512 for SD 2.1-base, 128 for toy)
-    width: int | None = None
-    keep_captures: bool = False         # also write captures/<stem>/ with what every labeller needs
-    label_params: Any = None            # a labeller's parameters; their type picks it (None: PCC, report values)
-    class_names: tuple[str, ...] = VOC_CLASSES   # label value -> class name (index 0 background)
-    query_half: str = "uncond"          # CFG half whose queries make the class maps ("uncond" or "cond")
-    include_mid: bool = False           # add the mid block's cross-attention to the class maps
-    val_share: float = 0.0              # share of the samples held out in val.txt (folder.val_stems)
-    negative_prompt: str | None = None  # the pipeline's negative_prompt for every image (None: the empty prompt)
-    model: str | None = None            # the model name recorded (None: the pipeline's name_or_path)
-    prompts: str | None = None          # the prompt file recorded (None: the model's shipped set's file name)
-    pipeline_settings: Mapping[str, Any] = field(default_factory=dict)   # recorded as given: how the
-    #                                     pipeline was loaded (the CLI: tiny_seed, scheduler_choice, cpu_offload)
-    label_workers: int | None = None    # labelling processes beside sampling (None: 1 on the CPU, else 0)
-    progress: bool = True               # a progress bar
+    steps: int | None = param(None, f"denoising steps (default: {DEFAULT_STEPS}, the report's; a built-in model's: "
+                              "toy 25, tiny models 4)",
+                              OrNone(Int(1, MAX_STEPS, why="the schedulers' training timesteps")))
+    guidance: float | None = param(None, "classifier-free guidance scale (default: the built-in model's, else the "
+                                   "pipeline's: 7.5 for SD, 5.0 for SDXL; toy 5)",
+                                   OrNone(Real(0, MAX_GUIDANCE, why="SD uses 7.5")))
+    seed: int = param(DEFAULT_SEED, f"record i (0-based index in its prompt file) gets seed SEED + i (default: "
+                      f"{DEFAULT_SEED}, the report's)", SEED)
+    batch_size: int = param(1, "images per pipeline call (the images do not depend on it)", Int(1))
+    height: int | None = param(None, "image height (default: the model's; toy and tiny 128, SD 2.1-base 512)",
+                               OrNone(SIDE))
+    width: int | None = param(None, "image width (default: the model's; toy and tiny 128, SD 2.1-base 512)",
+                              OrNone(SIDE))
+    keep_captures: bool = param(False, "also write captures/<stem>/ (attention capture with what every labeller "
+                                "needs, so `pccseg label --labeller X` relabels them; ~31.8 MB per image at SD 2.1 "
+                                "shapes)", Bool())
+    label_params: Any = param(None, "a labeller's parameters; their type picks the labeller (default None: PCC, "
+                              "the report's values)",
+                              OrNone(Where(_is_label_params, "a labeller's parameters (LabelParams, DDParams, "
+                                           "AttnParams or FuseParams)")))
+    class_names: tuple[str, ...] = param(VOC_CLASSES, "label value -> class name (index 0 background)",
+                                         Seq(TEXT, 1, IGNORE_INDEX))
+    query_half: str = param("uncond", "CFG half whose queries make the OVAM class maps (default: uncond, OVAM's)",
+                            Choice("uncond", "cond"))
+    include_mid: bool = param(False, "add the mid block's cross-attention to the maps", Bool())
+    val_share: float = param(0.0, "hold out this share of the samples (0 <= X < 1) in "
+                             "ImageSets/Segmentation/val.txt; which ones is fixed by their ids (default: 0, all in "
+                             "train.txt)", VAL_SHARE)
+    negative_prompt: str | None = param(None, "what the images should not show, for every image (the pipeline's "
+                                        "negative_prompt; Dataset Diffusion used a long one; default: none, the "
+                                        "empty prompt)", OrNone(TEXT))
+    model: str | None = param(None, "the model name recorded (None: the pipeline's name_or_path)", OrNone(TEXT))
+    prompts: str | None = param(None, "the prompt file recorded (None: the model's shipped set's file name)",
+                                OrNone(TEXT))
+    pipeline_settings: Mapping[str, Any] = param(
+        help="recorded as given: how the pipeline was loaded (the CLI: tiny_seed, scheduler_choice, cpu_offload)",
+        check=Where(lambda v: isinstance(v, Mapping), "a mapping of setting names to values"), default_factory=dict)
+    label_workers: int | None = param(None, "labelling processes beside sampling (None: 1 on the CPU, else 0)",
+                                      OrNone(Int(0)))
+    progress: bool = param(True, "a progress bar", Bool())
 
     def __post_init__(self):
-        check_options(steps=self.steps, guidance=self.guidance, batch_size=self.batch_size, height=self.height,
-                      width=self.width, seed=self.seed)
-        check_val_share(self.val_share)
-        if self.query_half not in ("uncond", "cond"):
-            raise InputError(f"must be 'uncond' or 'cond', got {self.query_half!r}", field="query_half")
-        w = self.label_workers
-        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
-            raise InputError(f"must be an integer >= 0, got {w!r}", field="label_workers")
-        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
-            raise InputError(f"must be a string, got {self.negative_prompt!r}", field="negative_prompt")
-        object.__setattr__(self, "class_names", check_class_names(self.class_names))
+        check(self)
+
+    def _validate(self) -> None:
         object.__setattr__(self, "pipeline_settings", dict(self.pipeline_settings))
         if self.label_params is None:
             from ..labellers.registry import default_params

@@ -22,6 +22,10 @@ from ..io import make_dir, remove_temps, save_mask
 from ..signals import blocked_for_children, dataloader_worker_init
 from .metrics import Scores, confusion_matrix, scores_from_confusion
 from ..dataset.voc import VOCSplit
+from ..params import Int, OrNone, check_value
+
+#: What :func:`evaluate`'s numeric arguments accept.
+ARGUMENTS = {"limit": OrNone(Int(1)), "short_side": OrNone(Int(1), means="native size"), "workers": Int(0)}
 
 
 def _base(ds) -> tuple[VOCSplit, list[int]]:
@@ -103,13 +107,8 @@ def evaluate(model: nn.Module | str | Path, dataset: VOCSplit | torch.utils.data
     short_side: test-time resize (see the module docstring). A checkpoint whose classes differ from the
     dataset's raises :class:`InputError`.
     """
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise InputError(f"must be an integer >= 1, got {limit!r}", field="limit")
-    if short_side is not None and (not isinstance(short_side, int) or short_side < 1):
-        raise InputError(f"must be an integer >= 1 (or None: native size), got {short_side!r}",
-                         field="short_side")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise InputError(f"must be an integer >= 0, got {workers!r}", field="workers")
+    for name, value in (("limit", limit), ("short_side", short_side), ("workers", workers)):
+        check_value(ARGUMENTS[name], value, name)
     device = resolve_device(device)
     if isinstance(dataset, (str, Path)):
         dataset = VOCSplit(dataset, split)
