@@ -23,6 +23,7 @@ _HELP = {
     "train_batch_size": "DeepLabv3 batch size",
     "crop_size": "DeepLabv3 training crop (px)",
     "lr": "DeepLabv3 AdamW learning rate (backbone and heads)",
+    "warmup": "DeepLabv3 linear learning-rate warm-up (iterations; pccseg train --warmup)",
     "train_seed": "first DeepLabv3 seed (init, data order, augmentation)",
     "train_seeds": "DeepLabv3 seeds per row (TRAIN_SEED, TRAIN_SEED + 1, ...): tables give their mean and sd",
     "ema": "also score each run's exponential moving average of the weights with this decay (rows '+ EMA')",

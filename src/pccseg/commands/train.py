@@ -50,6 +50,9 @@ def register(sub) -> None:
                    help="backbone lr = lr x this (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW (default: %(default)s)")
     p.add_argument("--power", type=float, default=d.power, help="poly schedule power (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup, metavar="N",
+                   help="linear learning-rate warm-up over the first N iterations, then the poly schedule "
+                        "(default: %(default)s)")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, metavar="MAX_NORM",
                    help="clip the L2 norm of all gradients; 0 = off (default: %(default)s, as Dataset "
                         "Diffusion's config)")

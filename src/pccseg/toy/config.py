@@ -105,6 +105,7 @@ class ExperimentConfig:
     train_batch_size: int = 8
     crop_size: int = 96
     lr: float = 4e-3
+    warmup: int = 0                      # iterations of linear learning-rate warm-up (pccseg train --warmup)
     train_seed: int = 0                  # the first training seed
     train_seeds: int = 3                 # every downstream row trains with seeds train_seed .. + train_seeds - 1
     # recipe options, each an extra downstream row (measured against the plain recipe, seed by seed)
@@ -125,9 +126,9 @@ class ExperimentConfig:
             raise InputError(message, field="--" + name.replace("_", "-"))
 
         for name in ("num", "val", "steps", "batch_size", "iters", "train_batch_size", "crop_size", "judge_scenes",
-                     "pictures", "jobs", "threads", "seed", "train_seed", "train_seeds"):
+                     "pictures", "jobs", "threads", "seed", "train_seed", "train_seeds", "warmup"):
             v = getattr(self, name)
-            low = 0 if name in ("seed", "train_seed", "pictures") else 1
+            low = 0 if name in ("seed", "train_seed", "pictures", "warmup") else 1
             if v is None and name == "jobs":
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v < low:

@@ -101,7 +101,8 @@ def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str, prog
 
     return TrainConfig(data=str(data), out=str(out), train_split=split, arch="mobilenet_v3_large",
                        backbone_weights="none", aux_loss=False, iters=cfg.iters, batch_size=cfg.train_batch_size,
-                       lr=cfg.lr, backbone_lr_mult=1.0, crop_size=cfg.crop_size, scale_min=0.75, scale_max=1.25,
+                       lr=cfg.lr, warmup=cfg.warmup, backbone_lr_mult=1.0, crop_size=cfg.crop_size,
+                       scale_min=0.75, scale_max=1.25,
                        bn_momentum=0.1, photometric=False, short_side=None, workers=0,
                        save_every=max(1, min(100, cfg.iters)), log_every=20, tensorboard=False,
                        seed=cfg.train_seed if seed is None else seed, device=device, progress=progress,

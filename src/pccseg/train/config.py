@@ -36,6 +36,7 @@ class TrainConfig:
     backbone_lr_mult: float = 0.1
     weight_decay: float = 1e-4
     power: float = 0.9                 # poly schedule: lr * (1 - i / iters) ** power
+    warmup: int = 0                    # iterations of linear learning-rate warm-up before the poly schedule
     grad_clip: float | None = 0.01     # clip the L2 norm of all gradients to this (mmseg config); None: off
     loss_average: str = "all"          # all: CE summed over labelled pixels / all pixels (mmseg); valid
     crop_size: int = 512
@@ -90,8 +91,9 @@ class TrainConfig:
                 fail(name, f"must be a split name (ImageSets/Segmentation/<name>.txt), got {v!r}")
         for name, low, optional in (("iters", 1, False), ("batch_size", 1, False), ("crop_size", 1, False),
                                     ("val_every", 1, False), ("log_every", 1, False), ("workers", 0, False),
-                                    ("seed", 0, False), ("short_side", 1, True), ("val_limit", 1, True),
-                                    ("save_every", 1, True), ("stop_after", 1, True), ("threads", 1, True)):
+                                    ("seed", 0, False), ("warmup", 0, False), ("short_side", 1, True),
+                                    ("val_limit", 1, True), ("save_every", 1, True), ("stop_after", 1, True),
+                                    ("threads", 1, True)):
             v = getattr(self, name)
             if v is None and optional:
                 continue
