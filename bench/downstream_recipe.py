@@ -47,8 +47,9 @@ def one(folder: str, train_set: str, iters: int, seed: int, overrides: dict, run
 
     torch.set_num_threads(threads)
     root = Path(folder)
-    cfg = ExperimentConfig(**{**json.loads((root / "experiment.json").read_text()), "out": folder,
-                              "iters": iters, "threads": threads})
+    saved = json.loads((root / "experiment.json").read_text())
+    cfg = ExperimentConfig(**{**saved, "labellers": tuple(saved["labellers"]), "out": folder, "iters": iters,
+                              "threads": threads})
     data = root / ("rendered" if train_set == "rendered" else "generated" if train_set == "pcc"
                    else f"sets/{train_set}")
     tc = dataclasses.replace(train_config(cfg, data, Path(run), "cpu", seed=seed), **overrides)

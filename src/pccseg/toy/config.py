@@ -104,8 +104,8 @@ class ExperimentConfig:
     iters: int = 600
     train_batch_size: int = 8
     crop_size: int = 96
-    lr: float = 4e-3
-    warmup: int = 0                      # iterations of linear learning-rate warm-up (pccseg train --warmup)
+    lr: float = 2e-3
+    warmup: int = 50                     # iterations of linear learning-rate warm-up (pccseg train --warmup)
     train_seed: int = 0                  # the first training seed
     train_seeds: int = 3                 # every downstream row trains with seeds train_seed .. + train_seeds - 1
     # recipe options, each an extra downstream row (measured against the plain recipe, seed by seed)
