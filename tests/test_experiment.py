@@ -354,3 +354,26 @@ def test_recipe_rows_and_seeds_end_to_end(tmp_path, toy_folder):
     fresh = run_experiment(dataclasses.replace(cfg, out=str(tmp_path / "fresh")))     # same settings, new folder
     torch.set_num_threads(n)
     assert fresh["tables"] == results["tables"]                                      # every number, every digit
+
+
+def test_the_same_command_in_fresh_folders_writes_the_same_results(tmp_path, toy_folder, capsys):
+    """The command line twice, each in a fresh folder: results.md is the same text up to its timings
+    (every table, every digit), and so are the CSV tables; the two seeds' runs differ from each other (the
+    equality is not that of constant scores)."""
+    n = torch.get_num_threads()
+    args = ["experiment", "toy", "--model", str(toy_folder), "--num", "3", "--val", "2", "--steps", "2",
+            "--batch-size", "3", "--iters", "4", "--train-batch-size", "2", "--crop-size", "32", "--judge-scenes",
+            "2", "--pictures", "1", "--device", "cpu", "--jobs", "1", "--train-seeds", "2", "--labellers", "pcc",
+            "-q"]
+    texts = []
+    for name in ("a", "b"):
+        assert main([*args, "--out", str(tmp_path / name)]) == 0
+        torch.set_num_threads(n)
+        md = (tmp_path / name / "results.md").read_text()
+        assert "### Time" in md
+        texts.append((md.split("### Time")[0], *((tmp_path / name / f).read_text() for f in
+                                                 ("downstream.csv", "per_seed.csv", "label_quality.csv"))))
+    capsys.readouterr()
+    assert texts[0] == texts[1]
+    a = [json.loads(Layout(tmp_path / "a").scores(UPPER, s).read_text()) for s in (0, 1)]
+    assert a[0]["iou"] != a[1]["iou"]

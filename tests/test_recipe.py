@@ -109,6 +109,30 @@ def test_runs_from_before_the_new_settings_resume(tmp_path):
     assert train(small_config(data, tmp_path / "run", **kw))["iteration"] == 4
 
 
+def test_warmup_schedule_known_rates_and_resume(tmp_path):
+    """--warmup 4 of 8 iterations: iteration i uses lr * (1 - (i-1)/8) ** 0.9 * min(1, i/4) (from the log,
+    one line per iteration); stopped at 3 and resumed, the run repeats the uninterrupted one (losses, rates,
+    weights); --warmup 0 is torch's PolynomialLR, as before."""
+    from pccseg.train.schedule import lr_factor
+
+    data = make_blocks_tree(tmp_path / "data", n=2, size=32)
+    kw = dict(iters=8, log_every=1, val=None, crop_size=32, batch_size=2, threads=1, warmup=4, lr=1e-3)
+    train(small_config(data, tmp_path / "a", **kw))
+    log = read_log(tmp_path / "a")
+    want = [1e-3 * (1 - (i - 1) / 8) ** 0.9 * min(1, i / 4) for i in range(1, 9)]
+    assert [r["lr"] for r in log] == pytest.approx(want, rel=1e-9)
+    assert want[0] == pytest.approx(2.5e-4) and lr_factor(0, 8, 0.9, 0) == 1.0
+    train(small_config(data, tmp_path / "b", stop_after=3, **kw))
+    train(small_config(data, tmp_path / "b", **kw))
+    assert read_log(tmp_path / "b") == [dict(r, time=x["time"]) for r, x in zip(log, read_log(tmp_path / "b"))]
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    plain = dict(kw, warmup=0)
+    train(small_config(data, tmp_path / "c", **plain))
+    assert [r["lr"] for r in read_log(tmp_path / "c")] == pytest.approx(
+        [1e-3 * (1 - (i - 1) / 8) ** 0.9 for i in range(1, 9)], rel=1e-9)
+
+
 def test_relabel_mask_rules():
     mask = torch.tensor([[0, 255, 255], [1, 1, 255]], dtype=torch.uint8)
     probs = torch.zeros(3, 2, 3)
@@ -157,7 +181,7 @@ def test_self_train_option_trains_teacher_then_student(tmp_path):
     ("ema", 1.0, "ema: must be a finite number > 0 and < 1, got 1.0"), ("ema", 0, "ema: must be a finite number > 0"),
     ("self_train", 0.0, "self_train: must be a finite number > 0 and <= 1"),
     ("self_train_rule", "some", "self_train_rule: must be one of fill, all"),
-    ("threads", 0, "threads: must be an integer >= 1")])
+    ("threads", 0, "threads: must be an integer >= 1"), ("warmup", -1, "warmup: must be an integer >= 0")])
 def test_bad_recipe_settings(tmp_path, field, value, words):
     with pytest.raises(InputError) as e:
         TrainConfig(data=str(tmp_path), out=str(tmp_path / "r"), **{field: value})

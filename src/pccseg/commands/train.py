@@ -37,7 +37,7 @@ def register(sub) -> None:
     add_options(p, TrainConfig, names={"arch": "model"}, skip=("scale_min", "scale_max", "progress"), shown=d,
                 unset=True, extra={"keep_best": dict(action="store_true"), "grad_clip": dict(metavar="MAX_NORM"),
                                    "short_side": dict(metavar="PX"), "ema": dict(metavar="DECAY"),
-                                   "self_train": dict(metavar="THRESHOLD")})
+                                   "self_train": dict(metavar="THRESHOLD"), "warmup": dict(metavar="N")})
     p.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                    help=f"random scale range (default: {d.scale_min} {d.scale_max})")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")

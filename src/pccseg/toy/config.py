@@ -97,7 +97,8 @@ class ExperimentConfig:
     iters: int = param(600, "DeepLabv3 training iterations per set", Int(1))
     train_batch_size: int = param(8, "DeepLabv3 batch size", Int(2, why="BatchNorm after ASPP's pooling"))
     crop_size: int = param(96, "DeepLabv3 training crop (px)", Int(1))
-    lr: float = param(4e-3, "DeepLabv3 AdamW learning rate (backbone and heads)", Real(0, closed="neither"))
+    lr: float = param(2e-3, "DeepLabv3 AdamW learning rate (backbone and heads)", Real(0, closed="neither"))
+    warmup: int = param(50, "DeepLabv3 iterations of linear learning-rate warm-up (pccseg train --warmup)", Int(0))
     train_seed: int = param(0, "first DeepLabv3 seed (init, data order, augmentation)", SEED)
     train_seeds: int = param(3, "DeepLabv3 seeds per row (TRAIN_SEED, TRAIN_SEED + 1, ...): tables give their mean "
                                 "and sd", Int(1))

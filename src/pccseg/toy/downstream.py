@@ -101,7 +101,8 @@ def train_config(cfg: ExperimentConfig, data: Path, out: Path, device: str, prog
 
     return TrainConfig(data=str(data), out=str(out), train_split=split, arch="mobilenet_v3_large",
                        backbone_weights="none", aux_loss=False, iters=cfg.iters, batch_size=cfg.train_batch_size,
-                       lr=cfg.lr, backbone_lr_mult=1.0, crop_size=cfg.crop_size, scale_min=0.75, scale_max=1.25,
+                       lr=cfg.lr, warmup=cfg.warmup, backbone_lr_mult=1.0, crop_size=cfg.crop_size,
+                       scale_min=0.75, scale_max=1.25,
                        bn_momentum=0.1, photometric=False, short_side=None, workers=0,
                        save_every=max(1, min(100, cfg.iters)), log_every=20, tensorboard=False,
                        seed=cfg.train_seed if seed is None else seed, device=device, progress=progress,
@@ -115,7 +116,8 @@ def train_and_score(cfg: ExperimentConfig, job: Job, device: str, progress: bool
     from ..io import write_json
     from ..train.ema import EMA_DIR
     from ..train.evaluate import evaluate
-    from ..train.loop import LAST, train
+    from ..train.checkpoint import LAST
+    from ..train.loop import train
 
     t0 = time.perf_counter()
     train(train_config(cfg, job.data, job.run, device, progress and cfg.progress, seed=job.seed, split=job.split))
@@ -138,7 +140,7 @@ def relabel_for_self_training(cfg: ExperimentConfig, teacher: Path, data: Path, 
     """The self-training row's training set of one seed: ``data`` relabelled by the teacher run ``teacher``
     (its average with ``ema``) into ``out`` (:func:`pccseg.train.selftrain.relabel_dataset`, rule fill)."""
     from ..train.ema import EMA_DIR
-    from ..train.loop import LAST
+    from ..train.checkpoint import LAST
     from ..train.selftrain import relabel_dataset
 
     return relabel_dataset(teacher / (EMA_DIR if cfg.ema is not None else LAST), data, out, threshold=cfg.self_train,
@@ -180,7 +182,7 @@ def stale(cfg: ExperimentConfig, job: Job, device: str) -> list[str]:
     import json
 
     from ..io import read_json
-    from ..train.loop import RUNTIME_FIELDS
+    from ..train.checkpoint import RUNTIME_FIELDS
 
     path = job.run / "config.json"
     if not path.is_file():

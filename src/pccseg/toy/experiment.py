@@ -48,7 +48,7 @@ from ..errors import InputError
 from ..io import load_image, load_mask, read_json, save_image, write_json
 from ..vocab import VOC_CLASSES
 from .config import EXPERIMENT_RUNTIME_FIELDS, RENDER_SEED, TOY_SIZE, ExperimentConfig
-from .downstream import SELF_TRAIN, UPPER, rows, seeds, stage_filter, stage_train, train_config  # noqa: F401
+from .downstream import SELF_TRAIN, UPPER, rows, seeds, stage_filter, stage_train
 from .jobs import run_jobs
 from .world import TOY_CLASSES
 

@@ -67,7 +67,9 @@ def is_checkpoint(folder: Path) -> bool:
 def apply_schedule(config, optimizer, scheduler, start: int) -> None:
     """Put the optimisation settings of ``config`` in force from iteration ``start + 1`` on: base rates,
     weight decay, and the poly schedule's closed form at ``start`` of ``config.iters``."""
-    factor = (1 - start / config.iters) ** config.power
+    from .schedule import lr_factor
+
+    factor = lr_factor(start, config.iters, config.power, getattr(scheduler, "warmup", 0))
     bases = (config.lr * config.backbone_lr_mult, config.lr)
     for group, base in zip(optimizer.param_groups, bases):
         group.update(initial_lr=base, lr=base * factor, weight_decay=config.weight_decay)

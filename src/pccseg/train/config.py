@@ -44,6 +44,8 @@ class TrainConfig:
     backbone_lr_mult: float = param(0.1, "backbone lr = lr x this", Real(0))
     weight_decay: float = param(1e-4, "AdamW weight decay", Real(0))
     power: float = param(0.9, "poly schedule power: lr * (1 - i / iters) ** power", Real(0))
+    warmup: int = param(0, "iterations of linear learning-rate warm-up (from lr / warmup to lr) before the poly "
+                           "schedule; 0: off (for runs from random initialisation, see docs/training.md)", Int(0))
     grad_clip: float | None = param(0.01, "clip the L2 norm of all gradients to this, as Dataset Diffusion's "
                                           "config; None (0 on the command line): off",
                                     OrNone(Real(0, closed="neither"), "off"))

@@ -39,8 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import StreamSampler, TrainStream
-from .checkpoint import (BEST, CONFIG, LAST, RUNTIME_FIELDS,  # noqa: F401 (RUNTIME_FIELDS: toy/downstream.py imports it)
-                         Progress, RunLog, save, settings, start)
+from .checkpoint import BEST, CONFIG, LAST, Progress, RunLog, save, settings, start
 from .deeplab import backbone_state, build_model, unwrap
 from ..errors import InputError, unwrap_worker_error
 from .evaluate import evaluate
@@ -52,6 +51,7 @@ from ..signals import blocked_for_children, dataloader_worker_init, hold_interru
 from .config import TrainConfig
 from .determinism import configure as configure_determinism
 from .ema import WeightEMA, load_ema
+from .schedule import make_scheduler
 from ..vocab import IGNORE_INDEX
 from ..dataset.voc import VOCSplit
 
@@ -193,13 +193,14 @@ def _model(config: TrainConfig, num_classes: int, env: _Env) -> nn.Module:
 
 
 def _optimizer(config: TrainConfig, model: nn.Module, env: _Env):
-    """AdamW with the backbone at ``lr x backbone_lr_mult``; poly schedule per iteration; grad scaler."""
+    """AdamW with the backbone at ``lr x backbone_lr_mult``; poly schedule per iteration after ``warmup``
+    iterations of linear warm-up (:mod:`pccseg.train.schedule`); grad scaler."""
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
     heads = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": backbone, "lr": config.lr * config.backbone_lr_mult},
                                    {"params": heads, "lr": config.lr}],
                                   lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.iters, power=config.power)
+    scheduler = make_scheduler(optimizer, config.iters, config.power, config.warmup)
     scaler = torch.amp.GradScaler(env.device.type, enabled=env.amp and env.amp_dtype == torch.float16)
     return optimizer, scheduler, scaler
 

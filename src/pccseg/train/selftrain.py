@@ -28,7 +28,8 @@ from ..vocab import IGNORE_INDEX
 from .config import SELF_TRAIN_RULES, TrainConfig
 from .deeplab import load_model, normalize
 from .ema import EMA_DIR
-from .loop import LAST, train
+from .checkpoint import LAST
+from .loop import train
 from .evaluate import predict
 
 TEACHER, RELABELLED = "teacher", "relabelled"
