@@ -32,6 +32,7 @@ from PIL import Image  # noqa: E402
 from ..dataset.folder import IMAGES, MANIFEST, MASKS, SETTINGS, sample_stem  # noqa: E402
 from ..errors import InputError  # noqa: E402
 from ..io import check_stem, load_image, load_mask, read_json, read_jsonl  # noqa: E402
+from ..params import Int, check_value  # noqa: E402
 from .page import (count, escape, html_page, image_tag, prepare_out, settings_table, swatch,  # noqa: E402
                    write_text)
 from .rgb import overlay  # noqa: E402
@@ -236,8 +237,7 @@ def dataset_report(directory: str | Path, out: str | Path, *, samples_per_class:
                    thumb: int = 256) -> Path:
     """Write ``out/index.html`` and its PNGs for a dataset directory; returns the page's path."""
     directory, out = Path(directory), Path(out)
-    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
-        raise InputError(f"must be an integer >= 1, got {samples_per_class!r}", field="samples")
+    check_value(Int(1), samples_per_class, "samples")
     st = dataset_stats(directory)
     names, ids, pixels, unc, named = st["class_names"], st["ids"], st["pixels"], st["uncertain"], st["named"]
     prepare_out(out)

@@ -40,9 +40,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from scipy.ndimage import binary_dilation  # noqa: E402
 
-from ..errors import InputError  # noqa: E402
 from ..io import atomic_path  # noqa: E402
 from ..limits import check_fits  # noqa: E402
+from ..params import Int, check_value  # noqa: E402
 from .rgb import (MASK_GROUND, UNCERTAIN_GROUND, boundaries, colorize, overlay, pca_rgb,  # noqa: E402
                   resize_nearest, to_numpy)
 from ..vocab import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE  # noqa: E402
@@ -101,9 +101,8 @@ def _label_panel(ax, rgb: np.ndarray, title: str) -> None:
 def check_figure_options(*, n_heads: int = 3, dpi: int = 100) -> None:
     """:class:`InputError` naming the option when ``n_heads`` < 0 or ``dpi`` < 1 (or not integers), or
     when one panel's RGBA pixels at ``dpi`` cannot fit in memory (:func:`pccseg.limits.check_fits`)."""
-    for name, value, lo in (("heads", n_heads, 0), ("dpi", dpi, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise InputError(f"must be an integer >= {lo}, got {value!r}", field=f"--{name}")
+    check_value(Int(0), n_heads, "--heads")
+    check_value(Int(1), dpi, "--dpi")
     check_fits((_PANEL_IN * dpi) ** 2 * 4, "--dpi", f"one {_PANEL_IN}-inch panel at {dpi} dpi")
 
 
