@@ -1,7 +1,6 @@
 """Pictures carry their keys: the toy pictures name their rows and say which colour is which class, the
 curves' labels stay inside their axes, the stage figure's legend shows the background as its panels do."""
 
-import json
 
 import numpy as np
 

@@ -2,7 +2,6 @@
 weights and losses; the weight average equals a hand-computed one; self-training's relabelling touches
 only what its rule says; the sample filter writes a split file and nothing else."""
 
-import dataclasses
 import json
 
 import numpy as np
