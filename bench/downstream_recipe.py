@@ -38,7 +38,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
 def one(folder: str, train_set: str, iters: int, seed: int, overrides: dict, run: str, threads: int) -> dict:
     import torch
 
-    from pccseg.dataset.voc import VOCSegmentation
+    from pccseg.dataset.voc import VOCSplit
     from pccseg.io import write_json
     from pccseg.toy.config import ExperimentConfig
     from pccseg.toy.downstream import train_config
@@ -55,7 +55,7 @@ def one(folder: str, train_set: str, iters: int, seed: int, overrides: dict, run
     tc = dataclasses.replace(train_config(cfg, data, Path(run), "cpu", seed=seed), **overrides)
     t0 = time.process_time()
     train(tc)
-    scores = evaluate(Path(run) / LAST, VOCSegmentation(root / "rendered", "val"), device="cpu", workers=0,
+    scores = evaluate(Path(run) / LAST, VOCSplit(root / "rendered", "val"), device="cpu", workers=0,
                       progress=False, short_side=None)
     result = {"miou": scores.miou, "iou": scores.iou, "cpu_s": time.process_time() - t0}
     write_json(Path(run + ".json"), result)
